@@ -1,0 +1,1 @@
+"""fusekit's command line: argument parsing and printing only; the work is in the fusekit package."""

@@ -1,0 +1,5 @@
+"""The one exception type users see: a one-line message saying what is wrong and what to do."""
+
+
+class FusekitError(Exception):
+    """A problem with the user's input or environment; the CLI prints it without a traceback."""

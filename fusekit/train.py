@@ -1,0 +1,249 @@
+"""The one training loop of fusekit: single-task models, the fusion network and the baselines.
+
+A model takes ``(cat, dense)`` tensors and returns ``{task: logits [B]}``. Only parameters with
+``requires_grad`` are optimised, so frozen components stay frozen. Data stays in memory as
+tensors on the training device; batches are slices of a seeded permutation (no per-row Python).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.dataset import Split
+from .errors import FusekitError
+from .io import atomic_file
+from .metrics import roc_auc
+from .seeding import seed_everything
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingInterrupted(FusekitError):
+    """Ctrl-C during training; the last finished epoch is in the checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, budget, device and bookkeeping for :func:`fit` (defaults: the EMM paper's)."""
+
+    lr: float = 1e-3
+    batch_size: int = 1024
+    weight_decay: float = 1e-6
+    max_epochs: int = 100
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = True
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    eval_batch_size: int = 16384
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch did."""
+
+    epoch: int
+    train_loss: float
+    val_auc: dict[str, float]
+    mean_val_auc: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`fit`; the model holds the best epoch's weights."""
+
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_auc: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    device: str = "cpu"
+    amp: bool = False
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FusekitError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise FusekitError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _tensors(split: Split, tasks: list[str], device: torch.device):
+    missing = [t for t in tasks if t not in split.labels]
+    if missing:
+        raise FusekitError(f"the data has no labels for task(s) {', '.join(missing)}; check --tasks/--label")
+    cat = torch.as_tensor(split.cat, dtype=torch.int64, device=device)
+    dense = torch.as_tensor(split.dense, dtype=torch.float32, device=device)
+    labels = torch.stack([torch.as_tensor(split.labels[t], dtype=torch.float32) for t in tasks], 1).to(device)
+    return cat, dense, labels
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, tasks: list[str], device: torch.device | str | None = None,
+            batch_size: int = 16384) -> dict[str, np.ndarray]:
+    """Probabilities per task for every row of ``split`` (model in eval mode)."""
+    device = torch.device(device) if device is not None else next(
+        (t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    cat = torch.as_tensor(split.cat, dtype=torch.int64)
+    dense = torch.as_tensor(split.dense, dtype=torch.float32)
+    out: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    for start in range(0, len(split), batch_size):
+        logits = model(cat[start:start + batch_size].to(device), dense[start:start + batch_size].to(device))
+        for t in tasks:
+            out[t].append(torch.sigmoid(logits[t].float()).cpu().numpy())
+    model.train(was_training)
+    return {t: np.concatenate(v) if v else np.zeros(0, np.float32) for t, v in out.items()}
+
+
+def evaluate(model: nn.Module, split: Split, tasks: list[str], device: torch.device | str | None = None,
+             batch_size: int = 16384) -> dict[str, float]:
+    """Test AUC per task."""
+    probs = predict(model, split, tasks, device, batch_size)
+    return {t: roc_auc(split.labels[t], probs[t]) for t in tasks}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise FusekitError(f"cannot read checkpoint {path} ({type(exc).__name__}); delete it and train without --resume") from exc
+
+
+def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: TrainConfig | None = None,
+        on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+    """Train ``model`` with Adam on the summed-over-tasks mean BCE; early-stop on mean val AUC.
+
+    Returns the history; the model ends with the best epoch's weights. With
+    ``config.checkpoint_dir`` a checkpoint is written after every epoch and
+    ``config.resume`` continues from it. A non-finite loss stops training with a
+    FusekitError and leaves the last good checkpoint in place.
+    """
+    config = config or TrainConfig()
+    if len(train) == 0 or len(val) == 0:
+        raise FusekitError("training and validation data must not be empty")
+    device = resolve_device(config.device)
+    use_amp = bool(config.amp and device.type == "cuda")
+    generator = seed_everything(config.seed)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise FusekitError("the model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    cat, dense, labels = _tensors(train, tasks, device)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    result = TrainResult(device=str(device), amp=use_amp)
+    best_score = -math.inf
+    best_state = copy.deepcopy(model.state_dict())
+    bad_epochs = 0
+    start_epoch = 1
+    ckpt_path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
+    if config.resume:
+        if ckpt_path is None or not ckpt_path.exists():
+            raise FusekitError(f"no checkpoint to resume from at {ckpt_path}; run without --resume")
+        state = _load_checkpoint(ckpt_path)
+        if state.get("tasks") != list(tasks):
+            raise FusekitError(f"checkpoint {ckpt_path} was made for tasks {state.get('tasks')}, not {tasks}; "
+                               "use another output directory or drop --resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        best_state = state["best_model"]
+        best_score = state["best_score"]
+        bad_epochs = state["bad_epochs"]
+        result.best_epoch = state["best_epoch"]
+        result.history = [EpochRecord(**r) for r in state["history"]]
+        result.best_val_auc = dict(state["best_val_auc"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = state["epoch"] + 1
+        if bad_epochs >= config.patience:
+            start_epoch = config.max_epochs + 1
+
+    began = time.perf_counter() - sum(r.seconds for r in result.history)
+    n = len(train)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+    epoch = start_epoch - 1
+    try:
+        for epoch in range(start_epoch, config.max_epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            order = torch.randperm(n, generator=generator).to(device)
+            total = torch.zeros((), device=device)
+            steps = range(0, n, config.batch_size)
+            bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not config.progress or tqdm is None,
+                       unit="batch") if tqdm else steps
+            for i, start in enumerate(bar):
+                idx = order[start:start + config.batch_size]
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    out = model(cat[idx], dense[idx])
+                    loss = sum(loss_fn(out[t].float().reshape(-1), labels[idx, k]) for k, t in enumerate(tasks))
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total += loss.detach()
+                if config.progress and tqdm and i % 20 == 0:
+                    bar.set_postfix(loss=f"{total.item() / (i + 1):.4f}")
+            train_loss = total.item() / max(1, len(steps))
+            if not math.isfinite(train_loss):
+                where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path else ""
+                raise FusekitError(f"training loss became {train_loss} in epoch {epoch}{where}; lower --lr and retry")
+            val_auc = evaluate(model, val, tasks, device, config.eval_batch_size)
+            mean_auc = float(np.mean(list(val_auc.values())))
+            record = EpochRecord(epoch, train_loss, val_auc, mean_auc, time.perf_counter() - t0)
+            result.history.append(record)
+            if mean_auc > best_score:
+                best_score, bad_epochs = mean_auc, 0
+                best_state = copy.deepcopy(model.state_dict())
+                result.best_epoch, result.best_val_auc = epoch, dict(val_auc)
+            else:
+                bad_epochs += 1
+            if ckpt_path is not None:
+                _save_checkpoint(ckpt_path, {
+                    "epoch": epoch, "tasks": list(tasks), "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "best_model": best_state, "best_score": best_score,
+                    "best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc,
+                    "bad_epochs": bad_epochs, "history": [asdict(r) for r in result.history],
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                })
+            if on_epoch is not None:
+                on_epoch(record)
+            if bad_epochs >= config.patience:
+                result.stopped_early = True
+                break
+    except KeyboardInterrupt:
+        where = f"; rerun with --resume to continue from {ckpt_path}" if ckpt_path else ""
+        raise TrainingInterrupted(f"training interrupted in epoch {epoch}{where}") from None
+    model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - began
+    return result

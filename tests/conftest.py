@@ -1,0 +1,31 @@
+"""Shared test setup: where the real data lives, and small CPU budgets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CENSUS = REPO.parent / "shared" / "data" / "census-income-kdd"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def census_dir() -> Path | None:
+    """A directory with the Census-Income files, or None to let fusekit obtain them itself."""
+    env = os.environ.get("FUSEKIT_CENSUS_DIR")
+    if env:
+        return Path(env)
+    return SHARED_CENSUS if SHARED_CENSUS.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The format samples (AliExpress, Ali-CCP) kept beside the project."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("the format samples in ../shared/data are not present")
+    return SHARED_DATA
