@@ -11,6 +11,14 @@ from fusekit.train import TrainingInterrupted
 
 # One module per command in this package; each defines register(subparsers).
 COMMANDS = [
+    "decompose",
+    "inspect_cmd",
+    "train_single",
+    "data_cmd",
+    "fuse",
+    "eval_cmd",
+    "predict",
+    "bench",
 ]
 
 

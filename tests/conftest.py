@@ -17,7 +17,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def census_dir() -> Path | None:
     """A directory with the Census-Income files, or None to let fusekit obtain them itself."""
-    env = os.environ.get("FUSEKIT_CENSUS_DIR")
+    env = os.environ.get("FUSEKIT_DATA_DIR")
     if env:
         return Path(env)
     return SHARED_CENSUS if SHARED_CENSUS.is_dir() else None
@@ -29,3 +29,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("the format samples in ../shared/data are not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def census2(census_dir):
+    """The real two-task Census-Income data (income, never_married), encoded once per session."""
+    from fusekit.data import load_dataset
+
+    return load_dataset("census-income", ["income", "never_married"], data_dir=census_dir)
