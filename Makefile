@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m fusekit demo
+	$(BIN)/python -m fusekit demo --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

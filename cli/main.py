@@ -19,6 +19,7 @@ COMMANDS = [
     "eval_cmd",
     "predict",
     "bench",
+    "demo",
 ]
 
 

@@ -21,6 +21,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_dir(path: Path, force: bool) -> None:
     """Refuse an existing, non-empty output directory unless ``force``."""
     path = Path(path)
@@ -45,6 +51,8 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # mkdtemp makes the directory private (0700); give it the permissions of a normal mkdir.
+    os.chmod(tmp, 0o777 & ~_umask())
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
         os.replace(path, old / "x")
@@ -67,4 +75,5 @@ def atomic_file(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp files are private (0600)
     os.replace(tmp, path)

@@ -1,0 +1,96 @@
+"""The data a benchmark produces: rows of per-seed test AUCs, grouped by task set."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Row:
+    """One method's results on one task set: test AUC per task and seed, sizes, training time.
+
+    ``kind`` is ``single`` (a source model), ``ensemble`` (plain average of sources, untrained),
+    ``baseline`` (a multi-task model trained from scratch) or ``emm`` (a fused model).
+    """
+
+    method: str
+    kind: str
+    auc: dict[str, list[float]]
+    parameters: int | None = None
+    trainable: int | None = None
+    seconds: list[float] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def mean(self, task: str) -> float | None:
+        """Mean test AUC over seeds (None when the row has no value for ``task``)."""
+        values = self.auc.get(task) or []
+        return float(np.mean(values)) if values else None
+
+    def std(self, task: str) -> float | None:
+        """Sample standard deviation over seeds (0 with one seed; None without values)."""
+        values = self.auc.get(task) or []
+        if not values:
+            return None
+        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+    def display(self) -> str:
+        """The name shown in tables."""
+        return self.label or self.method
+
+
+@dataclass
+class TaskSetResult:
+    """Table I (``rows``), the optional ablation (Table II) and fusion-gate statistics of one task set."""
+
+    tasks: list[str]
+    rows: list[Row] = field(default_factory=list)
+    ablation: list[Row] = field(default_factory=list)
+    gates: dict[str, Any] = field(default_factory=dict)
+    sources: list[dict] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def single_task_mean(self, task: str) -> float | None:
+        """Mean test AUC of the task's single-task source models (the paper's gain reference)."""
+        values = [r.mean(task) for r in self.rows if r.kind == "single" and r.mean(task) is not None]
+        return float(np.mean(values)) if values else None
+
+    def gain(self, row: Row, task: str) -> float | None:
+        """``row``'s mean AUC minus the single-task mean for ``task``."""
+        ref, value = self.single_task_mean(task), row.mean(task)
+        return None if ref is None or value is None else value - ref
+
+    def row(self, method: str) -> Row | None:
+        """The Table I row of ``method`` (None when absent)."""
+        return next((r for r in self.rows if r.method == method), None)
+
+
+@dataclass
+class BenchResult:
+    """Everything ``run_bench`` measured and where it wrote it."""
+
+    dataset: str
+    seeds: list[int]
+    quick: bool
+    budget: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    sets: list[TaskSetResult]
+    out_dir: Path
+    seconds: float = 0.0
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (means and standard deviations included for convenience)."""
+        out = asdict(self)
+        out["out_dir"] = str(self.out_dir)
+        for set_dict, result in zip(out["sets"], self.sets):
+            for key, rows in (("rows", result.rows), ("ablation", result.ablation)):
+                for row_dict, row in zip(set_dict[key], rows):
+                    row_dict["mean"] = {t: row.mean(t) for t in result.tasks}
+                    row_dict["std"] = {t: row.std(t) for t in result.tasks}
+                    row_dict["gain_vs_single_mean"] = {t: result.gain(row, t) for t in result.tasks}
+        return out

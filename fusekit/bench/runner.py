@@ -1,0 +1,377 @@
+"""``run_bench``: every method on the same data, budget and early stopping; tables, JSON and chart.
+
+Rows of Table I for a task set:
+
+* the single-task source models (ONNX files in ``models_dir``), scored with onnxruntime;
+* ``average``: the plain average of each task's source models' probabilities (no training);
+* the baselines of ``fusekit.baselines`` trained from scratch by ``fusekit.train.fit`` on the
+  training split (early stopping on mean validation AUC, best weights kept);
+* ``emm-paper`` (the paper's fusion network) and ``emm`` (fusekit's default residual mode),
+  made by ``fusekit.decompose.decompose`` and ``fusekit.fuse.fuse`` over the source models.
+  ``fuse`` trains on the rows the source models did not see when their specification records a
+  holdout, as a user would; the baselines train on the whole training split.
+
+Table II (``ablation``) repeats the paper's Table II with ``emm-paper``: no trained
+components and no MTM; MTM only; trained components without MTM; full.
+Every test AUC is computed here on the same test split, with onnxruntime for ONNX models.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..baselines import BASELINES, build_baseline
+from ..errors import FusekitError
+from ..io import atomic_dir, check_output_dir
+from ..metrics import roc_auc
+from .results import BenchResult, Row, TaskSetResult
+from .sources import count_onnx_parameters, describe, find_sources, onnx_probabilities, shared_spec, spec_summary
+
+DEFAULT_TASKS = ["income", "never_married"]
+THREE_TASKS = ["income", "never_married", "education"]
+SOURCE_ROWS = ["sources", "average"]
+EMM_METHODS = ["emm-paper", "emm"]
+ALL_METHODS = SOURCE_ROWS + list(BASELINES) + EMM_METHODS + ["ablation"]
+
+# Fusion variants: (label, FusionOptions keywords). Table II uses the paper's network.
+EMM_VARIANTS = {
+    "emm-paper": ("EMM (paper network)", {"mode": "paper", "use_mtm": True, "pretrained": True}),
+    "emm": ("EMM (fusekit residual, default)", {"mode": "residual", "use_mtm": True, "pretrained": True}),
+}
+ABLATION_VARIANTS = {
+    "baseline": ("no trained components, no MTM", {"mode": "paper", "use_mtm": False, "pretrained": False}),
+    "baseline+mtm": ("MTM only (no trained components)", {"mode": "paper", "use_mtm": True, "pretrained": False}),
+    "baseline+p": ("trained components, no MTM", {"mode": "paper", "use_mtm": False, "pretrained": True}),
+    "full": ("full EMM (trained components + MTM)", {"mode": "paper", "use_mtm": True, "pretrained": True}),
+}
+
+
+@dataclass
+class Budget:
+    """The training budget every trained method gets (the EMM paper's optimiser settings)."""
+
+    max_epochs: int = 100
+    patience: int = 5
+    lr: float = 1e-3
+    batch_size: int = 1024
+    weight_decay: float = 1e-6
+    train_rows: int | None = None  # quick runs: a seeded row subsample of every split
+    val_rows: int | None = None
+    test_rows: int | None = None
+    device: str = "auto"
+    in_process_fusion: bool = False  # quick runs: train fused models without fuse's ONNX export
+
+    @classmethod
+    def for_run(cls, quick: bool, max_epochs: int | None = None, patience: int | None = None,
+                device: str = "auto") -> "Budget":
+        """The full budget, or the quick smoke-test one (2 epochs on 10,000 rows, batch 256)."""
+        # Quick: ~80 optimiser steps per method. Income (6 % positives) needs a few dozen steps
+        # before its AUC passes 0.5, so a smaller batch rather than fewer rows.
+        budget = (cls(max_epochs=2, patience=2, batch_size=256, train_rows=10000, val_rows=4000, test_rows=20000,
+                      in_process_fusion=True) if quick else cls())
+        if max_epochs is not None:
+            budget.max_epochs = max_epochs
+        if patience is not None:
+            budget.patience = patience
+        budget.device = device
+        return budget
+
+
+def default_models_dir(tasks: list[str]) -> Path:
+    """The bundled sample models for a task set: ``sample_models/census<number of tasks>``."""
+    return Path(__file__).resolve().parents[2] / "sample_models" / f"census{len(tasks)}"
+
+
+def _subsample(split, n: int | None, seed: int):
+    if n is None or len(split) <= n:
+        return split
+    return split.subset(np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False)))
+
+
+def _auc(split, probs: dict[str, np.ndarray], tasks: list[str]) -> dict[str, float]:
+    return {t: roc_auc(split.labels[t], probs[t]) for t in tasks}
+
+
+def _check_methods(methods: list[str] | None) -> list[str]:
+    chosen = list(ALL_METHODS if methods is None else methods)
+    unknown = [m for m in chosen if m not in ALL_METHODS]
+    if unknown:
+        raise FusekitError(f"unknown bench method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    if not chosen:
+        raise FusekitError("no method to benchmark; pass at least one")
+    return chosen
+
+
+def _load(dataset: str, tasks: list[str], spec):
+    try:
+        from ..data import load_dataset
+    except ImportError as exc:  # pragma: no cover - the data package is part of fusekit
+        raise FusekitError(f"fusekit.data.load_dataset is unavailable ({exc}); install fusekit completely") from exc
+    return load_dataset(dataset, tasks, spec=spec, seed=0)
+
+
+def _train_baseline(name: str, spec_sizes: tuple[list[int], int], tasks: list[str], train, val, test,
+                    seeds: list[int], budget: Budget, progress: bool, log: Callable[[str], None]) -> Row:
+    from ..seeding import seed_everything
+    from ..train import TrainConfig, evaluate, fit
+
+    cardinalities, n_dense = spec_sizes
+    row = Row(name, "baseline", {t: [] for t in tasks}, label=BASELINES[name].description.split(":")[0])
+    for seed in seeds:
+        seed_everything(seed)  # the initial weights depend on the seed only
+        model = build_baseline(name, cardinalities, n_dense, tasks)
+        config = TrainConfig(lr=budget.lr, batch_size=budget.batch_size, weight_decay=budget.weight_decay,
+                             max_epochs=budget.max_epochs, patience=budget.patience, seed=seed,
+                             device=budget.device, progress=progress)
+        result = fit(model, train, val, tasks, config)
+        test_auc = evaluate(model.cpu(), test, tasks, "cpu")
+        for t in tasks:
+            row.auc[t].append(test_auc[t])
+        row.seconds.append(result.seconds)
+        row.epochs.append(result.best_epoch)
+        row.parameters = model.num_parameters()
+        row.trainable = model.num_parameters(trainable_only=True)
+        row.extra["hyperparameters"] = model.hparams
+        log(f"  {name} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
+            + f" ({result.seconds:.0f} s, best epoch {result.best_epoch})")
+    return row
+
+
+def _decompose(sources, parts_dir: Path) -> None:
+    try:
+        from ..decompose import decompose
+    except ImportError as exc:
+        raise FusekitError(f"the EMM rows need fusekit.decompose, which is unavailable here ({exc}); "
+                           "run the bench without emm/ablation methods (--methods)") from exc
+    decompose([s.path for s in sources], parts_dir, names=[s.name for s in sources])
+
+
+def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, sources, ds, test, tasks: list[str],
+                  seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
+                  log: Callable[[str], None]) -> tuple[Row, dict]:
+    try:
+        from ..fuse import FuseOptions, fuse
+        from ..model import FusionOptions
+    except ImportError as exc:
+        raise FusekitError(f"the EMM rows need fusekit.fuse, which is unavailable here ({exc}); "
+                           "run the bench without emm/ablation methods (--methods)") from exc
+    task_models = {t: [s.name for s in sources if s.task == t] for t in tasks}
+    row = Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw})
+    gates: dict = {}
+    max_rows = budget.train_rows
+    for seed in seeds:
+        out = runs_dir / f"{key}-seed{seed}"
+        options = FuseOptions(fusion=FusionOptions(seed=seed, **fusion_kw), lr=budget.lr,
+                              batch_size=budget.batch_size, weight_decay=budget.weight_decay,
+                              epochs=budget.max_epochs, patience=budget.patience, seed=seed,
+                              device=budget.device, progress=progress, force=True, max_rows=max_rows)
+        result = fuse(parts_dir, task_models, ds, out, options)
+        fused = Path(result.out_dir) / "fused.onnx"
+        # Scored here on the bench's own test split, like every other row.
+        test_auc = _auc(test, onnx_probabilities(fused, test, tasks), tasks)
+        for t in tasks:
+            row.auc[t].append(test_auc[t])
+        metrics = result.metrics
+        row.seconds.append(float(metrics.get("train_seconds", 0.0)))
+        row.epochs.append(int(metrics.get("best_epoch", 0)))
+        row.trainable = metrics.get("trainable_parameters")
+        row.parameters = count_onnx_parameters(fused)
+        row.extra["train_rows"] = metrics.get("rows", {}).get("train_source")
+        gates_path = Path(result.out_dir) / "gates.json"
+        if seed == seeds[0] and gates_path.is_file():
+            gates = json.loads(gates_path.read_text())
+        # Keep the small reports; the fused model and checkpoint are reproducible and large.
+        for name in ("fused.onnx", "checkpoint.pt"):
+            (Path(result.out_dir) / name).unlink(missing_ok=True)
+        log(f"  {key} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
+            + f" ({row.seconds[-1]:.0f} s)")
+    return row, gates
+
+
+def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, sources, ds, test, tasks: list[str],
+                     seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
+                     log: Callable[[str], None]) -> tuple[Row, dict]:
+    """Quick runs: the fused model of ``fuse`` (same builder, rows and training loop), scored in torch.
+
+    ``fuse`` also exports and checks fused.onnx, which takes longer than a quick run's training;
+    the full benchmark goes through ``fuse`` itself (``_fuse_variant``).
+    """
+    try:
+        from ..fuse import build_model, check_tasks, read_parts
+        from ..model import FusionOptions
+        from ..report import gate_statistics
+    except ImportError as exc:
+        raise FusekitError(f"the EMM rows need fusekit.fuse, which is unavailable here ({exc}); "
+                           "run the bench without emm/ablation methods (--methods)") from exc
+    from ..train import TrainConfig, evaluate, fit
+
+    task_models = {t: [s.name for s in sources if s.task == t] for t in tasks}
+    manifest = read_parts(parts_dir)
+    check_tasks(manifest, task_models)
+    row = Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw, "path": "in-process"})
+    gates: dict = {}
+    holdout = bool(getattr(ds.spec, "holdout", None))
+    rows = ds.fusion_rows() if holdout else ds.train
+    val = _subsample(ds.val, budget.val_rows, 1)
+    for seed in seeds:
+        model = build_model(parts_dir, manifest, task_models, FusionOptions(seed=seed, **fusion_kw))
+        config = TrainConfig(lr=budget.lr, batch_size=budget.batch_size, weight_decay=budget.weight_decay,
+                             max_epochs=budget.max_epochs, patience=budget.patience, seed=seed,
+                             device=budget.device, progress=progress)
+        result = fit(model, _subsample(rows, budget.train_rows, seed), val, tasks, config)
+        model = model.cpu().eval()
+        test_auc = evaluate(model, test, tasks, "cpu")
+        for t in tasks:
+            row.auc[t].append(test_auc[t])
+        row.seconds.append(result.seconds)
+        row.epochs.append(result.best_epoch)
+        row.trainable = sum(p.numel() for p in model.fusion_parameters())
+        # Frozen component weights are buffers; count them as the ONNX file would.
+        row.parameters = sum(p.numel() for p in model.parameters()) + sum(
+            b.numel() for b in model.buffers() if b.is_floating_point())
+        row.extra["train_rows"] = "holdout rows the source models never saw" if holdout else "training split"
+        if seed == seeds[0]:
+            gates = gate_statistics(model, test)
+        log(f"  {key} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
+            + f" ({result.seconds:.0f} s, in-process)")
+    return row, gates
+
+
+def _guarded_fuse(key: str, label: str, fusion_kw: dict, *args, log: Callable[[str], None] = print,
+                  **kwargs) -> tuple[Row, dict]:
+    """``_fuse_variant``, but a failing variant becomes a row that says why instead of losing the run."""
+    tasks, budget = args[4], args[6]
+    runner = _fuse_in_process if budget.in_process_fusion else _fuse_variant
+    try:
+        return runner(key, label, fusion_kw, *args, log=log, **kwargs)
+    except FusekitError as exc:
+        message = str(exc).splitlines()[0][:300]
+        log(f"  {key} FAILED: {message}")
+        return Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw, "error": message}), {}
+
+
+def run_task_set(dataset: str, tasks: list[str], seeds: list[int], budget: Budget, methods: list[str],
+                 work_dir: Path, models_dir: Path | None = None, ablation: bool = True, progress: bool = False,
+                 log: Callable[[str], None] = print) -> TaskSetResult:
+    """Table I (and Table II when ``ablation``) for one task set; work files go under ``work_dir``."""
+    needs_sources = any(m in methods for m in SOURCE_ROWS + EMM_METHODS) or (ablation and "ablation" in methods)
+    sources = find_sources(models_dir or default_models_dir(tasks), tasks) if needs_sources else []
+    spec = shared_spec(sources) if sources else None
+    log(f"[{'+'.join(tasks)}] loading {dataset}")
+    ds = _load(dataset, tasks, spec)
+    train = _subsample(ds.train, budget.train_rows, 0)
+    val = _subsample(ds.val, budget.val_rows, 1)
+    test = _subsample(ds.test, budget.test_rows, 2)
+    result = TaskSetResult(list(tasks), sources=describe(sources), data={
+        "rows": {"train": len(train), "validation": len(val), "test": len(test)},
+        "spec": spec_summary(getattr(ds, "spec", None)),
+    })
+
+    if sources and ("sources" in methods or "average" in methods):
+        probs = {s.name: onnx_probabilities(s.path, test, [s.task])[s.task] for s in sources}
+        if "sources" in methods:
+            for s in sources:
+                result.rows.append(Row(s.name, "single", {s.task: [roc_auc(test.labels[s.task], probs[s.name])]},
+                                       parameters=s.parameters, trainable=0, label=f"{s.name} (single task)"))
+        if "average" in methods:
+            avg = {t: np.mean([probs[s.name] for s in sources if s.task == t], axis=0) for t in tasks}
+            result.rows.append(Row("average", "ensemble", {t: [v] for t, v in _auc(test, avg, tasks).items()},
+                                   parameters=sum(s.parameters for s in sources), trainable=0,
+                                   label="average of source models (untrained)"))
+
+    sizes = (ds.spec.cardinalities, len(ds.spec.dense))
+    for name in [m for m in methods if m in BASELINES]:
+        log(f"[{'+'.join(tasks)}] training {name}")
+        result.rows.append(_train_baseline(name, sizes, tasks, train, val, test, seeds, budget, progress, log))
+
+    variants = [(k, *EMM_VARIANTS[k]) for k in EMM_METHODS if k in methods]
+    ablate = ablation and "ablation" in methods
+    if variants or ablate:
+        parts = work_dir / "parts"
+        log(f"[{'+'.join(tasks)}] decomposing {len(sources)} source models")
+        _decompose(sources, parts)
+        runs = work_dir / "runs"
+        done: dict[tuple, Row] = {}
+        for key, label, kw in variants:
+            log(f"[{'+'.join(tasks)}] fusing: {label}")
+            row, gates = _guarded_fuse(key, label, kw, parts, sources, ds, test, tasks, seeds, budget, progress,
+                                       runs, log=log)
+            result.rows.append(row)
+            result.gates[key] = gates
+            done[tuple(sorted(kw.items()))] = row
+        if ablate:
+            for key, (label, kw) in ABLATION_VARIANTS.items():
+                same = done.get(tuple(sorted(kw.items())))
+                if same is None:
+                    log(f"[{'+'.join(tasks)}] ablation: {label}")
+                    same, _ = _guarded_fuse(f"ablation-{key}", label, kw, parts, sources, ds, test, tasks, seeds,
+                                            budget, progress, runs, log=log)
+                result.ablation.append(Row(key, "emm", same.auc, same.parameters, same.trainable, same.seconds,
+                                           same.epochs, label, {"fusion": kw, **({"error": same.extra["error"]}
+                                                                                 if "error" in same.extra else {})}))
+        shutil.rmtree(parts, ignore_errors=True)
+    return result
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    return {"fusekit": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, seeds: int | list[int] = 3,
+              quick: bool = False, out_dir: Path = Path("bench-out"), methods: list[str] | None = None, *,
+              three_tasks: list[str] | None = THREE_TASKS, models_dir: Path | None = None,
+              three_models_dir: Path | None = None, max_epochs: int | None = None, patience: int | None = None,
+              device: str = "auto", force: bool = False, progress: bool = False,
+              log: Callable[[str], None] = print) -> BenchResult:
+    """Benchmark every method on ``tasks`` (Table I, Table II) and on ``three_tasks`` (Table I with
+    fusion-gate statistics), same data, budget and early stopping for all; write ``out_dir``.
+
+    ``seeds``: a count (seeds 0..N-1) or explicit seeds; ``quick`` uses one seed and 2 epochs on a row
+    subsample (a smoke test: its numbers mean nothing). ``out_dir`` gets ``results.json``,
+    ``tables.md`` and ``auc.png``, atomically. FusekitError on bad input before any training.
+    """
+    from .chart import write_chart
+    from .tables import render_markdown
+
+    started = time.perf_counter()
+    tasks = list(tasks or DEFAULT_TASKS)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list or any(int(s) < 0 for s in seed_list):
+        raise FusekitError("--seeds must be a positive number of seeds")
+    if quick and isinstance(seeds, int):
+        seed_list = seed_list[:1]
+    chosen = _check_methods(methods)
+    if len(tasks) < 2 or len(set(tasks)) != len(tasks):
+        raise FusekitError(f"a multi-task benchmark needs two or more distinct tasks, got {tasks}")
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, force)
+    budget = Budget.for_run(quick, max_epochs, patience, device)
+    task_sets = [(tasks, models_dir, True)]
+    if three_tasks and list(three_tasks) != tasks:
+        task_sets.append((list(three_tasks), three_models_dir, False))
+
+    with atomic_dir(out_dir, force=force) as tmp:
+        sets = []
+        for index, (set_tasks, set_models, ablation) in enumerate(task_sets):
+            work = tmp / "runs" / "+".join(set_tasks)
+            sets.append(run_task_set(dataset, set_tasks, seed_list, budget, chosen, work, set_models, ablation,
+                                     progress, log))
+        result = BenchResult(dataset, seed_list, quick, budget.__dict__, {
+            name: {**cls.defaults} for name, cls in BASELINES.items()}, sets, out_dir,
+            versions=_versions())
+        result.seconds = time.perf_counter() - started
+        (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
+        (tmp / "tables.md").write_text(render_markdown(result))
+        write_chart(result, tmp / "auc.png")
+    return result

@@ -1,0 +1,178 @@
+"""Markdown tables of a benchmark: Table I per task set, Table II, fusion-gate statistics."""
+from __future__ import annotations
+
+from .results import BenchResult, Row, TaskSetResult
+
+# The EMM paper's Census-Income figures (Table I and Table II; income / never married).
+PAPER_TABLE1 = {
+    "TM-1": (0.93009, 0.99230), "TM-2": (0.90739, 0.99356), "ple": (0.92528, 0.99465),
+    "mmoe": (0.94051, 0.99437), "aitm": (0.94527, 0.99436), "adatt": (0.94523, 0.99479),
+    "emm-paper": (0.94108, 0.99467),
+}
+PAPER_TABLE2 = {
+    "baseline": (0.94088, 0.99383), "baseline+mtm": (0.93215, 0.99376),
+    "baseline+p": (0.92647, 0.99352), "full": (0.94108, 0.99467),
+}
+PAPER_TASKS = ["income", "never_married"]
+
+
+def _auc_cell(row: Row, task: str) -> str:
+    if row.extra.get("error"):
+        return "failed"
+    mean, std = row.mean(task), row.std(task)
+    if mean is None:
+        return "–"
+    n = len(row.auc.get(task) or [])
+    return f"{mean:.5f} ± {std:.5f}" if n > 1 else f"{mean:.5f}"
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.5f}"
+
+
+def _int(value: int | None) -> str:
+    return "–" if value is None else f"{value:,}"
+
+
+def _paper_cell(table: dict, key: str, tasks: list[str]) -> str:
+    if tasks != PAPER_TASKS or key not in table:
+        return ""
+    return " / ".join(f"{v:.5f}" for v in table[key])
+
+
+def table_one(result: TaskSetResult, title: str) -> str:
+    """Table I: test AUC per task (mean ± std over seeds), gain vs the single-task mean, sizes, time."""
+    tasks = result.tasks
+    paper = tasks == PAPER_TASKS
+    head = (["Method"] + [f"{t} AUC" for t in tasks] + [f"gain {t}" for t in tasks]
+            + ["params", "trainable", "train s (mean)", "best epoch"] + (["paper (income / never married)"] if paper else []))
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result.rows:
+        cells = [row.display()] + [_auc_cell(row, t) for t in tasks]
+        cells += [_signed(result.gain(row, t)) if row.kind != "single" else "–" for t in tasks]
+        seconds = f"{sum(row.seconds) / len(row.seconds):.1f}" if row.seconds else "–"
+        epochs = "/".join(str(e) for e in row.epochs) if row.epochs else "–"
+        cells += [_int(row.parameters), _int(row.trainable), seconds, epochs]
+        if paper:
+            cells.append(_paper_cell(PAPER_TABLE1, row.method, tasks))
+        lines.append("| " + " | ".join(cells) + " |")
+    if paper:
+        lines += ["", "Paper single-task rows: TM-1 " + " / ".join(f"{v:.5f}" for v in PAPER_TABLE1["TM-1"])
+                  + ", TM-2 " + " / ".join(f"{v:.5f}" for v in PAPER_TABLE1["TM-2"]) + "."]
+    lines += ["", "Gain: mean test AUC minus the mean of the task's single-task source models (the paper's "
+              "definition)."] + comparison_notes(result) + failure_notes(result.rows)
+    return "\n".join(lines)
+
+
+def failure_notes(rows: list[Row]) -> list[str]:
+    """One line per row that could not be produced, with the reason."""
+    failed = [f"- {r.display()} failed: {r.extra['error']}" for r in rows if r.extra.get("error")]
+    return ([""] + failed) if failed else []
+
+
+def comparison_notes(result: TaskSetResult) -> list[str]:
+    """Where each fused model stands against every other row, per task, beyond seed spread.
+
+    A difference counts only when it exceeds the larger of the two rows' standard deviations;
+    with one seed there is no spread, and the note says so.
+    """
+    notes = []
+    for emm in [r for r in result.rows if r.kind == "emm"]:
+        for task in result.tasks:
+            mine = emm.mean(task)
+            if mine is None:
+                continue
+            better, worse, tied = [], [], []
+            for other in result.rows:
+                theirs = other.mean(task)
+                if other is emm or theirs is None:
+                    continue
+                spread = max(emm.std(task) or 0.0, other.std(task) or 0.0)
+                diff = mine - theirs
+                (better if diff > spread else worse if diff < -spread else tied).append(other.method)
+            single = min(len(emm.auc.get(task) or []), 2) < 2
+            notes.append(f"- {emm.display()} on {task}: above {', '.join(better) or 'none'}; "
+                         f"below {', '.join(worse) or 'none'}; within spread of {', '.join(tied) or 'none'}"
+                         + (" (one seed: no spread, differences unproven)" if single else "") + ".")
+    return ([""] + notes) if notes else []
+
+
+def table_two(result: TaskSetResult) -> str:
+    """Table II: the ablation of the (paper) fusion network; gain against its first row."""
+    if not result.ablation:
+        return ""
+    tasks = result.tasks
+    paper = tasks == PAPER_TASKS
+    head = ["Variant"] + [f"{t} AUC" for t in tasks] + [f"gain {t}" for t in tasks] + ["trainable"] + (
+        ["paper (income / never married)"] if paper else [])
+    lines = [f"### Table II: ablation of the fusion network ({', '.join(tasks)})", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = result.ablation[0]
+    for row in result.ablation:
+        gains = [_signed(None if row.mean(t) is None or base.mean(t) is None else row.mean(t) - base.mean(t))
+                 for t in tasks]
+        cells = [row.display()] + [_auc_cell(row, t) for t in tasks] + gains + [_int(row.trainable)]
+        if paper:
+            cells.append(_paper_cell(PAPER_TABLE2, row.method, tasks))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Gain: against the first row, as in the paper's Table II. All variants use the paper's network "
+              "(mode=paper); \"no trained components\" means the same component structure trained from scratch."]
+    lines += failure_notes(result.ablation)
+    return "\n".join(lines)
+
+
+def gate_table(result: TaskSetResult) -> str:
+    """Fusion-gate statistics of each fused model (first seed, test rows)."""
+    blocks = []
+    for key, gates in result.gates.items():
+        if not gates or not gates.get("levels"):
+            continue
+        lines = [f"#### Gates of {key} ({', '.join(result.tasks)}; first seed, {gates.get('rows', '?')} test rows)", "",
+                 "| level | task | task gate (own models) | fusion gate mean | selected (top-1 share) | attention on own token |",
+                 "|---|---|---|---|---|---|"]
+        for level in gates["levels"]:
+            for task, info in level["tasks"].items():
+                fmt = lambda d: ", ".join(f"{k} {v:.2f}" for k, v in (d or {}).items()) or "–"  # noqa: E731
+                own = info.get("attention_on_own_token")
+                lines.append(f"| {level['level']} | {task} | {fmt(info.get('task_gate'))} | "
+                             f"{fmt(info.get('fusion_gate_mean'))} | {fmt(info.get('selected_fraction'))} | "
+                             f"{'–' if own is None else f'{own:.2f}'} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def hyperparameter_table(result: BenchResult) -> str:
+    """The baselines' hyperparameters and the shared budget."""
+    lines = ["### Hyperparameters", "", "| method | hyperparameters |", "|---|---|"]
+    for name, hp in result.hyperparameters.items():
+        lines.append(f"| {name} | " + ", ".join(f"{k}={v}" for k, v in hp.items()) + " |")
+    b = result.budget
+    lines += ["", f"Budget for every trained method: Adam lr {b['lr']}, batch {b['batch_size']}, weight decay "
+              f"{b['weight_decay']}, at most {b['max_epochs']} epochs, early stopping after {b['patience']} epochs "
+              "without a better mean validation AUC (best weights kept). Input block: 4-dim embeddings "
+              "(init std 1e-4) per categorical column plus the dense features."]
+    if b.get("train_rows"):
+        lines.append(f"Quick run: {b['train_rows']} training, {b['val_rows']} validation, {b['test_rows']} test rows; "
+                     "the figures are a smoke test, not results.")
+    if b.get("in_process_fusion"):
+        lines.append("Fused rows of this run were trained and scored in torch with fuse's model builder and rows, "
+                     "without the ONNX export (the full run goes through `fusekit.fuse.fuse` and scores fused.onnx "
+                     "with onnxruntime).")
+    return "\n".join(lines)
+
+
+def render_markdown(result: BenchResult) -> str:
+    """The whole report: Table I per task set, Table II, gate statistics, hyperparameters."""
+    parts = [f"## fusekit bench: {result.dataset} (seeds {', '.join(map(str, result.seeds))}"
+             f"{', quick' if result.quick else ''})", ""]
+    for index, task_set in enumerate(result.sets):
+        title = ("Table I" if index == 0 else f"Table I, {len(task_set.tasks)} tasks") + f": {', '.join(task_set.tasks)}"
+        parts += [table_one(task_set, title), ""]
+        two = table_two(task_set)
+        if two:
+            parts += [two, ""]
+        gates = gate_table(task_set)
+        if gates:
+            parts += [gates, ""]
+    parts += [hyperparameter_table(result), "", f"Total time: {result.seconds:.0f} s."]
+    return "\n".join(parts) + "\n"

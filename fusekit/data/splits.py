@@ -1,0 +1,54 @@
+"""Seeded row partitions: validation/test halves of a test file, and the training holdout."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import FusekitError
+
+
+def stratified_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split rows 50/50 into (validation, test) index arrays, stratified on binary ``labels``.
+
+    Each class is shuffled with its own seeded generator and halved (an odd class gives its
+    extra row to validation), so both halves keep the class ratio. Indices come back sorted.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    val, test = [], []
+    for k, value in enumerate(np.unique(labels)):
+        idx = np.flatnonzero(labels == value)
+        np.random.default_rng([seed, k]).shuffle(idx)
+        half = (len(idx) + 1) // 2
+        val.append(idx[:half])
+        test.append(idx[half:])
+    if not val:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int = 0) -> list[np.ndarray]:
+    """Split rows into len(fractions) sorted index arrays with those shares, stratified on ``labels``."""
+    if abs(sum(fractions) - 1.0) > 1e-9 or any(f < 0 for f in fractions):
+        raise ValueError("fractions must be non-negative and sum to 1")
+    labels = np.asarray(labels).reshape(-1)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    bounds = np.cumsum((0.0,) + tuple(fractions))
+    for k, value in enumerate(np.unique(labels)):
+        idx = np.flatnonzero(labels == value)
+        np.random.default_rng([seed, k]).shuffle(idx)
+        cuts = np.round(bounds * len(idx)).astype(int)
+        for p in range(len(fractions)):
+            parts[p].append(idx[cuts[p]:cuts[p + 1]])
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+
+
+def holdout_partition(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``n_rows`` training rows into (source rows, holdout rows), both sorted.
+
+    Depends only on (n_rows, fraction, seed) — not on the tasks — so every model of a pool and
+    the fusion that follows agree on which rows the source models never saw.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise FusekitError(f"holdout fraction must be in [0, 1), got {fraction}")
+    perm = np.random.default_rng([seed, 0x401D]).permutation(n_rows)
+    n_hold = int(round(fraction * n_rows))
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])

@@ -1,0 +1,274 @@
+"""Encoded datasets (train/val/test Splits with their FeatureSpec) and the generic CSV/Parquet loader.
+
+A CSV/Parquet source is one file, or a training file whose name contains ``train`` with sibling
+files where ``train`` is replaced by ``val``/``validation`` and/or ``test`` (the AliExpress and
+Ali-CCP sample layouts). With a test file but no validation file, the test file is split 50/50
+like Census-Income; a lone file is split 80/10/10. Splits are stratified on the first task and
+seeded. Feature columns are every column but the labels (and ``exclude``), unless named. Names
+following the AliExpress/Ali-CCP/Criteo conventions decide first (``numerical_*``, ``dense_*``,
+``D<n>``, ``I<n>``: dense; ``categorical_*``, ``C<n>``: categorical); otherwise a column is dense
+when all its values are numbers and some have a fractional part or exponent, else categorical.
+Id columns (named ``id`` or ``*_id``, e.g. AliExpress' search_id) are skipped unless named.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import FusekitError
+from .dataset import Split
+from .features import FeatureSpec, fit_spec
+from .splits import holdout_partition, stratified_halves, stratified_split
+
+
+@dataclass
+class TabularDataset:
+    """An encoded dataset: the spec, the task names and the three splits."""
+
+    spec: FeatureSpec
+    tasks: list[str]
+    train: Split
+    val: Split
+    test: Split
+
+    def holdout_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(source rows, holdout rows) of the training split; no holdout -> (all rows, all rows)."""
+        n = len(self.train)
+        if not self.spec.holdout or float(self.spec.holdout.get("fraction", 0.0)) <= 0.0:
+            everything = np.arange(n)
+            return everything, everything
+        return holdout_partition(n, float(self.spec.holdout["fraction"]), int(self.spec.holdout["seed"]))
+
+    def source_rows(self) -> Split:
+        """Training rows the single-task models learn from (all of train when there is no holdout)."""
+        src, _ = self.holdout_indices()
+        return self.train if len(src) == len(self.train) else self.train.subset(src)
+
+    def fusion_rows(self) -> Split:
+        """Training rows kept out of single-task training (all of train when there is no holdout)."""
+        _, hold = self.holdout_indices()
+        return self.train if len(hold) == len(self.train) else self.train.subset(hold)
+
+
+def load_dataset(
+    source: str | Path,
+    tasks: list[str],
+    *,
+    labels: dict[str, str] | None = None,
+    spec: FeatureSpec | None = None,
+    data_dir: Path | None = None,
+    seed: int = 0,
+    exclude_tasks: list[str] | None = None,
+    holdout: float = 0.0,
+    holdout_seed: int = 0,
+    categorical: list[str] | None = None,
+    dense: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> TabularDataset:
+    """Load and encode ``"census-income"`` or a CSV/Parquet file for ``tasks``.
+
+    With ``spec`` given, data is encoded with it (its holdout is used); otherwise encoders are
+    fit on the training split. Census: the source columns of ``tasks`` and ``exclude_tasks``
+    are removed from the inputs. Files: ``labels`` maps task -> label column (default: same
+    name); ``categorical``/``dense`` name the feature columns (default: inferred), ``exclude``
+    drops columns. ``holdout`` (fraction, seeded by ``holdout_seed``) is recorded in the spec.
+    """
+    if not tasks:
+        raise FusekitError("no task given; name at least one task")
+    if len(set(tasks)) != len(tasks):
+        raise FusekitError(f"task names repeat in {tasks}; give each task once")
+    if str(source) == "census-income":
+        from .census import load_census
+
+        return load_census(
+            list(tasks), exclude_tasks=list(exclude_tasks or []), spec=spec, data_dir=data_dir,
+            seed=seed, holdout=holdout, holdout_seed=holdout_seed,
+        )
+    return load_tabular(
+        Path(source), list(tasks), labels=labels, spec=spec, seed=seed, holdout=holdout,
+        holdout_seed=holdout_seed, categorical=categorical, dense=dense, exclude=exclude,
+    )
+
+
+def holdout_dict(fraction: float, seed: int) -> dict | None:
+    """The spec's ``holdout`` field for a fraction (None for no holdout)."""
+    if not 0.0 <= fraction < 1.0:
+        raise FusekitError(f"--holdout must be in [0, 1), got {fraction}")
+    return {"fraction": float(fraction), "seed": int(seed)} if fraction > 0 else None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV (every column as text, "NA" kept as text) or Parquet file; FusekitError when unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FusekitError(f"data file {path} does not exist; check the path")
+    if path.stat().st_size == 0:
+        raise FusekitError(f"data file {path} is empty; give a file with a header and rows")
+    suffixes = "".join(path.suffixes).lower()
+    try:
+        if suffixes.endswith((".parquet", ".pq")):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise FusekitError(f"data file {path} is empty; give a file with a header and rows") from None
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FusekitError(f"cannot read {path} as CSV/Parquet ({first}); check the file format") from None
+    if len(frame) == 0:
+        raise FusekitError(f"data file {path} has a header but no rows; give a file with rows")
+    return frame
+
+
+def binary_labels(frame: pd.DataFrame, column: str, where: str) -> np.ndarray:
+    """float32 0/1 labels from a column of 0/1 (or true/false) values."""
+    if column not in frame.columns:
+        shown = ", ".join(map(str, list(frame.columns)[:8])) + (", ..." if frame.shape[1] > 8 else "")
+        raise FusekitError(f"{where} has no label column {column!r} (columns: {shown}); fix --label task=column")
+    values = frame[column]
+    if pd.api.types.is_bool_dtype(values):
+        return values.to_numpy().astype(np.float32)
+    if pd.api.types.is_numeric_dtype(values):
+        x = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = values.astype(str).str.strip().str.lower().replace({"true": "1", "false": "0"})
+        x = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isin(x, (0.0, 1.0))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise FusekitError(
+            f"{where}: label column {column!r} is not binary (value {values.iloc[row]!r} at row {row}); "
+            "labels must be 0/1 or true/false"
+        )
+    return x.astype(np.float32)
+
+
+def _sibling(path: Path, names: tuple[str, ...]) -> Path | None:
+    stem = path.name
+    hits = [m for m in re.finditer("train", stem)]
+    if not hits:
+        return None
+    m = hits[-1]
+    for name in names:
+        candidate = path.with_name(stem[: m.start()] + name + stem[m.end():])
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_DENSE_NAME = re.compile(r"(numerical|numeric|dense)[_\d].*|[DI]\d.*")
+_CATEGORICAL_NAME = re.compile(r"(categorical|cat)[_\d].*|C\d+")
+
+
+def _name_hint(name: str) -> str | None:
+    """Layout conventions: numerical_*/dense_*/D<n>/I<n> are dense, categorical_*/C<n> categorical."""
+    if _DENSE_NAME.fullmatch(name):
+        return "dense"
+    if _CATEGORICAL_NAME.fullmatch(name):
+        return "categorical"
+    return None
+
+
+def infer_columns(frame: pd.DataFrame, skip: set[str]) -> tuple[list[str], list[str]]:
+    """(categorical, dense) feature columns of a frame, by the rule in the module docstring."""
+    categorical, dense = [], []
+    for name in frame.columns:
+        if name in skip:
+            continue
+        values = frame[name]
+        if re.fullmatch(r"(.*_)?id", str(name).lower()):
+            continue
+        hint = _name_hint(str(name))
+        if hint == "categorical":
+            categorical.append(name)
+            continue
+        if hint == "dense":
+            dense.append(name)
+            continue
+        if pd.api.types.is_float_dtype(values):
+            dense.append(name)
+        elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_integer_dtype(values):
+            categorical.append(name)
+        else:
+            text = values.astype(str).str.strip()
+            numeric = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+            present = text != ""
+            is_number = bool(numeric[present].notna().all()) and bool(present.any())
+            has_fraction = bool(text.str.contains(r"[.eE]|^nan$|^inf$", regex=True).any())
+            (dense if is_number and has_fraction else categorical).append(name)
+    return categorical, dense
+
+
+def load_tabular(
+    path: Path,
+    tasks: list[str],
+    *,
+    labels: dict[str, str] | None = None,
+    spec: FeatureSpec | None = None,
+    seed: int = 0,
+    holdout: float = 0.0,
+    holdout_seed: int = 0,
+    categorical: list[str] | None = None,
+    dense: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> TabularDataset:
+    """Load a CSV/Parquet dataset (see the module docstring for the layout rules)."""
+    labels = dict(labels or {})
+    unknown = sorted(set(labels) - set(tasks))
+    if unknown:
+        raise FusekitError(f"--label names task(s) {', '.join(unknown)} that are not among the tasks {tasks}")
+    columns = {t: labels.get(t, t) for t in tasks}
+    path = Path(path)
+    train_df = read_table(path)
+    val_path = _sibling(path, ("val", "valid", "validation"))
+    test_path = _sibling(path, ("test",))
+    val_df = read_table(val_path) if val_path else None
+    test_df = read_table(test_path) if test_path else None
+
+    train_labels = {t: binary_labels(train_df, c, str(path)) for t, c in columns.items()}
+    if spec is None:
+        skip = set(columns.values()) | set(exclude or [])
+        if categorical is None and dense is None:
+            categorical, dense = infer_columns(train_df, skip)
+        else:
+            categorical, dense = list(categorical or []), list(dense or [])
+        for name in categorical + dense:
+            if name not in train_df.columns:
+                raise FusekitError(f"{path} has no feature column {name!r}; check --categorical/--dense")
+            if name in columns.values():
+                raise FusekitError(f"column {name!r} is a label and cannot also be a feature")
+        if not categorical and not dense:
+            raise FusekitError(f"{path} has no feature columns besides the labels; name them with --categorical/--dense")
+        spec = fit_spec(
+            train_df, categorical, dense, dataset=path.name,
+            excluded=sorted(skip), holdout=holdout_dict(holdout, holdout_seed), source=str(path),
+        )
+    else:
+        leaked = [c for c in columns.values() if c in spec.columns]
+        if leaked:
+            raise FusekitError(f"label column(s) {', '.join(leaked)} are inputs of the feature specification; use other labels")
+    cat, dns = spec.encode(train_df, str(path))
+    train = Split(cat, dns, train_labels)
+
+    if val_df is not None and test_df is not None:
+        val = _encoded(val_df, spec, columns, str(val_path))
+        test = _encoded(test_df, spec, columns, str(test_path))
+    elif test_df is not None:
+        rest = _encoded(test_df, spec, columns, str(test_path))
+        val_idx, test_idx = stratified_halves(rest.labels[tasks[0]], seed)
+        val, test = rest.subset(val_idx), rest.subset(test_idx)
+    else:
+        if val_df is not None:
+            raise FusekitError(f"{val_path} exists but no test file beside it; add the test file")
+        tr_idx, val_idx, test_idx = stratified_split(train.labels[tasks[0]], (0.8, 0.1, 0.1), seed)
+        train, val, test = train.subset(tr_idx), train.subset(val_idx), train.subset(test_idx)
+    return TabularDataset(spec, list(tasks), train, val, test)
+
+
+def _encoded(frame: pd.DataFrame, spec: FeatureSpec, columns: dict[str, str], where: str) -> Split:
+    cat, dense = spec.encode(frame, where)
+    return Split(cat, dense, {t: binary_labels(frame, c, where) for t, c in columns.items()})

@@ -1,0 +1,314 @@
+"""The fused model: levels of AKF over frozen components, and one output per task.
+
+Two modes:
+
+* ``"paper"`` (EMM III-C): at each level every task runs its own models' components on its
+  own input u_t (u_t = the model inputs at level 1), AKF turns them into z_t, which is u_t
+  of the next level; a new tower per task maps the last z_t to a logit. Source heads unused.
+* ``"residual"`` (default): each source model keeps its own path through its own components
+  and its own head. At each level AKF computes z_t from the outputs of task t's paths and adds
+  it to each of those paths through a projection initialised at zero. The task's output is a
+  learned mix (initialised uniform) of its heads' probabilities plus a tower residual on the
+  logit (initialised at zero), so the untrained model is exactly the plain average of the
+  source models' probabilities, and training can only start from that ensemble.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .akf import AKFLevel
+from .errors import FusekitError
+
+MODES = ("paper", "residual")
+_EPS = 1e-6
+
+
+@dataclass
+class FusionOptions:
+    """Architecture options of the fusion network (the Table II ablations among them)."""
+
+    mode: str = "residual"
+    use_mtm: bool = True
+    pretrained: bool = True
+    top_k: int = 1
+    tower_hidden: int = 32
+    tower: bool = True  # residual mode: logit correction from the last z_t (paper mode always has towers)
+    activation: str = "relu"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain dict for metrics.json."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class SourceModel:
+    """One source model as the fused model sees it."""
+
+    name: str
+    components: list[nn.Module]
+    level1_inputs: list[str]  # the level-1 component's input names, in its call order
+    head: nn.Module | None = None
+    component_paths: list[str] = field(default_factory=list)
+    head_path: str | None = None
+
+
+def _tower(dim: int, hidden: int, zero_last: bool) -> nn.Sequential:
+    last = nn.Linear(hidden, 1)
+    if zero_last:
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), last)
+
+
+def _zero_linear(dim: int) -> nn.Linear:
+    layer = nn.Linear(dim, dim)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class FusedModel(nn.Module):
+    """AKF levels over frozen source components; ``forward(*inputs) -> {task: logit [B]}``.
+
+    ``inputs`` are the source models' inputs in the order of ``input_names``.
+    """
+
+    def __init__(self, tasks: dict[str, list[str]], sources: dict[str, SourceModel], dims: list[int],
+                 input_names: list[str], options: FusionOptions | None = None):
+        super().__init__()
+        options = options or FusionOptions()
+        if options.mode not in MODES:
+            raise FusekitError(f"unknown fusion mode {options.mode!r}; use one of {', '.join(MODES)}")
+        if len(tasks) < 2:
+            raise FusekitError("fusing needs at least two tasks; name two or more with --tasks")
+        self.options = options
+        self.task_names = list(tasks)
+        self.task_models = {t: list(ms) for t, ms in tasks.items()}
+        self.input_names = list(input_names)
+        self.dims = list(dims)
+        self.n_levels = len(dims)
+        ordered = [m for ms in tasks.values() for m in ms]
+        self.model_names = ordered
+        self.level1_inputs = {m: list(sources[m].level1_inputs) for m in ordered}
+        for m in ordered:
+            if len(sources[m].components) != self.n_levels:
+                raise FusekitError(f"model {m} has {len(sources[m].components)} components but the manifest has "
+                                   f"{self.n_levels} levels; decompose the models again")
+            if options.mode == "residual" and sources[m].head is None:
+                raise FusekitError(f"residual mode needs the head of model {m}; decompose again or use --mode paper")
+        # Components live in a ModuleDict per model so checkpoints name them stably.
+        self.components = nn.ModuleDict({m: nn.ModuleList(sources[m].components) for m in ordered})
+        if options.mode == "residual":
+            self.heads = nn.ModuleDict({m: sources[m].head for m in ordered})
+        counts = [len(tasks[t]) for t in self.task_names]
+        self.levels = nn.ModuleList(
+            AKFLevel(d, counts, use_mtm=options.use_mtm, top_k=options.top_k, activation=options.activation)
+            for d in dims)
+        if options.mode == "paper":
+            self.towers = nn.ModuleDict({t: _tower(dims[-1], options.tower_hidden, False) for t in self.task_names})
+        else:
+            self.projections = nn.ModuleList(
+                nn.ModuleDict({m: _zero_linear(d) for m in ordered}) for d in dims)
+            # Zero logits -> uniform softmax weights over the task's heads.
+            self.head_weights = nn.ParameterDict({t: nn.Parameter(torch.zeros(len(tasks[t]))) for t in self.task_names})
+            if options.tower:
+                self.towers = nn.ModuleDict({t: _tower(dims[-1], options.tower_hidden, True) for t in self.task_names})
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _level1(self, model: str, named: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.components[model][0](*[named[n] for n in self.level1_inputs[model]])
+
+    @staticmethod
+    def _flat_prob(p: torch.Tensor) -> torch.Tensor:
+        return p.reshape(p.shape[0])
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per task, each ``[B]``."""
+        return self.forward_with_stats(*inputs)[0]
+
+    def forward_with_stats(self, *inputs: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        """Logits per task and, per level, the gate values of this batch."""
+        if len(inputs) != len(self.input_names):
+            raise FusekitError(f"the fused model takes {len(self.input_names)} inputs ({', '.join(self.input_names)})")
+        named = dict(zip(self.input_names, inputs))
+        if self.options.mode == "paper":
+            return self._forward_paper(named)
+        return self._forward_residual(named)
+
+    def _forward_paper(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        stats = []
+        z: list[torch.Tensor] | None = None
+        for level in range(self.n_levels):
+            outputs = []
+            for t, task in enumerate(self.task_names):
+                if level == 0:
+                    outputs.append([self._level1(m, named) for m in self.task_models[task]])
+                else:
+                    outputs.append([self.components[m][level](z[t]) for m in self.task_models[task]])
+            z, level_stats = self.levels[level](outputs)
+            stats.append(level_stats)
+        logits = {task: self.towers[task](z[t]).squeeze(-1) for t, task in enumerate(self.task_names)}
+        return logits, stats
+
+    def _forward_residual(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        stats = []
+        paths: dict[str, torch.Tensor] = {}
+        z: list[torch.Tensor] = []
+        for level in range(self.n_levels):
+            for m in self.model_names:
+                paths[m] = self._level1(m, named) if level == 0 else self.components[m][level](paths[m])
+            outputs = [[paths[m] for m in self.task_models[task]] for task in self.task_names]
+            z, level_stats = self.levels[level](outputs)
+            stats.append(level_stats)
+            for t, task in enumerate(self.task_names):
+                for m in self.task_models[task]:
+                    paths[m] = paths[m] + self.projections[level][m](z[t])
+        logits = {}
+        for t, task in enumerate(self.task_names):
+            # Probabilities are mixed in float32: under AMP, log(p) of a half-precision p loses the tails.
+            probs = torch.stack([self._flat_prob(self.heads[m](paths[m])).float() for m in self.task_models[task]], -1)
+            weights = torch.softmax(self.head_weights[task].float(), dim=0)
+            p = (probs * weights).sum(-1).clamp(_EPS, 1.0 - _EPS)
+            logit = torch.log(p) - torch.log1p(-p)
+            if self.options.tower:
+                logit = logit + self.towers[task](z[t]).squeeze(-1).float()
+            logits[task] = logit
+        return logits, stats
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters (the components' own only when trained from scratch)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class ProbabilityOutputs(nn.Module):
+    """Wraps a FusedModel for deployment: one probability ``[B]`` per task, in task order."""
+
+    def __init__(self, model: FusedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.model(*inputs)
+        return tuple(torch.sigmoid(logits[t]) for t in self.model.task_names)
+
+
+# -- components trained from scratch (Table II ablation) -------------------------------------------
+_PARAMETRIC = {"Gemm": (1, 2), "MatMul": (0, 1), "Conv": (1, 2), "ConvTranspose": (1, 2), "Gather": (0,)}
+
+
+def _parametric_initializers(onnx_path: str) -> list:
+    """Float initializers feeding Gemm/MatMul/Conv/Gather: the weights a layer learns."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(onnx_path)
+    inits = {i.name: i for i in model.graph.initializer}
+    found = {}
+    produced_by = {out: node.op_type for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        positions = _PARAMETRIC.get(node.op_type, ())
+        if node.op_type == "Add":  # the bias of a MatMul/Conv exported as a separate Add
+            positions = tuple(p for p in (0, 1) if produced_by.get(node.input[1 - p]) in ("MatMul", "Conv"))
+        for pos in positions:
+            if pos < len(node.input) and node.input[pos] in inits:
+                array = numpy_helper.to_array(inits[node.input[pos]])
+                if array.dtype.kind == "f":
+                    found[node.input[pos]] = (node.op_type, array)
+    return list(found.values())
+
+
+class TrainableComponent(nn.Module):
+    """A frozen component whose layer weights are replaced by trainable parameters.
+
+    The component reads its constants from its own buffer dict; the parameters are put there
+    (and put back after every ``.to()``/``.cuda()``, which would otherwise copy them apart).
+    """
+
+    def __init__(self, component: nn.Module, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.component = component
+        self.names = list(weights)
+        self.weights = nn.ParameterList(nn.Parameter(w) for w in weights.values())
+        self._sync()
+
+    def _sync(self) -> None:
+        for name, weight in zip(self.names, self.weights):
+            self.component._buffers[name] = weight
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._sync()
+        return out
+
+    def forward(self, *inputs: torch.Tensor):
+        return self.component(*inputs)
+
+    def frozen(self) -> nn.Module:
+        """The component with the current weights as plain buffers again (for export)."""
+        out = copy.deepcopy(self.component)
+        for name, weight in zip(self.names, self.weights):
+            out._buffers[name] = weight.detach().clone()
+        return out
+
+
+def deployable_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every TrainableComponent frozen back into a plain component.
+
+    The ONNX exporter cannot trace a parameter that sits in another module's buffer dict.
+    """
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, TrainableComponent):
+                setattr(module, child_name, child.frozen()) if not isinstance(module, (nn.ModuleList, nn.ModuleDict)) \
+                    else module.__setitem__(int(child_name) if isinstance(module, nn.ModuleList) else child_name,
+                                            child.frozen())
+    return model
+
+
+def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Module:
+    """A copy of a frozen component whose layer weights are fresh, trainable parameters.
+
+    Weight buffers are recognised by value against the ONNX file's Gemm/MatMul/Conv/Gather
+    initializers (possibly transposed), so this works whatever the buffers are called. Other
+    buffers (normalisation statistics, shapes) stay frozen. Biases restart at zero, weight
+    matrices Xavier-uniform, embedding tables N(0, 1e-4).
+    """
+    import numpy as np
+
+    weights = _parametric_initializers(onnx_path)
+    clone = copy.deepcopy(component)
+    generator = torch.Generator().manual_seed(seed)
+    fresh_weights: dict[str, torch.Tensor] = {}
+    for name, buf in list(clone._buffers.items()):
+        if buf is None or not buf.is_floating_point() or buf.numel() < 1:
+            continue
+        arr = buf.detach().cpu().numpy()
+        match = None
+        for op, w in weights:
+            if (w.shape == arr.shape and np.array_equal(w, arr)) or (
+                    w.ndim == 2 and w.T.shape == arr.shape and np.array_equal(w.T, arr)):
+                match = op
+                break
+        if match is None:
+            continue
+        fresh = torch.empty(buf.shape, dtype=buf.dtype)
+        if match == "Gather":
+            fresh.normal_(0.0, 1e-4, generator=generator)  # small embeddings train better (DESIGN.md)
+        elif buf.dim() >= 2:
+            fan = (buf.shape[0] + buf.shape[1]) * (buf[0][0].numel() if buf.dim() > 2 else 1)
+            bound = (6.0 / fan) ** 0.5
+            fresh.uniform_(-bound, bound, generator=generator)
+        else:
+            fresh.zero_()
+        fresh_weights[name] = fresh.to(buf.device)
+    if not fresh_weights:
+        raise FusekitError(f"cannot train {onnx_path} from scratch: no Gemm/MatMul/Conv/Gather weight found in it; "
+                           "drop --from-scratch")
+    return TrainableComponent(clone, fresh_weights)

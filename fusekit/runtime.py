@@ -1,0 +1,72 @@
+"""onnxruntime sessions with an explicitly chosen execution provider."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .data.dataset import Split
+from .errors import FusekitError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+           "tensor(double)": np.float64, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+
+
+def session(path: Path | str, device: str = "auto", threads: int | None = None):
+    """Open ``path`` in onnxruntime; return ``(InferenceSession, provider that runs it)``.
+
+    ``device``: ``auto`` (CUDA when onnxruntime has it, else CPU), ``cuda`` or ``cpu``. The
+    providers are always passed explicitly, and the one onnxruntime actually registered first is
+    reported (a CUDA provider that fails to load falls back to CPU, and we say so).
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FusekitError(f"model file {path} does not exist; check the path")
+    available = ort.get_available_providers()
+    if device not in ("auto", "cpu", "cuda"):
+        raise FusekitError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device == "cuda" and CUDA not in available:
+        raise FusekitError("--device cuda was asked for but this onnxruntime has no CUDA provider; "
+                           "install onnxruntime-gpu or use --device cpu")
+    providers = [CUDA, CPU] if device in ("auto", "cuda") and CUDA in available else [CPU]
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+        raise FusekitError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from exc
+    used = sess.get_providers()[0]
+    if device == "cuda" and used != CUDA:
+        raise FusekitError(f"onnxruntime could not start CUDA for {path} (it fell back to {used}); "
+                           "check the CUDA/cuDNN installation or use --device cpu")
+    return sess, used
+
+
+def split_arrays(split: Split) -> dict[str, np.ndarray]:
+    """The model inputs of fusekit's tabular convention, by name."""
+    return {"categorical": split.cat, "dense": split.dense}
+
+
+def run(sess, data: Split | Mapping[str, np.ndarray], batch_size: int = 65536) -> dict[str, np.ndarray]:
+    """Run ``sess`` over every row of ``data`` in batches; outputs by name, concatenated."""
+    arrays = split_arrays(data) if isinstance(data, Split) else dict(data)
+    feeds_meta = sess.get_inputs()
+    missing = [i.name for i in feeds_meta if i.name not in arrays]
+    if missing:
+        raise FusekitError(f"the model needs input(s) {', '.join(missing)} that the data does not provide")
+    feeds = {i.name: np.ascontiguousarray(arrays[i.name], dtype=_DTYPES.get(i.type, None)) for i in feeds_meta}
+    n = len(next(iter(feeds.values())))
+    names = [o.name for o in sess.get_outputs()]
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, max(n, 1), batch_size):
+        batch = {k: v[start:start + batch_size] for k, v in feeds.items()}
+        for name, out in zip(names, sess.run(names, batch)):
+            chunks[name].append(out)
+    return {name: np.concatenate(v) for name, v in chunks.items()}

@@ -1,0 +1,94 @@
+"""AKF building blocks: task gate, fusion gate, Multi-Task Merge, one level."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fusekit.akf import AKFLevel, FusionGate, MultiTaskMerge, TaskGate
+
+
+def _vectors(n: int, batch: int = 5, dim: int = 4, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, dim, generator=gen) for _ in range(n)]
+
+
+def test_task_gate_mixes_the_task_outputs_with_softmax_weights():
+    torch.manual_seed(0)
+    outs = _vectors(3)
+    gate = TaskGate(12, 3)
+    h, w = gate(torch.cat(outs, 1), outs)
+    assert torch.allclose(w.sum(1), torch.ones(5))
+    expected = sum(w[:, k:k + 1] * outs[k] for k in range(3))
+    assert torch.allclose(h, expected, atol=1e-6)
+    # Pushing the gate towards model 2 makes the mix approach model 2's output.
+    with torch.no_grad():
+        gate.linear.weight.zero_()
+        gate.linear.bias.copy_(torch.tensor([0.0, 0.0, 30.0]))
+    h, _ = gate(torch.cat(outs, 1), outs)
+    assert torch.allclose(h, outs[2], atol=1e-5)
+
+
+def test_fusion_gate_selects_the_top_task_weighted_by_its_gate_and_gets_gradients():
+    torch.manual_seed(1)
+    others = _vectors(3, seed=1)
+    gate = FusionGate(4, n_other=3, top_k=1)
+    gate_input = torch.randn(5, 4)
+    selected, f, idx = gate(gate_input, others)
+    assert selected.shape == (5, 1, 4)
+    assert torch.equal(idx[:, 0], f.argmax(1))
+    for row in range(5):
+        j = int(idx[row, 0])
+        assert torch.allclose(selected[row, 0], f[row, j] * others[j][row], atol=1e-6)
+    selected.sum().backward()
+    # Not a bare argmax: the gate's own weights receive a gradient.
+    assert gate.linear.weight.grad is not None and gate.linear.weight.grad.abs().sum() > 0
+
+
+def test_fusion_gate_top_k_and_keep_all():
+    others = _vectors(3, seed=2)
+    gate_input = torch.randn(5, 4)
+    two = FusionGate(4, n_other=3, top_k=2)
+    selected, f, idx = two(gate_input, others)
+    assert selected.shape == (5, 2, 4)
+    assert torch.equal(idx, torch.topk(f, 2, dim=1).indices)
+    everything = FusionGate(4, n_other=3, top_k=7)  # more than there are: keeps all
+    selected, f, _ = everything(gate_input, others)
+    assert selected.shape == (5, 3, 4)
+    assert torch.allclose(selected[:, 1], f[:, 1:2] * others[1], atol=1e-6)
+
+
+def test_multi_task_merge_is_scaled_dot_product_attention_for_the_own_token():
+    torch.manual_seed(3)
+    mtm = MultiTaskMerge(4, att_dim=6)
+    own, other = _vectors(2, seed=3)
+    z, att = mtm(own, other.unsqueeze(1))
+    assert z.shape == own.shape
+    tokens = torch.stack([own, other], 1)
+    q, k, v = mtm.q(tokens), mtm.k(tokens), mtm.v(tokens)
+    scores = (q[:, 0:1] @ k.transpose(1, 2)) / math.sqrt(6)
+    expected = (torch.softmax(scores, -1) @ v).squeeze(1)
+    assert torch.allclose(z, expected, atol=1e-6)
+    assert torch.allclose(att.sum(1), torch.ones(5))
+
+
+@pytest.mark.parametrize("use_mtm", [True, False])
+def test_akf_level_gives_one_vector_per_task_of_the_task_shape(use_mtm):
+    torch.manual_seed(4)
+    level = AKFLevel(4, [2, 1, 3], use_mtm=use_mtm)
+    outputs = [_vectors(2, seed=10), _vectors(1, seed=11), _vectors(3, seed=12)]
+    z, stats = level(outputs)
+    assert [t.shape for t in z] == [(5, 4)] * 3
+    assert [w.shape for w in stats["task_gate"]] == [(5, 2), (5, 1), (5, 3)]
+    if use_mtm:
+        assert [f.shape for f in stats["fusion_gate"]] == [(5, 2)] * 3
+    else:
+        # Without MTM each task keeps its gated mix: task 1's single model passes through unchanged.
+        assert "fusion_gate" not in stats
+        assert torch.allclose(z[1], outputs[1][0])
+
+
+def test_akf_level_refuses_a_single_task():
+    with pytest.raises(ValueError):
+        AKFLevel(4, [2])

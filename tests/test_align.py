@@ -1,0 +1,134 @@
+"""fusekit.align: cut points (dominators), common subsequence across N models, level choice."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+from fusekit.align import analyse, choose_levels, common_layers, lcs
+from fusekit.graph import ModelGraph, load_graph
+from tests import onnx_fixtures as F
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("align")
+    x = torch.randn(2, 8)
+    return {
+        "res_dyn": F.export(F.residual_mlp(), (x,), root / "res_dyn.onnx", True, ["x"], ["y"]),
+        "res_legacy": F.export(F.residual_mlp(), (x,), root / "res_legacy.onnx", False, ["x"], ["y"]),
+        "cnn_legacy": F.export(F.small_cnn(), (torch.randn(2, 3, 8, 8),), root / "cnn.onnx", False, ["x"], ["y"]),
+        "cnn_bn": F.export(F.small_cnn(), (torch.randn(2, 3, 8, 8),), root / "cnn_bn.onnx", False, ["x"], ["y"],
+                           fold_constants=False),
+        "tr_legacy": F.export(F.small_transformer(), (torch.randn(2, 5, 6),), root / "tr.onnx", False, ["x"], ["y"]),
+    }
+
+
+def _dominator_tensors(g: ModelGraph) -> set[str]:
+    """Reference: tensors on the dominator chain of a virtual sink, computed by networkx."""
+    dfg = nx.DiGraph()
+    for i, node in enumerate(g.nodes):
+        if g.node_kind[i] != "data":
+            continue
+        for name in g.node_inputs[i]:
+            if name and g.tensors[name].kind == "data":
+                dfg.add_edge(("t", name), ("op", i))
+        for name in node.output:
+            dfg.add_edge(("op", i), ("t", name))
+    for name in g.inputs:
+        dfg.add_edge("source", ("t", name))
+    for name in g.outputs:
+        dfg.add_edge(("t", name), "sink")
+    idom = nx.immediate_dominators(dfg, "source")
+    chain, node = set(), "sink"
+    while node != "source":
+        node = idom[node]
+        if isinstance(node, tuple) and node[0] == "t":
+            chain.add(node[1])
+    return chain
+
+
+@pytest.mark.parametrize("name", ["res_dyn", "res_legacy", "cnn_legacy", "cnn_bn", "tr_legacy"])
+def test_cut_points_are_the_dominators(models, name):
+    g = load_graph(models[name])
+    assert {t for _, t in analyse(g).cuts} == _dominator_tensors(g)
+
+
+@pytest.mark.parametrize("name", ["res_dyn", "res_legacy"])
+def test_residual_block_is_never_cut_inside(models, name):
+    a = analyse(load_graph(models[name]))
+    kinds = [layer.kind for layer in a.layers]
+    assert kinds[0] == "Linear+Relu"
+    assert kinds[1] == kinds[2] and "Add" in kinds[1] and "LayerNormalization" in kinds[1]
+    assert kinds[1].count("Linear(") == 0  # kinds carry no shapes
+    cuts = {t for _, t in a.cuts}
+    for layer in a.layers[1:3]:
+        ops = [a.graph.nodes[i] for i in layer.nodes]
+        inner = [o for n in ops if n.op_type in ("Gemm", "MatMul", "Relu") for o in n.output]
+        # the hidden activations of the block (after fc1 / relu / fc2) are not cut points;
+        # the skip Add's output is
+        assert len(inner) >= 3 and not set(inner) & cuts
+        norm = next(n for n in ops if n.op_type == "LayerNormalization")
+        assert norm.input[0] in cuts and norm.output[0] == layer.end
+        assert any(a.graph.nodes[i].op_type == "Relu" for i in layer.nodes)
+    assert len(a.layers) == 4
+
+
+def test_cnn_layers_keep_batchnorm_with_conv(models):
+    a = analyse(load_graph(models["cnn_legacy"]))
+    kinds = [layer.kind for layer in a.layers]
+    # the legacy exporter folds eval-mode BatchNorm into Conv; when it does not, BN joins the conv layer
+    assert len(kinds) == 3 and kinds[2] == "Linear"
+    assert all(k.startswith("Conv+") and k.split("+")[-1] in ("MaxPool", "Reshape") for k in kinds[:2])
+    assert a.layers[0].shape == ("batch", 4, 4, 4) and a.layers[1].shape == ("batch", 32)
+
+
+def test_batchnorm_joins_its_conv_layer(models):
+    a = analyse(load_graph(models["cnn_bn"]))
+    assert [layer.kind for layer in a.layers] == ["Conv+BatchNormalization+Relu+MaxPool",
+                                                  "Conv+BatchNormalization+Relu+MaxPool+Reshape", "Linear"]
+    conv_out = a.graph.nodes[a.layers[0].nodes[0]].output[0]
+    assert conv_out in {t for _, t in a.cuts}  # a cut point, yet not a layer boundary
+    assert a.layers[0].cuttable and a.layers[1].cuttable and not a.layers[2].cuttable
+
+
+def _lcs_length(a: list[int], b: list[int]) -> int:
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            table[i][j] = table[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(table[i - 1][j], table[i][j - 1])
+    return table[-1][-1]
+
+
+def test_lcs_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = rng.integers(0, 4, size=rng.integers(0, 12))
+        b = rng.integers(0, 4, size=rng.integers(0, 12))
+        ia, ib = lcs(a, b)
+        assert len(ia) == _lcs_length(a.tolist(), b.tolist())
+        assert np.all(np.diff(ia) > 0) and np.all(np.diff(ib) > 0)
+        assert np.array_equal(a[ia], b[ib])
+
+
+def test_common_layers_of_three_models_in_order():
+    seqs = [["E", "A", "B", "C", "H1"], ["E", "A", "A", "X", "B", "C", "H2"], ["E", "Y", "B", "C"]]
+    index = common_layers(seqs)
+    assert [seqs[0][i] for i in index[:, 0]] == ["E", "B", "C"]
+    assert index[:, 1].tolist() == [0, 4, 5] and index[:, 2].tolist() == [0, 2, 3]
+    assert len(common_layers([["A", "B"], ["C", "D"]])) == 0
+
+
+def test_choose_levels_default_balanced_and_last():
+    positions = np.array([[0, 0], [1, 1], [2, 3], [3, 4], [5, 7], [6, 8]])
+    chosen, _ = choose_levels(positions, None)
+    assert len(chosen) == 3 and chosen[-1] == 5
+    assert chosen == [1, 3, 5]  # mean depths 2, 4.5, 7.5 of 7.5: nearest to 2.5 and 5
+    assert choose_levels(positions, 1)[0] == [5]
+    assert choose_levels(positions, 6)[0] == list(range(6))
+    chosen4, _ = choose_levels(positions, 4)
+    assert len(chosen4) == 4 and chosen4 == sorted(set(chosen4)) and chosen4[-1] == 5

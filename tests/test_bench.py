@@ -1,0 +1,136 @@
+"""``fusekit bench``: the quick run's tables, seeded repeatability, and bad input."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli.main import main
+from fusekit.baselines import BASELINES
+from fusekit.bench import run_bench
+from fusekit.bench.runner import default_models_dir
+from fusekit.errors import FusekitError
+
+TASKS2 = ["income", "never_married"]
+TASKS3 = ["income", "never_married", "education"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _check_auc(value) -> None:
+    assert isinstance(value, float) and math.isfinite(value) and 0.5 < value <= 1.0, value
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    for tasks in (TASKS2, TASKS3):
+        folder = default_models_dir(tasks)
+        if len(list(folder.glob("*.onnx"))) < 2 * len(tasks):
+            pytest.skip(f"the bundled sample models in {folder} are not built; run sample_models/make_pool.py")
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bench") / "out"
+    result = run_bench("census-income", TASKS2, 1, True, out, three_tasks=TASKS3)
+    return result, out
+
+
+def test_quick_bench_writes_table_one_two_and_the_three_task_table(quick_bench):
+    result, out = quick_bench
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["auc.png", "results.json", "tables.md"]
+    assert (out / "auc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "results.json").read_text())
+    assert data["quick"] is True and data["seeds"] == [0]
+    assert [s["tasks"] for s in data["sets"]] == [TASKS2, TASKS3]
+    for set_data in data["sets"]:
+        tasks = set_data["tasks"]
+        rows = {r["method"]: r for r in set_data["rows"]}
+        singles = [r for r in set_data["rows"] if r["kind"] == "single"]
+        assert len(singles) == 2 * len(tasks)
+        assert sorted({next(iter(r["auc"])) for r in singles}) == sorted(tasks)
+        assert set(BASELINES) | {"average", "emm", "emm-paper"} <= set(rows)
+        for row in set_data["rows"]:
+            for task, values in row["auc"].items():
+                assert len(values) == 1  # one seed
+                for v in values:
+                    _check_auc(v)
+            if row["kind"] != "single":
+                assert set(row["auc"]) == set(tasks)
+                for task in tasks:
+                    assert isinstance(row["gain_vs_single_mean"][task], float)
+            assert row["parameters"] > 0
+        for name in BASELINES:
+            assert rows[name]["trainable"] == rows[name]["parameters"]  # trained from scratch
+        for name in ("emm", "emm-paper"):
+            # Only the fusion network trains; the source components inside are frozen.
+            assert 0 < rows[name]["trainable"] < rows[name]["parameters"]
+        assert rows["average"]["trainable"] == 0
+    assert data["sets"][1]["ablation"] == []  # Table II is for the first task set only
+    gates = data["sets"][1]["gates"]["emm-paper"]
+    assert len(gates["levels"]) >= 1
+    for level in gates["levels"]:
+        assert set(level["tasks"]) == set(TASKS3)
+        for task, info in level["tasks"].items():
+            assert set(info["selected_fraction"]) == set(TASKS3) - {task}
+            assert sum(info["selected_fraction"].values()) == pytest.approx(1.0, abs=1e-6)
+    text = (out / "tables.md").read_text()
+    for heading in ("### Table I: income, never_married", "### Table II", "### Table I, 3 tasks",
+                    "#### Gates of emm-paper", "### Hyperparameters"):
+        assert heading in text
+    assert "0.94108 / 0.99467" in text  # the paper's EMM figures beside ours
+
+
+def test_quick_bench_ablation_has_the_papers_four_variants(quick_bench):
+    result, out = quick_bench
+    ablation = result.sets[0].ablation
+    assert [r.method for r in ablation] == ["baseline", "baseline+mtm", "baseline+p", "full"]
+    assert [(r.extra["fusion"]["pretrained"], r.extra["fusion"]["use_mtm"]) for r in ablation] == [
+        (False, False), (False, True), (True, False), (True, True)]
+    for row in ablation:
+        assert "error" not in row.extra, row.extra.get("error")
+        for task in TASKS2:
+            _check_auc(row.auc[task][0])
+    # The full variant is the paper network of Table I, trained once.
+    assert ablation[-1].auc == result.sets[0].row("emm-paper").auc
+    # Variants without trained components train their whole structure.
+    assert ablation[0].trainable > ablation[2].trainable
+
+
+def test_same_seed_gives_identical_numbers_through_the_api_and_the_cli(tmp_path, capsys):
+    first = run_bench("census-income", TASKS2, [0, 1], True, tmp_path / "a", methods=["mmoe"], three_tasks=None)
+    row = first.sets[0].row("mmoe")
+    assert row.auc["income"][0] != row.auc["income"][1]  # the seed matters
+    for task in TASKS2:
+        for v in row.auc[task]:
+            _check_auc(v)
+    code = main(["bench", "census-income", "--quick", "--methods", "mmoe", "--no-three-tasks", "--seeds", "1",
+                 "-o", str(tmp_path / "b")])
+    assert code == 0
+    assert "### Table I: income, never_married" in capsys.readouterr().out
+    again = json.loads((tmp_path / "b" / "results.json").read_text())["sets"][0]["rows"][0]
+    assert again["method"] == "mmoe"
+    assert again["auc"] == {t: [row.auc[t][0]] for t in TASKS2}
+
+
+def test_bad_input_is_refused_and_nothing_is_written(tmp_path, capsys):
+    with pytest.raises(FusekitError, match="unknown bench method"):
+        run_bench("census-income", TASKS2, 1, True, tmp_path / "x", methods=["mmoe", "nope"])
+    with pytest.raises(FusekitError, match="two or more distinct tasks"):
+        run_bench("census-income", ["income"], 1, True, tmp_path / "x", methods=["mmoe"])
+    with pytest.raises(FusekitError, match="--models"):
+        run_bench("census-income", TASKS2, 1, True, tmp_path / "x", methods=["average"], three_tasks=None,
+                  models_dir=tmp_path / "no-models")
+    assert not (tmp_path / "x").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(FusekitError, match="not empty"):
+        run_bench("census-income", TASKS2, 1, True, busy, methods=["mmoe"])
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+    assert main(["bench", "census-income", "--quick", "--methods", "mmoe,nope", "-o", str(tmp_path / "y")]) == 2
+    assert "fusekit: error: unknown bench method(s) nope" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".x", ".y", "y"))]

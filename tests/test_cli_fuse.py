@@ -1,0 +1,170 @@
+"""``fusekit fuse``, ``fusekit eval`` and ``fusekit predict`` through the command line."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+from cli.main import main
+from tests.test_fuse import LABELS, TASKS, pool  # noqa: F401  (pool is a fixture)
+
+TASK_ARGS = [f"{t}={','.join(ms)}" for t, ms in TASKS.items()]
+LABEL_ARGS = sum((["--label", f"{t}={c}"] for t, c in LABELS.items()), [])
+
+
+def fuse_argv(pool, out, *extra):
+    return ["fuse", str(pool["parts"]), "--tasks", *TASK_ARGS, "--data", str(pool["csv"]), *LABEL_ARGS,
+            "-o", str(out), "--epochs", "2", "--batch-size", "256", "--device", "cpu", "--quiet", *extra]
+
+
+_RUN: dict = {}
+
+
+@pytest.fixture()
+def fused(pool, tmp_path_factory, capsys):  # noqa: F811
+    """One successful ``fusekit fuse`` run shared by the tests below: (out dir, stdout)."""
+    if not _RUN:
+        out = tmp_path_factory.mktemp("cli") / "fused"
+        code = main(fuse_argv(pool, out))
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        _RUN.update(out=out, stdout=captured.out)
+    return _RUN
+
+
+def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(fused, pool):  # noqa: F811
+    out = fused["out"]
+    names = {p.name for p in out.iterdir()}
+    assert {"fused.onnx", "metrics.json", "checkpoint.pt", "training_curves.png", "gates.json", "gates.png"} <= names
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["device"] == "cpu"
+    assert metrics["rows"]["train"] == len(pool["ds"].fusion_rows())  # the holdout rows only
+    assert metrics["onnx_parity_max_abs_diff"] <= 1e-5
+    assert {"torch", "onnx", "onnxruntime", "fusekit"} <= set(metrics["versions"])
+    lines = fused["stdout"].splitlines()
+    for task, models in TASKS.items():
+        entry = metrics["per_task"][task]
+        assert set(entry["sources_test_auc"]) == set(models)
+        row = next(line for line in lines if line.startswith(task + " "))
+        # fused, average, then every source model with its AUC, as in metrics.json
+        assert f"{entry['test_auc']:.4f}" in row and f"{entry['average_test_auc']:.4f}" in row
+        for m in models:
+            assert f"{m} {entry['sources_test_auc'][m]:.4f}" in row
+    proto = onnx.load(str(out / "fused.onnx"))
+    assert [o.name for o in proto.graph.output] == list(TASKS)
+    assert [i.name for i in proto.graph.input] == ["categorical", "dense"]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["fusekit.tasks"]) == list(TASKS)
+    assert set(json.loads(meta["fusekit.source_sha256"])) == set(sum(TASKS.values(), []))
+    assert "fusekit.feature_spec" in meta and meta["fusekit.version"]
+    gates = json.loads((out / "gates.json").read_text())
+    assert len(gates["levels"]) == json.loads((pool["parts"] / "manifest.json").read_text())["levels"]
+    income = gates["levels"][0]["tasks"]["income"]
+    assert set(income["task_gate"]) == set(TASKS["income"])
+    assert abs(sum(income["task_gate"].values()) - 1.0) < 1e-5
+    assert income["selected_fraction"] == {"never_married": 1.0}  # two tasks: always the other one
+
+
+def test_eval_reports_the_same_auc_for_the_fused_model_and_works_on_sources(fused, pool, capsys):  # noqa: F811
+    metrics = json.loads((fused["out"] / "metrics.json").read_text())
+    assert main(["eval", str(fused["out"] / "fused.onnx"), "--data", str(pool["csv"]), *LABEL_ARGS,
+                 "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "CPUExecutionProvider" in text
+    for task in TASKS:
+        assert f"{task:<16} AUC {metrics['per_task'][task]['test_auc']:.4f}" in text
+    source = TASKS["income"][0]
+    assert main(["eval", str(pool["models"][source]), "--data", str(pool["csv"]), "--label", "income=income"]) == 0
+    text = capsys.readouterr().out
+    assert f"AUC {metrics['per_task']['income']['sources_test_auc'][source]:.4f}" in text
+
+
+def test_predict_writes_one_probability_column_per_task(fused, pool, tmp_path, capsys):  # noqa: F811
+    rows = pd.read_csv(pool["csv"], dtype=str, keep_default_na=False).head(50)
+    raw = tmp_path / "rows.csv"
+    rows.to_csv(raw, index=False)
+    out_csv = tmp_path / "pred.csv"
+    assert main(["predict", str(fused["out"] / "fused.onnx"), str(raw), "-o", str(out_csv)]) == 0
+    assert "CPUExecutionProvider" in capsys.readouterr().out
+    pred = pd.read_csv(out_csv)
+    assert list(pred.columns) == list(TASKS) and len(pred) == 50
+    assert ((pred.to_numpy() > 0) & (pred.to_numpy() < 1)).all()
+    # The same rows give the same probabilities when predicted one at a time in a separate file.
+    one = tmp_path / "one.csv"
+    rows.iloc[[7]].to_csv(one, index=False)
+    assert main(["predict", str(fused["out"] / "fused.onnx"), str(one), "-o", str(tmp_path / "p1.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "p1.csv").to_numpy()[0], pred.to_numpy()[7], atol=1e-6)
+    # No silent overwrite.
+    assert main(["predict", str(fused["out"] / "fused.onnx"), str(raw), "-o", str(out_csv)]) == 2
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fusekit: error: "), err
+    return err[0]
+
+
+def _changed_parts(pool, tmp_path):  # noqa: F811
+    parts = tmp_path / "parts"
+    shutil.copytree(pool["parts"], parts)
+    return parts
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no_manifest", "manifest.json"),
+    ("changed_component", "changed"),
+    ("unknown_model", "unknown model"),
+    ("model_in_two_tasks", "two tasks"),
+    ("one_task", "at least two tasks"),
+    ("missing_label", "label"),
+    ("spec_mismatch", "encode their inputs differently"),
+    ("bad_top_k", "--top-k"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "out"
+    argv = fuse_argv(pool, out)
+    if case == "no_manifest":
+        parts = _changed_parts(pool, tmp_path)
+        (parts / "manifest.json").unlink()
+        argv[1] = str(parts)
+    elif case == "changed_component":
+        parts = _changed_parts(pool, tmp_path)
+        comp = parts / json.loads((parts / "manifest.json").read_text())["models"][0]["components"][0]
+        comp.write_bytes(comp.read_bytes() + b"\0")
+        argv[1] = str(parts)
+    elif case == "unknown_model":
+        argv[argv.index(TASK_ARGS[0])] = "income=income_a,nobody"
+    elif case == "model_in_two_tasks":
+        argv[argv.index(TASK_ARGS[1])] = "never_married=married_a,income_b"
+    elif case == "one_task":
+        argv.remove(TASK_ARGS[1])
+    elif case == "missing_label":
+        argv[argv.index("never_married=never_married")] = "never_married=no_such_column"
+    elif case == "spec_mismatch":
+        parts = _changed_parts(pool, tmp_path)
+        manifest = json.loads((parts / "manifest.json").read_text())
+        entry = next(m for m in manifest["models"] if m["name"] == "married_b")
+        spec = json.loads(entry["metadata"]["fusekit.feature_spec"])
+        spec["dense"][0]["mean"] += 1.0
+        entry["metadata"]["fusekit.feature_spec"] = json.dumps(spec)
+        (parts / "manifest.json").write_text(json.dumps(manifest))
+        argv[1] = str(parts)
+    elif case == "bad_top_k":
+        argv += ["--top-k", "0"]
+    assert main(argv) == 2
+    assert expected in _error_line(capsys)
+    assert not out.exists()
+    assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())  # no work dir left either
+
+
+def test_existing_output_is_not_overwritten_without_force(pool, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(fuse_argv(pool, out)) == 2
+    assert "--force" in _error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]

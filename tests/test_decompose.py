@@ -1,0 +1,166 @@
+"""fusekit.decompose end to end: census-like models, levels, manifest, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from onnx import helper
+
+from fusekit.decompose import decompose
+from fusekit.errors import FusekitError
+from fusekit.io import sha256_file
+from fusekit.manifest import load_manifest
+from tests import onnx_fixtures as F
+
+CENSUS = {"income_a": (64, 32, 16), "income_b": (64, 64, 32, 16), "married_a": (64, 32, 16),
+          "married_b": (64, 48, 32, 16)}
+
+
+@pytest.fixture(scope="session")
+def census(tmp_path_factory) -> dict[bool, list[Path]]:
+    """Four census-like MLPs of different depth and width, for each exporter."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("census")
+    args = F.embedding_mlp_inputs()
+    out: dict[bool, list[Path]] = {}
+    for dyn in (True, False):
+        paths = []
+        for seed, (name, widths) in enumerate(CENSUS.items()):
+            path = F.export(F.embedding_mlp(widths=widths, seed=seed), args, root / f"{'dyn' if dyn else 'leg'}"
+                            / f"{name}.onnx", dyn, ["categorical", "dense"], [name.split("_")[0]])
+            model = onnx.load(str(path))
+            helper.set_model_props(model, {"fusekit.task": name.split("_")[0], "fusekit.feature_spec": "{}"})
+            onnx.save(model, str(path))
+            paths.append(path)
+        out[dyn] = paths
+    return out
+
+
+@pytest.fixture(scope="session")
+def dense(tmp_path_factory):
+    """Builder of legacy-exported dense MLPs (cheap), cached by (widths, seed)."""
+    root = tmp_path_factory.mktemp("dense")
+    cache: dict = {}
+
+    def make(widths: tuple[int, ...], seed: int = 0, n_in: int = 8) -> Path:
+        key = (widths, seed, n_in)
+        if key not in cache:
+            name = f"m{len(cache)}"
+            cache[key] = F.export(F.dense_mlp(n_in, widths, seed), (torch.randn(2, n_in),), root / f"{name}.onnx",
+                                  False, ["x"], ["y"])
+        return cache[key]
+    return make
+
+
+@pytest.mark.parametrize("dyn", [True, False], ids=["dynamo", "legacy"])
+def test_four_census_models_give_three_levels(census, tmp_path, dyn):
+    out = tmp_path / "parts"
+    result = decompose(census[dyn], out)
+    assert result.levels == 3 and len(result.common) == 3
+    assert [c.shape for c in result.common] == [["batch", 16], ["batch", 64], ["batch", 16]]
+    assert [c.indices for c in result.common] == [[0, 0, 0, 0], [1, 1, 1, 1], [3, 4, 3, 4]]
+    assert max(result.worst_diff.values()) <= 1e-5 and set(result.worst_diff) == set(CENSUS)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["levels"] == 3 and manifest["fusekit_version"]
+    assert manifest["inputs"] == [{"name": "categorical", "shape": ["batch", 3], "dtype": "int64"},
+                                  {"name": "dense", "shape": ["batch", 4], "dtype": "float32"}]
+    assert [b["shape"] for b in manifest["boundaries"]] == [["batch", 16], ["batch", 64], ["batch", 16]]
+    assert all(b["signature"] for b in manifest["boundaries"])
+    for entry, path in zip(manifest["models"], census[dyn]):
+        assert entry["name"] == path.stem and entry["sha256"] == sha256_file(path)
+        assert entry["components"] == [f"{path.stem}/level{k}.onnx" for k in (1, 2, 3)]
+        assert entry["metadata"]["fusekit.task"] == path.stem.split("_")[0]
+        assert entry["outputs"] == [path.stem.split("_")[0]] and entry["inputs"] == ["categorical", "dense"]
+        assert len(entry["boundary_tensors"]) == 3 and entry["layer_indices"] == [0, 1, 4 if "_b" in path.stem else 3]
+        for rel, digest in zip(entry["components"], entry["component_sha256"]):
+            model = onnx.load(str(out / rel))
+            assert sha256_file(out / rel) == digest
+            assert [o.name for o in model.graph.output] == ["y"]
+        assert (out / entry["head"]).is_file()
+    level2 = onnx.load(str(out / "income_b/level2.onnx"))
+    assert [i.name for i in level2.graph.input] == ["x"]
+    assert [d.dim_param or d.dim_value for d in level2.graph.input[0].type.tensor_type.shape.dim] == ["batch", 16]
+    loaded = load_manifest(out)
+    assert loaded.levels == 3 and loaded.component_path("married_b", 2) == out / "married_b/level2.onnx"
+    text = result.table()
+    assert "income_a" in text and "3 common cuttable layers" in text and "worst max abs difference" in text
+    assert json.loads(json.dumps(result.to_json()))["levels"] == 3
+
+
+def test_load_manifest_detects_changes(census, tmp_path):
+    out = tmp_path / "parts"
+    decompose(census[False][:2], out, verify=False)
+    load_manifest(out)
+    (out / "income_a/level2.onnx").write_bytes((out / "income_a/level2.onnx").read_bytes() + b"\0")
+    with pytest.raises(FusekitError, match="changed since decompose"):
+        load_manifest(out)
+    (out / "income_a/level2.onnx").unlink()
+    with pytest.raises(FusekitError, match="missing"):
+        load_manifest(out)
+    with pytest.raises(FusekitError, match="does not exist"):
+        load_manifest(tmp_path / "elsewhere")
+
+
+def test_only_the_first_layer_shared(dense, tmp_path):
+    result = decompose([dense((16, 32)), dense((16, 24), seed=1)], tmp_path / "p")
+    assert result.levels == 1 and [c.indices for c in result.common] == [[0, 0]]
+    assert result.common[0].shape == ["batch", 16]
+
+
+def test_only_the_last_hidden_layer_shared(dense, tmp_path):
+    result = decompose([dense((12, 16, 16)), dense((20, 24, 16, 16), seed=1)], tmp_path / "p")
+    assert result.levels == 1 and [c.indices for c in result.common] == [[2, 3]]
+    assert max(result.worst_diff.values()) <= 1e-5
+
+
+def test_default_explicit_and_all_levels(dense, tmp_path):
+    a, b = dense((16, 16, 16, 16, 16)), dense((16, 16, 16, 16, 16), seed=1)
+    default = decompose([a, b], tmp_path / "d")
+    assert len(default.common) == 5 and default.chosen == [1, 2, 4]
+    assert "default min(3, 5 common layers)" in default.reason
+    assert decompose([a, b], tmp_path / "two", levels=2).chosen == [2, 4]
+    assert decompose([a, b], tmp_path / "all", levels="all").levels == 5
+    with pytest.raises(FusekitError, match="use --levels 5 or fewer"):
+        decompose([a, b], tmp_path / "six", levels=6)
+    assert not (tmp_path / "six").exists()
+
+
+def test_three_models_of_different_depth(dense, tmp_path):
+    paths = [dense((16, 16, 8)), dense((16, 32, 16, 8), seed=1), dense((16, 24, 16, 8, 8), seed=2)]
+    result = decompose(paths, tmp_path / "p", names=["a", "b", "c"])
+    # common: 8->16 and the 16->8 layer, in order, in all three
+    assert [c.indices for c in result.common] == [[0, 0, 0], [2, 3, 3]]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a", "b", "c", "manifest.json"]
+
+
+def test_no_common_layer_names_layer_kinds_and_nearest(dense, tmp_path):
+    with pytest.raises(FusekitError) as info:
+        decompose([dense((12,)), dense((20,), seed=1)], tmp_path / "p")
+    message = str(info.value)
+    assert "\n" not in message and "no layer is common" in message
+    assert "Linear(8->12)+Relu" in message and "Linear(8->20)+Relu" in message and "nearest candidates" in message
+    assert not (tmp_path / "p").exists()
+
+
+def test_bad_inputs(dense, census, tmp_path):
+    out = tmp_path / "p"
+    with pytest.raises(FusekitError, match="different inputs"):
+        decompose([dense((16,)), census[False][0]], out)
+    with pytest.raises(FusekitError, match="different inputs"):
+        decompose([dense((16,)), dense((16,), n_in=9)], out)
+    with pytest.raises(FusekitError, match="at least two models"):
+        decompose([dense((16,))], out)
+    with pytest.raises(FusekitError, match="distinct names"):
+        decompose([dense((16,)), dense((16,))], out)
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(FusekitError, match="not empty"):
+        decompose([dense((16,)), dense((16,), seed=1)], out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    decompose([dense((16,)), dense((16,), seed=1)], out, force=True)
+    assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []

@@ -1,0 +1,111 @@
+"""fusekit.layers: grouping into layers and structural signatures that exporters cannot fool."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+from fusekit.align import analyse
+from fusekit.graph import load_graph
+from tests import onnx_fixtures as F
+
+
+def _signatures(path: Path) -> list[str]:
+    return [layer.signature for layer in analyse(load_graph(path)).layers]
+
+
+@pytest.fixture(scope="session")
+def mlps(tmp_path_factory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("layers")
+    args = F.embedding_mlp_inputs()
+    out = {}
+    for dyn in (True, False):
+        tag = "dyn" if dyn else "legacy"
+        out[f"a_{tag}"] = F.export(F.embedding_mlp(widths=(16, 8), seed=0), args, root / f"a_{tag}.onnx", dyn,
+                                   ["categorical", "dense"], ["p"])
+        out[f"b_{tag}"] = F.export(F.embedding_mlp(widths=(16, 8), seed=7), args, root / f"b_{tag}.onnx", dyn,
+                                   ["categorical", "dense"], ["p"])
+    out["wide"] = F.export(F.embedding_mlp(widths=(16, 12), seed=0), args, root / "wide.onnx", False,
+                           ["categorical", "dense"], ["p"])
+    return out
+
+
+def _run(path: Path) -> np.ndarray:
+    cat, dense = F.embedding_mlp_inputs(batch=5, seed=3)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"categorical": cat.numpy(), "dense": dense.numpy()})[0]
+
+
+def test_layers_of_an_embedding_mlp(mlps):
+    layers = analyse(load_graph(mlps["a_dyn"])).layers
+    assert [layer.kind for layer in layers] == ["Add+Embedding+Reshape+Concat", "Linear+Relu", "Linear+Relu",
+                                                "Linear+Sigmoid+Reshape"]
+    assert [layer.shape for layer in layers[:3]] == [("batch", 16), ("batch", 16), ("batch", 8)]
+    assert [layer.cuttable for layer in layers] == [True, True, True, False]  # the output layer is the head
+
+
+def test_same_architecture_other_weights_same_signature(mlps):
+    for tag in ("dyn", "legacy"):
+        assert _signatures(mlps[f"a_{tag}"]) == _signatures(mlps[f"b_{tag}"])
+    wide, narrow = _signatures(mlps["wide"]), _signatures(mlps["a_legacy"])
+    assert wide[:2] == narrow[:2] and wide[2] != narrow[2]  # 16->12 is not 16->8
+
+
+def test_renamed_initializers_and_inserted_identities(mlps, tmp_path):
+    model = onnx.load(str(mlps["a_dyn"]))
+    rename = {t.name: f"w{k}_{t.name[::-1]}" for k, t in enumerate(model.graph.initializer)}
+    for t in model.graph.initializer:
+        t.name = rename[t.name]
+    nodes = []
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                alias = rename[name] + "_alias"
+                nodes.append(helper.make_node("Identity", [rename[name]], [alias]))
+                node.input[k] = alias
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    path = tmp_path / "renamed.onnx"
+    onnx.save(model, str(path))
+    np.testing.assert_allclose(_run(path), _run(mlps["a_dyn"]), atol=1e-6)
+    assert _signatures(path) == _signatures(mlps["a_dyn"])
+
+
+def test_gemm_and_matmul_add_have_the_same_signature(mlps, tmp_path):
+    model = onnx.load(str(mlps["a_dyn"]))
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "Gemm":
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        wt = numpy_helper.from_array(np.ascontiguousarray(w.T), node.input[1] + "_t")
+        model.graph.initializer.append(wt)
+        mm = node.output[0] + "_mm"
+        nodes.append(helper.make_node("MatMul", [node.input[0], wt.name], [mm]))
+        nodes.append(helper.make_node("Add", [node.input[2], mm], [node.output[0]]))  # bias first, like torch
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    path = tmp_path / "matmul.onnx"
+    onnx.save(model, str(path))
+    assert "Gemm" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    np.testing.assert_allclose(_run(path), _run(mlps["a_dyn"]), atol=1e-5)
+    assert _signatures(path) == _signatures(mlps["a_dyn"])
+
+
+def test_legacy_shared_weights_become_identities_but_blocks_still_match(tmp_path):
+    # LayerNorm weights are all ones at init: the legacy exporter deduplicates them into one
+    # initializer read through Identity nodes; identical blocks must still get one signature.
+    path = F.export(F.small_transformer(blocks=2), (torch.randn(2, 5, 6),), tmp_path / "t.onnx", False, ["x"], ["y"])
+    assert "Identity" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    layers = analyse(load_graph(path)).layers
+    assert layers[1].signature == layers[3].signature  # attention blocks
+    assert layers[1].signature != layers[2].signature  # attention is not MLP
