@@ -56,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-6)
     p.add_argument("--epochs", type=int, default=100, help="maximum epochs (early stopping on mean validation AUC)")
     p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fusion network and training")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the validation/test split of the data (use the one the source models used)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-rows", type=int, help="use at most this many rows of each split (quick runs)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     options = FuseOptions(fusion=fusion, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                           epochs=args.epochs, patience=args.patience, seed=args.seed, device=args.device,
                           progress=not args.quiet, resume=args.resume, force=args.force,
-                          labels=parse_labels(args.label), data_dir=args.data_dir, max_rows=args.max_rows)
+                          labels=parse_labels(args.label), data_dir=args.data_dir, max_rows=args.max_rows,
+                          split_seed=args.split_seed)
     result = fuse(args.parts, tasks, args.data, args.output, options)
     m = result.metrics
     print(f"fused {len(tasks)} tasks ({args.mode} mode) on {m['device']} in {m['total_seconds']:.0f} s, "

@@ -6,8 +6,7 @@ import importlib
 import sys
 
 from fusekit import __version__
-from fusekit.errors import FusekitError
-from fusekit.train import TrainingInterrupted
+from fusekit.errors import FusekitError, TrainingInterrupted
 
 # One module per command in this package; each defines register(subparsers).
 COMMANDS = [

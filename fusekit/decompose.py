@@ -78,7 +78,8 @@ class DecomposeResult:
                  "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}" for i in self.inputs), ""]
         width = max(8, *(len(n) for n in self.names))
         header = f"{'#':>3}  {'common layer':<36} {'output':<22}" + "".join(f" {n:>{width}}" for n in self.names)
-        lines += [f"{len(self.common)} common cuttable layers (index of the layer in each model):", header]
+        lines += [f"{len(self.common)} common cuttable layers (index of the layer in each model; the layer "
+                  f"giving a model's outputs is its head, never a cut):", header]
         for k, c in enumerate(self.common):
             mark = f"L{self.chosen.index(k) + 1}" if k in self.chosen else ""
             summary = c.summary if len(c.summary) <= 36 else c.summary[:33] + "..."
@@ -133,12 +134,16 @@ def _no_common_message(names: list[str], analyses: list[Analysis]) -> str:
     nearest = ""
     first = analyses[0].candidates
     for name, a in zip(names[1:], analyses[1:]):
-        pair = next(((x, y) for x in first for y in a.candidates if x.signature != y.signature and x.kind == y.kind),
-                    None)
-        if pair:
-            x, y = pair
-            nearest = (f"; nearest candidates: {names[0]} layer {x.index} {x.summary}->{_fmt(x.shape)} vs {name} "
-                       f"layer {y.index} {y.summary}->{_fmt(y.shape)} (same kind, different shapes)")
+        for same, why in ((lambda x, y: x.kind == y.kind, "same kind, different shapes"),
+                          (lambda x, y: x.shape == y.shape, "same output shape, different structure")):
+            pair = next(((x, y) for x in first for y in a.candidates if x.signature != y.signature and same(x, y)),
+                        None)
+            if pair:
+                x, y = pair
+                nearest = (f"; nearest candidates: {names[0]} layer {x.index} {x.summary}->{_fmt(x.shape)} vs "
+                           f"{name} layer {y.index} {y.summary}->{_fmt(y.shape)} ({why})")
+                break
+        if nearest:
             break
     return ("no layer is common to all models (the output layer is never cut: it is each model's head): "
             + "; ".join(kinds) + nearest + "; decompose models that share at least one identical layer")

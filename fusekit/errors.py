@@ -3,3 +3,7 @@
 
 class FusekitError(Exception):
     """A problem with the user's input or environment; the CLI prints it without a traceback."""
+
+
+class TrainingInterrupted(FusekitError):
+    """Ctrl-C during training; the last finished epoch is in the checkpoint."""

@@ -46,6 +46,7 @@ class FuseOptions:
     labels: dict[str, str] | None = None  # task -> column, for CSV/Parquet data
     data_dir: Path | None = None
     max_rows: int | None = None  # subsample each split (quick runs and tests)
+    split_seed: int = 0  # validation/test split of the data: the source models' (not the training seed)
     parity_tol: float = 1e-5
     on_epoch: Callable | None = None  # called with each EpochRecord (progress reporting)
 
@@ -137,7 +138,8 @@ def load_data(data, tasks: list[str], spec, options: FuseOptions):
     from .data import load_dataset
 
     if isinstance(data, (str, Path)):
-        ds = load_dataset(data, tasks, labels=options.labels, spec=spec, data_dir=options.data_dir, seed=options.seed)
+        ds = load_dataset(data, tasks, labels=options.labels, spec=spec, data_dir=options.data_dir,
+                          seed=options.split_seed)
     else:
         ds = data
     for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)):
@@ -149,6 +151,16 @@ def load_data(data, tasks: list[str], spec, options: FuseOptions):
         raise FusekitError("the data was encoded with a different feature specification than the models; "
                            "encode it with the models' specification")
     return ds
+
+
+def check_widths(manifest: dict, split: Split) -> None:
+    """The data has as many columns as the models take (when the manifest records a fixed width)."""
+    arrays = {"categorical": split.cat, "dense": split.dense}
+    for spec in manifest["inputs"]:
+        width = spec["shape"][1] if len(spec["shape"]) > 1 else None
+        if isinstance(width, int) and spec["name"] in arrays and arrays[spec["name"]].shape[1] != width:
+            raise FusekitError(f"the data has {arrays[spec['name']].shape[1]} {spec['name']} columns but the models take "
+                               f"{width}; encode it with the models' feature specification")
 
 
 def _subsample(split: Split, n: int | None, seed: int) -> Split:
@@ -233,7 +245,8 @@ def _run_identity(manifest: dict, tasks: dict[str, list[str]], options: FuseOpti
     models = {m["name"]: m.get("component_sha256") for m in manifest["models"]}
     return {"tasks": tasks, "components": {m: models[m] for ms in tasks.values() for m in ms},
             "fusion": options.fusion.to_dict(), "lr": options.lr, "batch_size": options.batch_size,
-            "weight_decay": options.weight_decay, "seed": options.seed, "max_rows": options.max_rows}
+            "weight_decay": options.weight_decay, "seed": options.seed, "max_rows": options.max_rows,
+            "split_seed": options.split_seed}
 
 
 def _prepare_work_dir(work: Path, identity: dict, options: FuseOptions) -> None:
@@ -286,18 +299,14 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     if input_names != INPUT_ORDER:
         raise FusekitError(f"fusekit fuse trains tabular models with inputs {INPUT_ORDER}; these take {input_names}")
     spec = model_spec(manifest, tasks)
-    if not options.resume:
-        check_output_dir(out_dir, options.force)
+    check_output_dir(out_dir, options.force)
     ds = load_data(data, task_names, spec, options)
     holdout = bool(spec is not None and spec.holdout)
     train_rows = ds.fusion_rows() if holdout else ds.train
     train_rows = _subsample(train_rows, options.max_rows, options.seed)
     val = _subsample(ds.val, options.max_rows, options.seed + 1)
     test = _subsample(ds.test, options.max_rows, options.seed + 2)
-    for name, split in (("validation", val), ("test", test)):
-        if split.cat.shape[1:] != tuple(manifest["inputs"][0]["shape"][1:]) and isinstance(manifest["inputs"][0]["shape"][1], int):
-            raise FusekitError(f"the {name} data has {split.cat.shape[1]} categorical columns but the models take "
-                               f"{manifest['inputs'][0]['shape'][1]}; encode it with the models' feature specification")
+    check_widths(manifest, test)
 
     model = build_model(parts_dir, manifest, tasks, options.fusion)
     n_trainable = sum(p.numel() for p in model.fusion_parameters())
@@ -328,7 +337,7 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     if spec is not None:
         metadata["fusekit.feature_spec"] = spec.to_json()
     test_arrays = {"categorical": test.cat, "dense": test.dense}
-    with atomic_dir(out_dir, force=options.force or options.resume) as tmp:
+    with atomic_dir(out_dir, force=options.force) as tmp:
         onnx_path = export_fused(model, tmp / "fused.onnx",
                                  (torch.as_tensor(test.cat[:2]), torch.as_tensor(test.dense[:2])), metadata)
         parity = check_parity(model, onnx_path, test_arrays, tol=options.parity_tol)

@@ -24,8 +24,7 @@ def gate_statistics(model: FusedModel, split: Split, batch_size: int = 16384) ->
         rows = stats[0]["task_gate"][0].shape[0]
         n += rows
         if not sums:
-            sums = [{k: [torch.zeros(v.shape[1]) if k != "picked" else None for v in vals] for k, vals in lvl.items()}
-                    for lvl in stats]
+            sums = [{key: [torch.zeros(v.shape[1]) for v in vals] for key, vals in lvl.items()} for lvl in stats]
             for lvl, s in zip(stats, sums):
                 if "fusion_gate" in lvl:
                     s["picked"] = [torch.zeros(f.shape[1]) for f in lvl["fusion_gate"]]
@@ -92,7 +91,10 @@ def plot_gates(gates: dict, path: Path) -> Path:
         for i, (task, info) in enumerate(lvl["tasks"].items()):
             weights = list(info["task_gate"].values())
             offsets = np.linspace(-0.3, 0.3, len(weights)) if len(weights) > 1 else [0.0]
-            ax.bar([i + o for o in offsets], weights, width=0.6 / max(1, len(weights)))
+            bars = ax.bar([i + o for o in offsets], weights, width=0.6 / max(1, len(weights)))
+            for bar, name in zip(bars, info["task_gate"]):
+                ax.text(bar.get_x() + bar.get_width() / 2, 0.02, name, rotation=90, ha="center", va="bottom",
+                        fontsize=7, color="white")
         ax.set_xticks(range(len(lvl["tasks"])), list(lvl["tasks"]))
         ax.set(ylim=(0, 1), title=f"level {lvl['level']}: task gate", ylabel="mean weight per source")
         if has_fusion:

@@ -18,16 +18,12 @@ import torch
 from torch import nn
 
 from .data.dataset import Split
-from .errors import FusekitError
+from .errors import FusekitError, TrainingInterrupted
 from .io import atomic_file
 from .metrics import roc_auc
 from .seeding import seed_everything
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-class TrainingInterrupted(FusekitError):
-    """Ctrl-C during training; the last finished epoch is in the checkpoint."""
 
 
 @dataclass

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -134,3 +133,22 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, capsys):
     assert main(["bench", "census-income", "--quick", "--methods", "mmoe,nope", "-o", str(tmp_path / "y")]) == 2
     assert "fusekit: error: unknown bench method(s) nope" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".x", ".y", "y"))]
+
+
+@pytest.mark.slow
+def test_full_path_fuses_through_fuse_and_scores_fused_onnx(tmp_path):
+    """The non-quick path: the EMM row comes from ``fusekit.fuse.fuse`` (all rows, 1 epoch here)."""
+    if len(list(default_models_dir(TASKS2).glob("*.onnx"))) < 4:
+        pytest.skip("the bundled sample models are not built; run sample_models/make_pool.py")
+    out = tmp_path / "out"
+    result = run_bench("census-income", TASKS2, [0], False, out, methods=["average", "emm"], three_tasks=None,
+                       max_epochs=1, patience=1)
+    row = result.sets[0].row("emm")
+    assert "error" not in row.extra and row.extra.get("path") != "in-process"
+    for task in TASKS2:
+        _check_auc(row.auc[task][0])
+    assert row.parameters > row.trainable > 0
+    run = out / "runs" / "income+never_married" / "runs" / "emm-seed0"
+    assert (run / "metrics.json").is_file() and (run / "gates.json").is_file()
+    assert not (run / "fused.onnx").exists()  # large and reproducible: not kept
+    assert result.sets[0].gates["emm"]["levels"]

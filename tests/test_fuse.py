@@ -205,3 +205,13 @@ def test_from_scratch_components_are_trainable_copies_with_fresh_weights(pool):
     b.sum().backward()
     grads = [p.grad for n, p in scratch.named_parameters() if n.startswith("components.income_a.0")]
     assert grads and all(g is not None for g in grads)
+
+
+def test_a_loss_that_becomes_nan_stops_training_and_writes_no_output(pool, tmp_path):
+    from fusekit.fuse import fuse, work_dir_for
+
+    out = tmp_path / "fused"
+    with pytest.raises(FusekitError, match="loss became"):
+        fuse(pool["parts"], TASKS, pool["csv"], out, quick_options(mode="paper", lr=1e12))
+    assert not out.exists()
+    assert (work_dir_for(out) / "run.json").exists()  # kept: --resume/--force say what to do next

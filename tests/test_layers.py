@@ -69,6 +69,11 @@ def test_renamed_initializers_and_inserted_identities(mlps, tmp_path):
                 alias = rename[name] + "_alias"
                 nodes.append(helper.make_node("Identity", [rename[name]], [alias]))
                 node.input[k] = alias
+        if node.op_type == "Relu":  # an Identity on the data path too
+            out = node.output[0]
+            node.output[0] = out + "_pre"
+            nodes += [node, helper.make_node("Identity", [out + "_pre"], [out])]
+            continue
         nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)

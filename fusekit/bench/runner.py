@@ -111,10 +111,8 @@ def _check_methods(methods: list[str] | None) -> list[str]:
 
 
 def _load(dataset: str, tasks: list[str], spec):
-    try:
-        from ..data import load_dataset
-    except ImportError as exc:  # pragma: no cover - the data package is part of fusekit
-        raise FusekitError(f"fusekit.data.load_dataset is unavailable ({exc}); install fusekit completely") from exc
+    from ..data import load_dataset
+
     return load_dataset(dataset, tasks, spec=spec, seed=0)
 
 
@@ -146,23 +144,17 @@ def _train_baseline(name: str, spec_sizes: tuple[list[int], int], tasks: list[st
 
 
 def _decompose(sources, parts_dir: Path) -> None:
-    try:
-        from ..decompose import decompose
-    except ImportError as exc:
-        raise FusekitError(f"the EMM rows need fusekit.decompose, which is unavailable here ({exc}); "
-                           "run the bench without emm/ablation methods (--methods)") from exc
+    from ..decompose import decompose
+
     decompose([s.path for s in sources], parts_dir, names=[s.name for s in sources])
 
 
 def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, sources, ds, test, tasks: list[str],
                   seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
                   log: Callable[[str], None]) -> tuple[Row, dict]:
-    try:
-        from ..fuse import FuseOptions, fuse
-        from ..model import FusionOptions
-    except ImportError as exc:
-        raise FusekitError(f"the EMM rows need fusekit.fuse, which is unavailable here ({exc}); "
-                           "run the bench without emm/ablation methods (--methods)") from exc
+    from ..fuse import FuseOptions, fuse
+    from ..model import FusionOptions
+
     task_models = {t: [s.name for s in sources if s.task == t] for t in tasks}
     row = Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw})
     gates: dict = {}
@@ -204,13 +196,9 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, sou
     ``fuse`` also exports and checks fused.onnx, which takes longer than a quick run's training;
     the full benchmark goes through ``fuse`` itself (``_fuse_variant``).
     """
-    try:
-        from ..fuse import build_model, check_tasks, read_parts
-        from ..model import FusionOptions
-        from ..report import gate_statistics
-    except ImportError as exc:
-        raise FusekitError(f"the EMM rows need fusekit.fuse, which is unavailable here ({exc}); "
-                           "run the bench without emm/ablation methods (--methods)") from exc
+    from ..fuse import build_model, check_tasks, read_parts
+    from ..model import FusionOptions
+    from ..report import gate_statistics
     from ..train import TrainConfig, evaluate, fit
 
     task_models = {t: [s.name for s in sources if s.task == t] for t in tasks}

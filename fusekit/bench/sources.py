@@ -34,7 +34,7 @@ def count_onnx_parameters(path: Path) -> int:
 
 
 def find_sources(models_dir: Path, tasks: list[str]) -> list[SourceModel]:
-    """Every ``*.onnx`` in ``models_dir`` whose ``fusekit.task`` is one of ``tasks``, sorted by name.
+    """Every ``*.onnx`` in ``models_dir`` whose ``fusekit.task`` is one of ``tasks``, in task order then by name.
 
     FusekitError when the folder is missing or a task has no model.
     """
@@ -52,6 +52,7 @@ def find_sources(models_dir: Path, tasks: list[str]) -> list[SourceModel]:
         if task in tasks:
             found.append(SourceModel(path.stem, task, path.resolve(), _onnx_parameters(model),
                                      meta.get("fusekit.feature_spec")))
+    found.sort(key=lambda s: (tasks.index(s.task), s.name))
     lacking = [t for t in tasks if not any(s.task == t for s in found)]
     if lacking:
         raise FusekitError(f"{models_dir} has no single-task model for task(s) {', '.join(lacking)} "

@@ -161,13 +161,27 @@ def hyperparameter_table(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
+def data_note(result: TaskSetResult) -> str:
+    """Which rows each kind of method trained on."""
+    rows = result.data.get("rows", {})
+    spec = result.data.get("spec") or {}
+    text = (f"Data: {rows.get('train', '?'):,} training, {rows.get('validation', '?'):,} validation and "
+            f"{rows.get('test', '?'):,} test rows; every AUC is on the same test rows. The baselines train on all "
+            "training rows.")
+    holdout = spec.get("holdout")
+    if holdout:
+        text += (f" The source models were trained on the training split minus a seeded {holdout['fraction']:.0%} "
+                 "holdout; the fused models train on that holdout only (rows the sources never saw).")
+    return text
+
+
 def render_markdown(result: BenchResult) -> str:
     """The whole report: Table I per task set, Table II, gate statistics, hyperparameters."""
     parts = [f"## fusekit bench: {result.dataset} (seeds {', '.join(map(str, result.seeds))}"
              f"{', quick' if result.quick else ''})", ""]
     for index, task_set in enumerate(result.sets):
         title = ("Table I" if index == 0 else f"Table I, {len(task_set.tasks)} tasks") + f": {', '.join(task_set.tasks)}"
-        parts += [table_one(task_set, title), ""]
+        parts += [table_one(task_set, title), "", data_note(task_set), ""]
         two = table_two(task_set)
         if two:
             parts += [two, ""]

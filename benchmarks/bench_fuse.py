@@ -1,0 +1,129 @@
+"""Speed of the fused model: onnxruntime vs torch, fused vs the sources run separately, epoch time.
+
+1. fused.onnx in onnxruntime vs the fused torch model, same inputs, same process: median
+   latency at batch 1 and throughput (rows/s) at batch 4096. Goal: onnxruntime >= 2x faster at batch 1.
+2. fused.onnx vs running every source model separately in onnxruntime (what serving the pool
+   without fusion costs). Goal: the fusion network adds at most 20 %.
+3. Seconds per training epoch of the fusion network on the full Census-Income training set
+   (199,523 rows, batch 1024; the validation pass excluded).
+
+Everything runs with one thread (torch and onnxruntime) so the ratios compare like with like.
+
+    .venv/bin/python benchmarks/bench_fuse.py [--pool sample_models/census2] [--fused OUT/fused.onnx]
+        [--data-dir ../shared/data] [--mode residual] [--repeats 200]
+
+Without ``--fused`` the (untrained) fusion network of ``--mode`` is exported: speed does not
+depend on the trained weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fusekit.data import load_dataset  # noqa: E402
+from fusekit.decompose import decompose  # noqa: E402
+from fusekit.export import export_fused  # noqa: E402
+from fusekit.fuse import build_model, model_spec, read_parts  # noqa: E402
+from fusekit.model import FusionOptions, ProbabilityOutputs  # noqa: E402
+from fusekit.runtime import session  # noqa: E402
+from fusekit.train import TrainConfig, fit  # noqa: E402
+
+
+def _median_seconds(fn, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _tasks_of(manifest: dict) -> dict[str, list[str]]:
+    tasks: dict[str, list[str]] = {}
+    for m in manifest["models"]:
+        task = (m.get("metadata") or {}).get("fusekit.task") or m["outputs"][0]
+        tasks.setdefault(task, []).append(m["name"])
+    return tasks
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", type=Path, default=Path("sample_models/census2"))
+    parser.add_argument("--fused", type=Path, help="a trained fused.onnx of this pool (default: export one)")
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--mode", default="residual", choices=["residual", "paper"])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--skip-epoch", action="store_true", help="skip the training-epoch measurement")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_fuse-"))
+    sources = sorted(args.pool.glob("*.onnx"))
+    decompose(sources, work / "parts")
+    manifest = read_parts(work / "parts")
+    tasks = _tasks_of(manifest)
+    spec = model_spec(manifest, tasks)
+    ds = load_dataset("census-income", list(tasks), spec=spec, data_dir=args.data_dir)
+    model = build_model(work / "parts", manifest, tasks, FusionOptions(mode=args.mode)).eval()
+    fused_path = args.fused or export_fused(model, work / "fused.onnx",
+                                            (torch.as_tensor(ds.test.cat[:2]), torch.as_tensor(ds.test.dense[:2])))
+    if args.fused:
+        print("note: torch timings use an untrained network of the same structure as --fused")
+    fused_sess, provider = session(fused_path, "cpu", threads=1)
+    source_sess = [session(p, "cpu", threads=1)[0] for p in sources]
+    wrapper = ProbabilityOutputs(model).eval()
+
+    results: dict = {"pool": str(args.pool), "mode": args.mode, "provider": provider, "tasks": tasks}
+    for batch, repeats in ((1, args.repeats), (4096, max(5, args.repeats // 20))):
+        cat, dense = ds.test.cat[:batch], ds.test.dense[:batch]
+        feeds = {"categorical": cat, "dense": dense}
+        tcat, tdense = torch.as_tensor(cat), torch.as_tensor(dense)
+
+        def torch_call():
+            with torch.inference_mode():
+                wrapper(tcat, tdense)
+
+        ort_s = _median_seconds(lambda: fused_sess.run(None, feeds), repeats)
+        torch_s = _median_seconds(torch_call, repeats)
+        src_s = _median_seconds(lambda: [s.run(None, feeds) for s in source_sess], repeats)
+        results[f"batch{batch}"] = {"onnxruntime_s": ort_s, "torch_s": torch_s, "sources_separately_s": src_s,
+                                    "torch_over_onnxruntime": torch_s / ort_s,
+                                    "fused_over_sources": ort_s / src_s,
+                                    "onnxruntime_rows_per_s": batch / ort_s, "torch_rows_per_s": batch / torch_s}
+
+    if not args.skip_epoch:
+        train_model = build_model(work / "parts", manifest, tasks, FusionOptions(mode=args.mode))
+        history = fit(train_model, ds.train, ds.val.head(2048), list(tasks),
+                      TrainConfig(max_epochs=1, progress=False, device="cpu")).history
+        results["epoch"] = {"rows": len(ds.train), "seconds_with_small_val": history[0].seconds}
+
+    b1, b4k = results["batch1"], results["batch4096"]
+    print(json.dumps(results, indent=1))
+    print(f"\nfused model, {len(sources)} source models, {len(tasks)} tasks, {args.mode} mode, one thread, {provider}")
+    print(f"batch 1 latency: onnxruntime {b1['onnxruntime_s'] * 1e3:.3f} ms, torch {b1['torch_s'] * 1e3:.3f} ms "
+          f"-> onnxruntime {b1['torch_over_onnxruntime']:.1f}x faster (goal >= 2x)")
+    print(f"batch 4096 throughput: onnxruntime {b4k['onnxruntime_rows_per_s']:.0f} rows/s, torch "
+          f"{b4k['torch_rows_per_s']:.0f} rows/s -> {b4k['torch_over_onnxruntime']:.1f}x")
+    for name, b in (("batch 1", b1), ("batch 4096", b4k)):
+        print(f"{name}: fused.onnx / sources run separately = {b['fused_over_sources']:.2f} "
+              f"(+{(b['fused_over_sources'] - 1) * 100:.0f} %; goal <= +20 %)")
+    if "epoch" in results:
+        print(f"training epoch on the full training set ({results['epoch']['rows']} rows): "
+              f"{results['epoch']['seconds_with_small_val']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
