@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "paper: the EMM network with new towers")
     p.add_argument("--no-mtm", action="store_true", help="ablation: no fusion gate / Multi-Task Merge")
     p.add_argument("--from-scratch", action="store_true", help="ablation: same-structure components trained from scratch")
+    p.add_argument("--no-tower", action="store_true", help="residual mode: no tower correction on the mixed heads")
     p.add_argument("--top-k", type=int, default=1, help="tasks each task's fusion gate selects (default 1)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=1024)
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             raise FusekitError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     tasks = parse_tasks(args.tasks)
     fusion = FusionOptions(mode=args.mode, use_mtm=not args.no_mtm, pretrained=not args.from_scratch,
-                           top_k=args.top_k, seed=args.seed)
+                           top_k=args.top_k, seed=args.seed, tower=not args.no_tower)
     options = FuseOptions(fusion=fusion, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                           epochs=args.epochs, patience=args.patience, seed=args.seed, device=args.device,
                           progress=not args.quiet, resume=args.resume, force=args.force,

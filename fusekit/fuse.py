@@ -11,7 +11,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +21,7 @@ import torch
 from . import __version__
 from .data.dataset import Split
 from .errors import FusekitError
-from .io import atomic_dir, atomic_file, check_output_dir, sha256_file
+from .io import atomic_dir, atomic_file, check_output_dir
 from .metrics import roc_auc
 from .model import FusedModel, FusionOptions, SourceModel, reinitialised_copy
 
@@ -284,7 +284,7 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     """
     from .export import check_parity, export_fused
     from .report import gate_statistics, plot_gates, plot_training
-    from .train import TrainConfig, evaluate, fit
+    from .train import TrainConfig, evaluate, fit, resolve_device
 
     options = options or FuseOptions()
     parts_dir, out_dir = Path(parts_dir), Path(out_dir)
@@ -292,9 +292,10 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     task_names = list(tasks)
     started = time.perf_counter()
 
+    resolve_device(options.device)  # a missing GPU is reported before anything is written
     manifest = read_parts(parts_dir)
     check_tasks(manifest, tasks)
-    dims = level_dims(manifest)
+    level_dims(manifest)  # refuses feature maps and sequences early
     input_names = [i["name"] for i in manifest["inputs"]]
     if input_names != INPUT_ORDER:
         raise FusekitError(f"fusekit fuse trains tabular models with inputs {INPUT_ORDER}; these take {input_names}")

@@ -94,6 +94,9 @@ class FusedModel(nn.Module):
         self.n_levels = len(dims)
         ordered = [m for ms in tasks.values() for m in ms]
         self.model_names = ordered
+        # Module keys by position: model and task names may hold characters torch forbids in keys (".").
+        self.mkey = {m: f"m{i}" for i, m in enumerate(ordered)}
+        self.tkey = {t: f"t{i}" for i, t in enumerate(self.task_names)}
         self.level1_inputs = {m: list(sources[m].level1_inputs) for m in ordered}
         for m in ordered:
             if len(sources[m].components) != self.n_levels:
@@ -102,26 +105,29 @@ class FusedModel(nn.Module):
             if options.mode == "residual" and sources[m].head is None:
                 raise FusekitError(f"residual mode needs the head of model {m}; decompose again or use --mode paper")
         # Components live in a ModuleDict per model so checkpoints name them stably.
-        self.components = nn.ModuleDict({m: nn.ModuleList(sources[m].components) for m in ordered})
+        self.components = nn.ModuleDict({self.mkey[m]: nn.ModuleList(sources[m].components) for m in ordered})
         if options.mode == "residual":
-            self.heads = nn.ModuleDict({m: sources[m].head for m in ordered})
+            self.heads = nn.ModuleDict({self.mkey[m]: sources[m].head for m in ordered})
         counts = [len(tasks[t]) for t in self.task_names]
         self.levels = nn.ModuleList(
             AKFLevel(d, counts, use_mtm=options.use_mtm, top_k=options.top_k, activation=options.activation)
             for d in dims)
         if options.mode == "paper":
-            self.towers = nn.ModuleDict({t: _tower(dims[-1], options.tower_hidden, False) for t in self.task_names})
+            self.towers = nn.ModuleDict({self.tkey[t]: _tower(dims[-1], options.tower_hidden, False)
+                                         for t in self.task_names})
         else:
             self.projections = nn.ModuleList(
-                nn.ModuleDict({m: _zero_linear(d) for m in ordered}) for d in dims)
+                nn.ModuleDict({self.mkey[m]: _zero_linear(d) for m in ordered}) for d in dims)
             # Zero logits -> uniform softmax weights over the task's heads.
-            self.head_weights = nn.ParameterDict({t: nn.Parameter(torch.zeros(len(tasks[t]))) for t in self.task_names})
+            self.head_weights = nn.ParameterDict({self.tkey[t]: nn.Parameter(torch.zeros(len(tasks[t])))
+                                                  for t in self.task_names})
             if options.tower:
-                self.towers = nn.ModuleDict({t: _tower(dims[-1], options.tower_hidden, True) for t in self.task_names})
+                self.towers = nn.ModuleDict({self.tkey[t]: _tower(dims[-1], options.tower_hidden, True)
+                                             for t in self.task_names})
 
     # -- helpers -----------------------------------------------------------------------------
     def _level1(self, model: str, named: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.components[model][0](*[named[n] for n in self.level1_inputs[model]])
+        return self.components[self.mkey[model]][0](*[named[n] for n in self.level1_inputs[model]])
 
     @staticmethod
     def _flat_prob(p: torch.Tensor) -> torch.Tensor:
@@ -150,10 +156,10 @@ class FusedModel(nn.Module):
                 if level == 0:
                     outputs.append([self._level1(m, named) for m in self.task_models[task]])
                 else:
-                    outputs.append([self.components[m][level](z[t]) for m in self.task_models[task]])
+                    outputs.append([self.components[self.mkey[m]][level](z[t]) for m in self.task_models[task]])
             z, level_stats = self.levels[level](outputs)
             stats.append(level_stats)
-        logits = {task: self.towers[task](z[t]).squeeze(-1) for t, task in enumerate(self.task_names)}
+        logits = {task: self.towers[self.tkey[task]](z[t]).squeeze(-1) for t, task in enumerate(self.task_names)}
         return logits, stats
 
     def _forward_residual(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -162,22 +168,23 @@ class FusedModel(nn.Module):
         z: list[torch.Tensor] = []
         for level in range(self.n_levels):
             for m in self.model_names:
-                paths[m] = self._level1(m, named) if level == 0 else self.components[m][level](paths[m])
+                paths[m] = self._level1(m, named) if level == 0 else self.components[self.mkey[m]][level](paths[m])
             outputs = [[paths[m] for m in self.task_models[task]] for task in self.task_names]
             z, level_stats = self.levels[level](outputs)
             stats.append(level_stats)
             for t, task in enumerate(self.task_names):
                 for m in self.task_models[task]:
-                    paths[m] = paths[m] + self.projections[level][m](z[t])
+                    paths[m] = paths[m] + self.projections[level][self.mkey[m]](z[t])
         logits = {}
         for t, task in enumerate(self.task_names):
             # Probabilities are mixed in float32: under AMP, log(p) of a half-precision p loses the tails.
-            probs = torch.stack([self._flat_prob(self.heads[m](paths[m])).float() for m in self.task_models[task]], -1)
-            weights = torch.softmax(self.head_weights[task].float(), dim=0)
+            probs = torch.stack([self._flat_prob(self.heads[self.mkey[m]](paths[m])).float()
+                                 for m in self.task_models[task]], -1)
+            weights = torch.softmax(self.head_weights[self.tkey[task]].float(), dim=0)
             p = (probs * weights).sum(-1).clamp(_EPS, 1.0 - _EPS)
             logit = torch.log(p) - torch.log1p(-p)
             if self.options.tower:
-                logit = logit + self.towers[task](z[t]).squeeze(-1).float()
+                logit = logit + self.towers[self.tkey[task]](z[t]).squeeze(-1).float()
             logits[task] = logit
         return logits, stats
 
@@ -266,9 +273,8 @@ def deployable_copy(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, TrainableComponent):
-                setattr(module, child_name, child.frozen()) if not isinstance(module, (nn.ModuleList, nn.ModuleDict)) \
-                    else module.__setitem__(int(child_name) if isinstance(module, nn.ModuleList) else child_name,
-                                            child.frozen())
+                # setattr works for ModuleList/ModuleDict children too: both keep them in _modules by name.
+                setattr(module, child_name, child.frozen())
     return model
 
 

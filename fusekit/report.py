@@ -61,18 +61,17 @@ def _pyplot():
 
 
 def plot_training(history: list[dict], path: Path) -> Path:
-    """Training loss and validation AUC per task, per epoch."""
+    """Training loss, then validation AUC of each task in its own panel (tasks differ in scale)."""
     plt = _pyplot()
-    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
-    epochs = [r["epoch"] for r in history]
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o")
-    ax_loss.set(xlabel="epoch", ylabel="training loss (sum of task BCE)", title="loss")
     tasks = list(history[0]["val_auc"]) if history else []
-    for task in tasks:
-        ax_auc.plot(epochs, [r["val_auc"][task] for r in history], marker="o", label=task)
-    ax_auc.set(xlabel="epoch", ylabel="validation AUC", title="validation AUC")
-    if tasks:
-        ax_auc.legend()
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(4 * (1 + len(tasks)), 3.5), squeeze=False)
+    epochs = [r["epoch"] for r in history]
+    axes[0][0].plot(epochs, [r["train_loss"] for r in history], marker="o")
+    axes[0][0].set(xlabel="epoch", ylabel="training loss (sum of task BCE)", title="loss")
+    for ax, task in zip(axes[0][1:], tasks):
+        ax.plot(epochs, [r["val_auc"][task] for r in history], marker="o", color="tab:orange")
+        ax.set(xlabel="epoch", ylabel="validation AUC", title=task)
+        ax.ticklabel_format(axis="y", useOffset=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -8,9 +8,19 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+import torch
 
 from cli.main import main
 from tests.test_fuse import LABELS, TASKS, pool  # noqa: F401  (pool is a fixture)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: a second intra-op thread only adds contention (100x slower on a loaded 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 TASK_ARGS = [f"{t}={','.join(ms)}" for t, ms in TASKS.items()]
 LABEL_ARGS = sum((["--label", f"{t}={c}"] for t, c in LABELS.items()), [])
@@ -98,6 +108,16 @@ def test_predict_writes_one_probability_column_per_task(fused, pool, tmp_path, c
     rows.iloc[[7]].to_csv(one, index=False)
     assert main(["predict", str(fused["out"] / "fused.onnx"), str(one), "-o", str(tmp_path / "p1.csv")]) == 0
     np.testing.assert_allclose(pd.read_csv(tmp_path / "p1.csv").to_numpy()[0], pred.to_numpy()[7], atol=1e-6)
+    # Already-encoded inputs (.npz, arrays named after the model inputs) give the same predictions.
+    from fusekit.data import FeatureSpec
+    from fusekit.evaluate import model_info
+
+    spec = FeatureSpec.from_json(model_info(fused["out"] / "fused.onnx").spec_json)
+    cat, dense = spec.encode(pd.read_csv(raw, dtype=str, keep_default_na=False))
+    np.savez(tmp_path / "rows.npz", categorical=cat, dense=dense)
+    assert main(["predict", str(fused["out"] / "fused.onnx"), str(tmp_path / "rows.npz"),
+                 "-o", str(tmp_path / "p2.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "p2.csv").to_numpy(), pred.to_numpy(), atol=1e-6)
     # No silent overwrite.
     assert main(["predict", str(fused["out"] / "fused.onnx"), str(raw), "-o", str(out_csv)]) == 2
 
@@ -123,6 +143,7 @@ def _changed_parts(pool, tmp_path):  # noqa: F811
     ("missing_label", "label"),
     ("spec_mismatch", "encode their inputs differently"),
     ("bad_top_k", "--top-k"),
+    ("no_gpu", "cuda"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "out"
@@ -155,6 +176,10 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool
         argv[1] = str(parts)
     elif case == "bad_top_k":
         argv += ["--top-k", "0"]
+    elif case == "no_gpu":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        argv[argv.index("--device") + 1] = "cuda"
     assert main(argv) == 2
     assert expected in _error_line(capsys)
     assert not out.exists()

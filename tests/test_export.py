@@ -12,6 +12,15 @@ from fusekit.errors import FusekitError
 from tests.test_fuse import TASKS, pool  # noqa: F401  (pool is a fixture)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: a second intra-op thread only adds contention (100x slower on a loaded 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def exported(pool, tmp_path_factory):  # noqa: F811
     """A paper-mode model whose components are re-initialised and trained from scratch (the hardest
@@ -63,7 +72,7 @@ def test_parity_check_fails_loudly_when_the_file_and_the_model_disagree(exported
 
     model, path = exported
     test = pool["ds"].test.head(50)
-    tower = model.towers[next(iter(TASKS))]
+    tower = model.towers[model.tkey[next(iter(TASKS))]]
     with torch.no_grad():
         tower[-1].bias += 0.5
     try:

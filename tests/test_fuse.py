@@ -7,7 +7,6 @@ Helpers here are reused by test_export.py, test_runtime.py and test_cli_fuse.py.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,15 @@ from torch import nn
 from fusekit.data import load_dataset
 from fusekit.errors import FusekitError
 from fusekit.tabular_input import TabularInput
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: a second intra-op thread only adds contention (100x slower on a loaded 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 CATEGORICAL = ["class_worker", "education", "sex", "race", "hisp_origin", "det_hh_summ", "citizenship"]
 DENSE = ["age", "wage_per_hour", "capital_gains", "weeks_worked"]
@@ -118,9 +126,13 @@ _POOL: dict = {}
 @pytest.fixture(scope="session")
 def pool(tmp_path_factory, census_dir) -> dict:
     """One pool for every fuse/export/runtime/CLI test (built once even when several modules import this)."""
-    torch.set_num_threads(1)
     if not _POOL:
-        _POOL.update(build_pool(tmp_path_factory.mktemp("pool"), census_dir))
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _POOL.update(build_pool(tmp_path_factory.mktemp("pool"), census_dir))
+        finally:
+            torch.set_num_threads(before)
     return _POOL
 
 
@@ -199,11 +211,11 @@ def test_from_scratch_components_are_trainable_copies_with_fresh_weights(pool):
     names = {n for n, p in scratch.named_parameters() if n.startswith("components.")}
     assert names and not any(n.startswith("components.") for n, _ in pretrained.named_parameters())
     cat, dense = torch.as_tensor(pool["ds"].test.cat[:8]), torch.as_tensor(pool["ds"].test.dense[:8])
-    a = pretrained.components["income_a"][0](cat, dense)
-    b = scratch.components["income_a"][0](cat, dense)
+    a = pretrained.components[pretrained.mkey["income_a"]][0](cat, dense)
+    b = scratch.components[scratch.mkey["income_a"]][0](cat, dense)
     assert a.shape == b.shape and not torch.allclose(a, b)
     b.sum().backward()
-    grads = [p.grad for n, p in scratch.named_parameters() if n.startswith("components.income_a.0")]
+    grads = [p.grad for n, p in scratch.named_parameters() if n.startswith(f"components.{scratch.mkey['income_a']}.0")]
     assert grads and all(g is not None for g in grads)
 
 

@@ -9,7 +9,16 @@ from fusekit.errors import FusekitError
 from fusekit.fuse import level_dims
 from fusekit.model import FusedModel, FusionOptions, ProbabilityOutputs, SourceModel
 
-TASKS = {"a": ["a1", "a2"], "b": ["b1"], "c": ["c1", "c2"]}
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: a second intra-op thread only adds contention (100x slower on a loaded 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+TASKS = {"a": ["a1", "a2"], "b": ["b1"], "c": ["c1", "c.v2"]}  # "." is not allowed in torch module keys
 
 
 class Level1(nn.Module):
@@ -114,7 +123,7 @@ def test_paper_mode_outputs_one_logit_per_task_from_new_towers():
     cat, dense = _inputs(7)
     out = model(cat, dense)
     assert list(out) == ["a", "b", "c"] and all(v.shape == (7,) for v in out.values())
-    assert not hasattr(model, "heads") and set(model.towers) == {"a", "b", "c"}
+    assert not hasattr(model, "heads") and len(model.towers) == 3
 
 
 def test_no_mtm_and_top_k_options_change_the_network():

@@ -48,7 +48,7 @@ def test_learns_real_census_tasks(small):
     spec, train, val = small
     assert cardinalities_ok(spec, train)
     model = build(spec)
-    result = fit(model, train, val, TASKS, TrainConfig(max_epochs=3, batch_size=256, progress=False))
+    result = fit(model, train, val, TASKS, TrainConfig(max_epochs=4, batch_size=128, lr=3e-3, progress=False))
     auc = evaluate(model, val, TASKS)
     assert auc["income"] > 0.85 and auc["never_married"] > 0.95
     assert result.best_val_auc == pytest.approx(auc)

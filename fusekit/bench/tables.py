@@ -45,7 +45,8 @@ def table_one(result: TaskSetResult, title: str) -> str:
     tasks = result.tasks
     paper = tasks == PAPER_TASKS
     head = (["Method"] + [f"{t} AUC" for t in tasks] + [f"gain {t}" for t in tasks]
-            + ["params", "trainable", "train s (mean)", "best epoch"] + (["paper (income / never married)"] if paper else []))
+            + ["params", "trainable", "train s (mean)", "best epoch"]
+            + (["paper (income / never married)"] if paper else []))
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result.rows:
         cells = [row.display()] + [_auc_cell(row, t) for t in tasks]
@@ -128,7 +129,8 @@ def gate_table(result: TaskSetResult) -> str:
         if not gates or not gates.get("levels"):
             continue
         lines = [f"#### Gates of {key} ({', '.join(result.tasks)}; first seed, {gates.get('rows', '?')} test rows)", "",
-                 "| level | task | task gate (own models) | fusion gate mean | selected (top-1 share) | attention on own token |",
+                 "| level | task | task gate (own models) | fusion gate mean | selected (top-1 share) "
+                 "| attention on own token |",
                  "|---|---|---|---|---|---|"]
         for level in gates["levels"]:
             for task, info in level["tasks"].items():
@@ -180,7 +182,8 @@ def render_markdown(result: BenchResult) -> str:
     parts = [f"## fusekit bench: {result.dataset} (seeds {', '.join(map(str, result.seeds))}"
              f"{', quick' if result.quick else ''})", ""]
     for index, task_set in enumerate(result.sets):
-        title = ("Table I" if index == 0 else f"Table I, {len(task_set.tasks)} tasks") + f": {', '.join(task_set.tasks)}"
+        title = "Table I" if index == 0 else f"Table I, {len(task_set.tasks)} tasks"
+        title += f": {', '.join(task_set.tasks)}"
         parts += [table_one(task_set, title), "", data_note(task_set), ""]
         two = table_two(task_set)
         if two:

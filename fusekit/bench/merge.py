@@ -1,0 +1,69 @@
+"""Combine benchmark runs made in separate processes (for example one per task set, or baselines
+and fused models run side by side on two cores) into one report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import FusekitError
+from ..io import atomic_dir
+from .results import BenchResult, Row, TaskSetResult
+
+
+def _rows(items: list[dict]) -> list[Row]:
+    fields = set(Row.__dataclass_fields__)
+    return [Row(**{k: v for k, v in item.items() if k in fields}) for item in items]
+
+
+def load_result(run_dir: Path) -> BenchResult:
+    """A BenchResult read back from a bench output directory's results.json."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise FusekitError(f"{path} does not exist; pass directories written by `fusekit bench`")
+    data = json.loads(path.read_text())
+    sets = [TaskSetResult(s["tasks"], _rows(s["rows"]), _rows(s["ablation"]), s.get("gates", {}),
+                          s.get("sources", []), s.get("data", {})) for s in data["sets"]]
+    return BenchResult(data["dataset"], data["seeds"], data["quick"], data["budget"], data["hyperparameters"], sets,
+                       Path(data["out_dir"]), data.get("seconds", 0.0), data.get("versions", {}))
+
+
+def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
+    """One BenchResult holding every task set and row of ``results`` (in order; a method measured
+    twice on the same task set keeps its last measurement). Runs must share dataset, seeds and budget."""
+    if not results:
+        raise FusekitError("nothing to merge; pass at least one bench output directory")
+    first = results[0]
+    for other in results[1:]:
+        for key in ("dataset", "seeds", "quick", "budget"):
+            if getattr(other, key) != getattr(first, key):
+                raise FusekitError(f"cannot merge bench runs with different {key} "
+                                   f"({getattr(first, key)} vs {getattr(other, key)}); rerun with the same settings")
+    merged: dict[tuple, TaskSetResult] = {}
+    for result in results:
+        for task_set in result.sets:
+            key = tuple(task_set.tasks)
+            target = merged.setdefault(key, TaskSetResult(list(task_set.tasks)))
+            for attr in ("rows", "ablation"):
+                kept = [r for r in getattr(target, attr) if r.method not in {n.method for n in getattr(task_set, attr)}]
+                setattr(target, attr, kept + getattr(task_set, attr))
+            target.gates.update(task_set.gates)
+            target.sources = target.sources or task_set.sources
+            target.data = target.data or task_set.data
+    order = {"single": 0, "ensemble": 1, "baseline": 2, "emm": 3}
+    for task_set in merged.values():
+        task_set.rows.sort(key=lambda r: order.get(r.kind, 4))
+    return BenchResult(first.dataset, first.seeds, first.quick, first.budget, first.hyperparameters,
+                       list(merged.values()), Path(out_dir), sum(r.seconds for r in results), first.versions)
+
+
+def write_merged(run_dirs: list[Path], out_dir: Path, force: bool = False) -> BenchResult:
+    """Merge bench output directories and write results.json, tables.md and auc.png to ``out_dir``."""
+    from .chart import write_chart
+    from .tables import render_markdown
+
+    result = merge_results([load_result(d) for d in run_dirs], out_dir)
+    with atomic_dir(Path(out_dir), force=force) as tmp:
+        (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
+        (tmp / "tables.md").write_text(render_markdown(result))
+        write_chart(result, tmp / "auc.png")
+    return result
