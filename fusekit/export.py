@@ -1,9 +1,12 @@
 """Fused torch model -> one ONNX file (dynamo exporter), checked against torch in onnxruntime."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -15,6 +18,19 @@ from .model import FusedModel, ProbabilityOutputs, deployable_copy
 
 OPSET = 18
 
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the dynamo exporter's progress lines and its warnings about absent torchvision ops."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...],
                  metadata: dict[str, str] | None = None) -> Path:
@@ -32,8 +48,7 @@ def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...
     # forward(*inputs): torch.export sees the varargs as one argument named "inputs".
     dynamic = {"inputs": tuple({0: batch} for _ in example)}
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(wrapper, example, dynamo=True, opset_version=OPSET,
                                         input_names=list(model.input_names), output_names=list(model.task_names),
                                         dynamic_shapes=dynamic, verbose=False, optimize=True)

@@ -20,6 +20,7 @@ from torch import nn
 from . import __version__
 from .data import FeatureSpec, Split, TabularDataset, load_dataset
 from .errors import FusekitError
+from .export import quiet_exporter
 from .io import atomic_file
 from .seeding import seed_everything
 from .tabular_input import TabularInput
@@ -117,11 +118,12 @@ def export_onnx(model: SingleTaskModel, spec: FeatureSpec, path: Path, sample: S
     with tempfile.TemporaryDirectory(prefix="fusekit-export-") as tmp:
         raw = Path(tmp) / "model.onnx"
         try:
-            torch.onnx.export(
-                wrapper, (cat, dense), str(raw), dynamo=True, input_names=["categorical", "dense"],
-                output_names=[model.task], dynamic_shapes={"categorical": {0: batch}, "dense": {0: batch}},
-                verbose=False,
-            )
+            with quiet_exporter():
+                torch.onnx.export(
+                    wrapper, (cat, dense), str(raw), dynamo=True, input_names=["categorical", "dense"],
+                    output_names=[model.task], dynamic_shapes={"categorical": {0: batch}, "dense": {0: batch}},
+                    verbose=False,
+                )
         except Exception as exc:  # the exporter's errors are long; keep the first line
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise FusekitError(f"ONNX export failed ({first}); try a simpler architecture") from exc

@@ -232,6 +232,10 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                     "bad_epochs": bad_epochs, "history": [asdict(r) for r in result.history],
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 })
+            if config.progress and tqdm:
+                tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}, validation AUC "
+                           + ", ".join(f"{t} {a:.5f}" for t, a in val_auc.items())
+                           + (" (best so far)" if bad_epochs == 0 else ""))
             if on_epoch is not None:
                 on_epoch(record)
             if bad_epochs >= config.patience:

@@ -11,7 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CENSUS = REPO.parent / "shared" / "data" / "census-income-kdd"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The models under test are tiny: a second intra-op thread only adds synchronisation, and on a
+# busy 2-core machine it made training steps up to 100x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
