@@ -39,3 +39,11 @@ def census2(census_dir):
     from fusekit.data import load_dataset
 
     return load_dataset("census-income", ["income", "never_married"], data_dir=census_dir)
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory, census_dir) -> dict:
+    """A small trained and decomposed pool (tests/fusion_pool.py), built once per session."""
+    from tests.fusion_pool import build_pool
+
+    return build_pool(tmp_path_factory.mktemp("pool"), census_dir)

@@ -9,15 +9,6 @@ import torch
 from fusekit.akf import AKFLevel, FusionGate, MultiTaskMerge, TaskGate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: a second intra-op thread only adds contention (100x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _vectors(n: int, batch: int = 5, dim: int = 4, seed: int = 0) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, dim, generator=gen) for _ in range(n)]

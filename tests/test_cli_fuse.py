@@ -11,16 +11,8 @@ import pytest
 import torch
 
 from cli.main import main
-from tests.test_fuse import LABELS, TASKS, pool  # noqa: F401  (pool is a fixture)
+from tests.fusion_pool import LABELS, TASKS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: a second intra-op thread only adds contention (100x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 TASK_ARGS = [f"{t}={','.join(ms)}" for t, ms in TASKS.items()]
 LABEL_ARGS = sum((["--label", f"{t}={c}"] for t, c in LABELS.items()), [])

@@ -9,16 +9,7 @@ import pytest
 import torch
 
 from fusekit.errors import FusekitError
-from tests.test_fuse import TASKS, pool  # noqa: F401  (pool is a fixture)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: a second intra-op thread only adds contention (100x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fusion_pool import TASKS
 
 
 @pytest.fixture(scope="module")

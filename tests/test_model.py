@@ -10,14 +10,6 @@ from fusekit.fuse import level_dims
 from fusekit.model import FusedModel, FusionOptions, ProbabilityOutputs, SourceModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: a second intra-op thread only adds contention (100x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 TASKS = {"a": ["a1", "a2"], "b": ["b1"], "c": ["c1", "c.v2"]}  # "." is not allowed in torch module keys
 
 

@@ -4,20 +4,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from fusekit.errors import FusekitError
 from fusekit.runtime import CPU, CUDA, run, session
-from tests.test_fuse import pool  # noqa: F401  (pool is a fixture)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: a second intra-op thread only adds contention (100x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_session_reports_the_provider_that_runs_it(pool):  # noqa: F811

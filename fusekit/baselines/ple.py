@@ -40,7 +40,7 @@ class PLE(MultiTaskBaseline):
         self.towers = nn.ModuleList(Tower(width, self.hparams["tower"]) for _ in self.tasks)
 
     def task_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        t, m, s = len(self.tasks), self.hparams["task_experts"], self.hparams["shared_experts"]
+        t, m = len(self.tasks), self.hparams["task_experts"]
         units = x.unsqueeze(1).expand(-1, t + 1, -1)
         for index, bank in enumerate(self.banks):
             e = bank(units.index_select(1, self.owner)) if index else bank(x)
