@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so that pip does not pull a multi-GB CUDA build; override on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench-speed bench-paper clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,8 +24,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+# Speed figures of the README (each script prints ratios measured in one run).
+bench-speed: $(STAMP)
+	$(BIN)/python benchmarks/bench_decompose.py
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_fuse.py
+
+# The paper's tables (about an hour on 2 cores): writes benchmarks/results/census/.
+bench-paper: $(STAMP)
+	bash benchmarks/paper_tables.sh benchmarks/results/census 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info
