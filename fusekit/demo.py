@@ -37,12 +37,12 @@ def tasks_of_pool(paths: list[Path]) -> dict[str, list[str]]:
 
 def comparison_table(rows: list[dict], fused_onnx_auc: dict[str, float]) -> str:
     """Per task: each source model's test AUC, their plain average, and the fused model's."""
-    lines = [f"{'task':<15} {'source models (test AUC)':<44} {'average':>8} {'fused':>8} {'gain':>8}"]
+    lines = [f"{'task':<15} {'source models (test AUC)':<48} {'average':>8} {'fused':>8} {'gain':>9}"]
     for row in rows:
-        sources = ", ".join(f"{m} {a:.4f}" for m, a in row["sources"].items())
+        sources = ", ".join(f"{m} {a:.5f}" for m, a in row["sources"].items())
         fused = fused_onnx_auc[row["task"]]
-        lines.append(f"{row['task']:<15} {sources:<44} {row['average']:>8.4f} {fused:>8.4f} "
-                     f"{fused - row['average']:>+8.4f}")
+        lines.append(f"{row['task']:<15} {sources:<48} {row['average']:>8.5f} {fused:>8.5f} "
+                     f"{fused - row['average']:>+9.5f}")
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ def test_model_without_task_metadata_is_refused(tmp_path):
 def test_comparison_table_shows_gain_over_the_average():
     rows = [{"task": "income", "sources": {"a": 0.95, "b": 0.94}, "average": 0.951}]
     text = comparison_table(rows, {"income": 0.953})
-    assert "a 0.9500, b 0.9400" in text and "+0.0020" in text
+    assert "a 0.95000, b 0.94000" in text and "+0.00200" in text
 
 
 def test_empty_models_folder_exits_2_and_writes_nothing(tmp_path, capsys):
