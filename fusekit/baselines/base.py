@@ -1,6 +1,7 @@
 """The interface every multi-task baseline shares."""
 from __future__ import annotations
 
+import abc
 import copy
 from typing import Any, ClassVar
 
@@ -14,7 +15,7 @@ from ..tabular_input import TabularInput
 INPUT_DEFAULTS: dict[str, Any] = {"emb_dim": 4, "emb_init_std": 1e-4}
 
 
-class MultiTaskBaseline(nn.Module):
+class MultiTaskBaseline(nn.Module, abc.ABC):
     """A multi-task model over fusekit's tabular inputs.
 
     Built from the categorical cardinalities, the number of dense features, the task names and
@@ -46,13 +47,13 @@ class MultiTaskBaseline(nn.Module):
         )
         self.build(self.input.out_features)
 
+    @abc.abstractmethod
     def build(self, in_dim: int) -> None:
         """Create the method's layers on top of an input of ``in_dim`` features."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def task_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits [B] for each task, in ``self.tasks`` order, from the input features ``x``."""
-        raise NotImplementedError
 
     def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.task_logits(self.input(cat, dense))
