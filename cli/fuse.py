@@ -91,9 +91,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"fused {len(tasks)} tasks ({args.mode} mode) on {m['device']} in {m['total_seconds']:.0f} s, "
           f"{m['epochs']} epochs (best {m['best_epoch']}), trained on {m['rows']['train']} rows "
           f"({m['rows']['train_source']})")
-    print(f"{'task':<16}{'fused':>9}{'average':>9}  sources (test AUC)")
+    print(f"{'task':<16}{'fused':>9}{'average':>9}{'gain':>10}  sources (test AUC)")
     for row in result.rows:
-        sources = "  ".join(f"{name} {auc:.4f}" for name, auc in row["sources"].items())
-        print(f"{row['task']:<16}{row['fused']:>9.4f}{row['average']:>9.4f}  {sources}")
+        sources = "  ".join(f"{name} {auc:.5f}" for name, auc in row["sources"].items())
+        print(f"{row['task']:<16}{row['fused']:>9.5f}{row['average']:>9.5f}{row['fused'] - row['average']:>+10.5f}  "
+              f"{sources}")
     print(f"wrote {result.out_dir}/fused.onnx (onnxruntime matches torch to {m['onnx_parity_max_abs_diff']:.1e})")
     return 0

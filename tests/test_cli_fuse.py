@@ -53,9 +53,10 @@ def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(
         assert set(entry["sources_test_auc"]) == set(models)
         row = next(line for line in lines if line.startswith(task + " "))
         # fused, average, then every source model with its AUC, as in metrics.json
-        assert f"{entry['test_auc']:.4f}" in row and f"{entry['average_test_auc']:.4f}" in row
+        assert f"{entry['test_auc']:.5f}" in row and f"{entry['average_test_auc']:.5f}" in row
+        assert f"{entry['test_auc'] - entry['average_test_auc']:+.5f}" in row
         for m in models:
-            assert f"{m} {entry['sources_test_auc'][m]:.4f}" in row
+            assert f"{m} {entry['sources_test_auc'][m]:.5f}" in row
     proto = onnx.load(str(out / "fused.onnx"))
     assert [o.name for o in proto.graph.output] == list(TASKS)
     assert [i.name for i in proto.graph.input] == ["categorical", "dense"]
