@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
                            device=args.device, batch_size=args.batch_size, data_dir=args.data_dir, seed=args.seed)
     print(f"{args.model} on {result.rows} {result.split} rows with onnxruntime ({result.provider})")
     for task, auc in result.auc.items():
-        print(f"{task:<16} AUC {auc:.4f}")
+        print(f"{task:<16} AUC {auc:.5f}")
     return 0

@@ -79,10 +79,12 @@ def test_eval_reports_the_same_auc_for_the_fused_model_and_works_on_sources(fuse
     text = capsys.readouterr().out
     assert "CPUExecutionProvider" in text
     for task in TASKS:
-        assert f"{task:<16} AUC {metrics['per_task'][task]['test_auc']:.4f}" in text
+        assert f"{task:<16} AUC {metrics['per_task'][task]['test_auc']:.5f}" in text
     source = TASKS["income"][0]
     assert main(["eval", str(pool["models"][source]), "--data", str(pool["csv"]), "--label", "income=income"]) == 0
     text = capsys.readouterr().out
+    # metrics.json scored the source through fusekit's torch interpreter, eval through onnxruntime:
+    # the barely trained fixture has near-tied scores whose order can differ at 1e-7, hence 4 decimals.
     assert f"AUC {metrics['per_task']['income']['sources_test_auc'][source]:.4f}" in text
 
 
