@@ -79,7 +79,7 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
         raise FusekitError(f"unknown split {split!r}; use train, val or test")
     rows = getattr(ds, split)
     if max_rows is not None and len(rows) > max_rows:
-        rows = rows.subset(np.sort(np.random.default_rng(seed).choice(len(rows), max_rows, replace=False)))
+        rows = rows.sample(max_rows, seed)
     missing = [t for t in tasks if t not in rows.labels]
     if missing:
         raise FusekitError(f"the data has no label for output(s) {', '.join(missing)}; pass --label task=column")

@@ -163,13 +163,6 @@ def check_widths(manifest: dict, split: Split) -> None:
                                f"{width}; encode it with the models' feature specification")
 
 
-def _subsample(split: Split, n: int | None, seed: int) -> Split:
-    if n is None or len(split) <= n:
-        return split
-    idx = np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False))
-    return split.subset(idx)
-
-
 # -- model building --------------------------------------------------------------------------------
 def _onnx_inputs(path: Path) -> list[str]:
     import onnx
@@ -304,9 +297,9 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     ds = load_data(data, task_names, spec, options)
     holdout = bool(spec is not None and spec.holdout)
     train_rows = ds.fusion_rows() if holdout else ds.train
-    train_rows = _subsample(train_rows, options.max_rows, options.seed)
-    val = _subsample(ds.val, options.max_rows, options.seed + 1)
-    test = _subsample(ds.test, options.max_rows, options.seed + 2)
+    train_rows = train_rows.sample(options.max_rows, options.seed)
+    val = ds.val.sample(options.max_rows, options.seed + 1)
+    test = ds.test.sample(options.max_rows, options.seed + 2)
     check_widths(manifest, test)
 
     model = build_model(parts_dir, manifest, tasks, options.fusion)

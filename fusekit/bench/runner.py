@@ -90,12 +90,6 @@ def default_models_dir(tasks: list[str]) -> Path:
     return Path(__file__).resolve().parents[2] / "sample_models" / f"census{len(tasks)}"
 
 
-def _subsample(split, n: int | None, seed: int):
-    if n is None or len(split) <= n:
-        return split
-    return split.subset(np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False)))
-
-
 def _auc(split, probs: dict[str, np.ndarray], tasks: list[str]) -> dict[str, float]:
     return {t: roc_auc(split.labels[t], probs[t]) for t in tasks}
 
@@ -208,13 +202,13 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, sou
     gates: dict = {}
     holdout = bool(getattr(ds.spec, "holdout", None))
     rows = ds.fusion_rows() if holdout else ds.train
-    val = _subsample(ds.val, budget.val_rows, 1)
+    val = ds.val.sample(budget.val_rows, 1)
     for seed in seeds:
         model = build_model(parts_dir, manifest, task_models, FusionOptions(seed=seed, **fusion_kw))
         config = TrainConfig(lr=budget.lr, batch_size=budget.batch_size, weight_decay=budget.weight_decay,
                              max_epochs=budget.max_epochs, patience=budget.patience, seed=seed,
                              device=budget.device, progress=progress)
-        result = fit(model, _subsample(rows, budget.train_rows, seed), val, tasks, config)
+        result = fit(model, rows.sample(budget.train_rows, seed), val, tasks, config)
         model = model.cpu().eval()
         test_auc = evaluate(model, test, tasks, "cpu")
         for t in tasks:
@@ -255,9 +249,9 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], budget: Budge
     spec = shared_spec(sources) if sources else None
     log(f"[{'+'.join(tasks)}] loading {dataset}")
     ds = _load(dataset, tasks, spec)
-    train = _subsample(ds.train, budget.train_rows, 0)
-    val = _subsample(ds.val, budget.val_rows, 1)
-    test = _subsample(ds.test, budget.test_rows, 2)
+    train = ds.train.sample(budget.train_rows, 0)
+    val = ds.val.sample(budget.val_rows, 1)
+    test = ds.test.sample(budget.test_rows, 2)
     result = TaskSetResult(list(tasks), sources=describe(sources), data={
         "rows": {"train": len(train), "validation": len(val), "test": len(test)},
         "spec": spec_summary(getattr(ds, "spec", None)),

@@ -25,6 +25,12 @@ class Split:
         """The rows at ``idx`` (a copy)."""
         return Split(self.cat[idx], self.dense[idx], {k: v[idx] for k, v in self.labels.items()})
 
+    def sample(self, n: int | None, seed: int) -> "Split":
+        """A seeded random subset of ``n`` rows in their original order (all rows when ``n`` is None or larger)."""
+        if n is None or len(self) <= n:
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False)))
+
     def head(self, n: int) -> "Split":
         """The first ``n`` rows."""
         return self.subset(np.arange(min(n, len(self))))
