@@ -27,7 +27,7 @@ _RUN: dict = {}
 
 
 @pytest.fixture()
-def fused(pool, tmp_path_factory, capsys):  # noqa: F811
+def fused(pool, tmp_path_factory, capsys):
     """One successful ``fusekit fuse`` run shared by the tests below: (out dir, stdout)."""
     if not _RUN:
         out = tmp_path_factory.mktemp("cli") / "fused"
@@ -38,7 +38,7 @@ def fused(pool, tmp_path_factory, capsys):  # noqa: F811
     return _RUN
 
 
-def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(fused, pool):  # noqa: F811
+def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(fused, pool):
     out = fused["out"]
     names = {p.name for p in out.iterdir()}
     assert {"fused.onnx", "metrics.json", "checkpoint.pt", "training_curves.png", "gates.json", "gates.png"} <= names
@@ -72,7 +72,7 @@ def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(
     assert income["selected_fraction"] == {"never_married": 1.0}  # two tasks: always the other one
 
 
-def test_eval_reports_the_same_auc_for_the_fused_model_and_works_on_sources(fused, pool, capsys):  # noqa: F811
+def test_eval_reports_the_same_auc_for_the_fused_model_and_works_on_sources(fused, pool, capsys):
     metrics = json.loads((fused["out"] / "metrics.json").read_text())
     assert main(["eval", str(fused["out"] / "fused.onnx"), "--data", str(pool["csv"]), *LABEL_ARGS,
                  "--device", "cpu"]) == 0
@@ -88,7 +88,7 @@ def test_eval_reports_the_same_auc_for_the_fused_model_and_works_on_sources(fuse
     assert f"AUC {metrics['per_task']['income']['sources_test_auc'][source]:.4f}" in text
 
 
-def test_predict_writes_one_probability_column_per_task(fused, pool, tmp_path, capsys):  # noqa: F811
+def test_predict_writes_one_probability_column_per_task(fused, pool, tmp_path, capsys):
     rows = pd.read_csv(pool["csv"], dtype=str, keep_default_na=False).head(50)
     raw = tmp_path / "rows.csv"
     rows.to_csv(raw, index=False)
@@ -123,7 +123,7 @@ def _error_line(capsys) -> str:
     return err[0]
 
 
-def _changed_parts(pool, tmp_path):  # noqa: F811
+def _changed_parts(pool, tmp_path):
     parts = tmp_path / "parts"
     shutil.copytree(pool["parts"], parts)
     return parts
@@ -140,7 +140,7 @@ def _changed_parts(pool, tmp_path):  # noqa: F811
     ("bad_top_k", "--top-k"),
     ("no_gpu", "cuda"),
 ])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool, tmp_path, capsys):  # noqa: F811
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool, tmp_path, capsys):
     out = tmp_path / "out"
     argv = fuse_argv(pool, out)
     if case == "no_manifest":
@@ -181,7 +181,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())  # no work dir left either
 
 
-def test_existing_output_is_not_overwritten_without_force(pool, tmp_path, capsys):  # noqa: F811
+def test_existing_output_is_not_overwritten_without_force(pool, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")

@@ -13,7 +13,7 @@ from tests.fusion_pool import TASKS
 
 
 @pytest.fixture(scope="module")
-def exported(pool, tmp_path_factory):  # noqa: F811
+def exported(pool, tmp_path_factory):
     """A paper-mode model whose components are re-initialised and trained from scratch (the hardest
     case for the exporter: trainable weights living inside frozen components), after one update."""
     from fusekit.export import export_fused
@@ -49,7 +49,7 @@ def test_exported_model_has_named_inputs_one_probability_per_task_and_metadata(e
 
 
 @pytest.mark.parametrize("batch", [1, 7, 1000])
-def test_onnxruntime_matches_torch_at_any_batch_size(exported, pool, batch):  # noqa: F811
+def test_onnxruntime_matches_torch_at_any_batch_size(exported, pool, batch):
     from fusekit.export import check_parity
 
     model, path = exported
@@ -58,7 +58,7 @@ def test_onnxruntime_matches_torch_at_any_batch_size(exported, pool, batch):  # 
     assert worst <= 1e-5
 
 
-def test_parity_check_fails_loudly_when_the_file_and_the_model_disagree(exported, pool):  # noqa: F811
+def test_parity_check_fails_loudly_when_the_file_and_the_model_disagree(exported, pool):
     from fusekit.export import check_parity
 
     model, path = exported

@@ -10,7 +10,7 @@ from fusekit.runtime import CPU, CUDA, run, session
 
 
 
-def test_session_reports_the_provider_that_runs_it(pool):  # noqa: F811
+def test_session_reports_the_provider_that_runs_it(pool):
     path = pool["models"]["income_a"]
     sess, provider = session(path, "cpu")
     assert provider == CPU and sess.get_providers() == [CPU]
@@ -20,12 +20,12 @@ def test_session_reports_the_provider_that_runs_it(pool):  # noqa: F811
 
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this machine has CUDA")
-def test_asking_for_cuda_without_it_is_a_clear_error(pool):  # noqa: F811
+def test_asking_for_cuda_without_it_is_a_clear_error(pool):
     with pytest.raises(FusekitError, match="CUDA"):
         session(pool["models"]["income_a"], "cuda")
 
 
-def test_run_in_batches_equals_one_call(pool):  # noqa: F811
+def test_run_in_batches_equals_one_call(pool):
     sess, _ = session(pool["models"]["married_a"], "cpu")
     test = pool["ds"].test
     whole = run(sess, test, batch_size=len(test))["never_married"]
@@ -37,7 +37,7 @@ def test_run_in_batches_equals_one_call(pool):  # noqa: F811
     np.testing.assert_allclose(named["never_married"], whole, atol=1e-7)
 
 
-def test_missing_inputs_and_files_are_clear_errors(pool, tmp_path):  # noqa: F811
+def test_missing_inputs_and_files_are_clear_errors(pool, tmp_path):
     sess, _ = session(pool["models"]["married_a"], "cpu")
     with pytest.raises(FusekitError, match="dense"):
         run(sess, {"categorical": pool["ds"].test.cat})
