@@ -10,7 +10,7 @@
 Everything runs with one thread (torch and onnxruntime) so the ratios compare like with like.
 
     .venv/bin/python benchmarks/bench_fuse.py [--pool sample_models/census2] [--fused OUT/fused.onnx]
-        [--data-dir ../shared/data] [--mode residual] [--repeats 200]
+        [--data-dir ../shared/data] [--mode residual] [--fuse-at auto|last|all] [--repeats 200]
 
 Without ``--fused`` the (untrained) fusion network of ``--mode`` is exported: speed does not
 depend on the trained weights.
@@ -66,6 +66,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--skip-epoch", action="store_true", help="skip the training-epoch measurement")
     parser.add_argument("--levels", default=None, help="decompose levels (default: decompose's default)")
+    parser.add_argument("--fuse-at", default="auto", choices=["auto", "last", "all"],
+                        help="levels with an AKF module (default auto: the last in residual mode)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -77,7 +79,8 @@ def main() -> int:
     tasks = _tasks_of(manifest)
     spec = model_spec(manifest, tasks)
     ds = load_dataset("census-income", list(tasks), spec=spec, data_dir=args.data_dir)
-    model = build_model(work / "parts", manifest, tasks, FusionOptions(mode=args.mode)).eval()
+    fusion = FusionOptions(mode=args.mode, fuse_at=args.fuse_at)
+    model = build_model(work / "parts", manifest, tasks, fusion).eval()
     fused_path = args.fused or export_fused(model, work / "fused.onnx",
                                             (torch.as_tensor(ds.test.cat[:2]), torch.as_tensor(ds.test.dense[:2])))
     if args.fused:
@@ -86,7 +89,9 @@ def main() -> int:
     source_sess = [session(p, "cpu", threads=1)[0] for p in sources]
     wrapper = ProbabilityOutputs(model).eval()
 
-    results: dict = {"pool": str(args.pool), "mode": args.mode, "provider": provider, "tasks": tasks}
+    results: dict = {"pool": str(args.pool), "mode": args.mode, "fused_levels": [i + 1 for i in model.fused_levels],
+                     "provider": provider, "tasks": tasks,
+                     "trainable_parameters": sum(p.numel() for p in model.fusion_parameters())}
     for batch, repeats in ((1, args.repeats), (4096, max(5, args.repeats // 20))):
         cat, dense = ds.test.cat[:batch], ds.test.dense[:batch]
         feeds = {"categorical": cat, "dense": dense}
@@ -105,14 +110,15 @@ def main() -> int:
                                     "onnxruntime_rows_per_s": batch / ort_s, "torch_rows_per_s": batch / torch_s}
 
     if not args.skip_epoch:
-        train_model = build_model(work / "parts", manifest, tasks, FusionOptions(mode=args.mode))
+        train_model = build_model(work / "parts", manifest, tasks, fusion)
         history = fit(train_model, ds.train, ds.val.head(2048), list(tasks),
                       TrainConfig(max_epochs=1, progress=False, device="cpu")).history
         results["epoch"] = {"rows": len(ds.train), "seconds_with_small_val": history[0].seconds}
 
     b1, b4k = results["batch1"], results["batch4096"]
     print(json.dumps(results, indent=1))
-    print(f"\nfused model, {len(sources)} source models, {len(tasks)} tasks, {args.mode} mode, one thread, {provider}")
+    print(f"\nfused model, {len(sources)} source models, {len(tasks)} tasks, {args.mode} mode, AKF at level(s) "
+          f"{results['fused_levels']}, one thread, {provider}")
     print(f"batch 1 latency: onnxruntime {b1['onnxruntime_s'] * 1e3:.3f} ms, torch {b1['torch_s'] * 1e3:.3f} ms "
           f"-> onnxruntime {b1['torch_over_onnxruntime']:.1f}x faster (goal >= 2x)")
     print(f"batch 4096 throughput: onnxruntime {b4k['onnxruntime_rows_per_s']:.0f} rows/s, torch "

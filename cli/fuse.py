@@ -52,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--from-scratch", action="store_true", help="ablation: same-structure components trained from scratch")
     p.add_argument("--no-tower", action="store_true", help="residual mode: no tower correction on the mixed heads")
     p.add_argument("--top-k", type=int, default=1, help="tasks each task's fusion gate selects (default 1)")
+    p.add_argument("--fuse-at", choices=["auto", "last", "all"], default="auto",
+                   help="levels that get an AKF module: last or all (default auto: last in residual mode, "
+                        "all in paper mode)")
+    p.add_argument("--finetune", choices=["none", "heads", "last", "all"], default="none",
+                   help="also train these source weights: heads (residual mode), the last level and heads, or all "
+                        "(default none: sources frozen, as in the paper)")
+    p.add_argument("--finetune-lr", type=float, default=0.1, metavar="SCALE",
+                   help="learning rate of fine-tuned source weights, as a fraction of --lr (default 0.1)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--weight-decay", type=float, default=1e-6)
@@ -61,6 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the validation/test split of the data (use the one the source models used)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--train-rows", choices=["holdout", "all"], default="holdout",
+                   help="holdout (default): train on the rows the source models did not see, when their feature "
+                        "specification records a holdout; all: every training row")
     p.add_argument("--max-rows", type=int, help="use at most this many rows of each split (quick runs)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
@@ -75,17 +86,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise FusekitError(f"--top-k must be at least 1, got {args.top_k}")
-    for name in ("lr", "batch_size", "epochs", "patience"):
+    for name in ("lr", "batch_size", "epochs", "patience", "finetune_lr"):
         if getattr(args, name) <= 0:
             raise FusekitError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     tasks = parse_tasks(args.tasks)
     fusion = FusionOptions(mode=args.mode, use_mtm=not args.no_mtm, pretrained=not args.from_scratch,
-                           top_k=args.top_k, seed=args.seed, tower=not args.no_tower)
+                           top_k=args.top_k, seed=args.seed, tower=not args.no_tower,
+                           finetune=args.finetune, finetune_lr=args.finetune_lr, fuse_at=args.fuse_at)
     options = FuseOptions(fusion=fusion, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                           epochs=args.epochs, patience=args.patience, seed=args.seed, device=args.device,
                           progress=not args.quiet, resume=args.resume, force=args.force,
                           labels=parse_labels(args.label), data_dir=args.data_dir, max_rows=args.max_rows,
-                          split_seed=args.split_seed)
+                          split_seed=args.split_seed, train_rows=args.train_rows)
     result = fuse(args.parts, tasks, args.data, args.output, options)
     m = result.metrics
     print(f"fused {len(tasks)} tasks ({args.mode} mode) on {m['device']} in {m['total_seconds']:.0f} s, "

@@ -15,6 +15,7 @@ from . import __version__
 from .errors import FusekitError
 from .io import atomic_file
 from .model import FusedModel, ProbabilityOutputs, deployable_copy
+from .optimize import optimize_for_serving
 
 OPSET = 18
 
@@ -56,6 +57,7 @@ def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...
         raise FusekitError(f"exporting the fused model to ONNX failed: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     proto = program.model_proto
+    optimize_for_serving(proto)
     props = {"fusekit.tasks": json.dumps(model.task_names), "fusekit.version": __version__}
     props.update(metadata or {})
     del proto.metadata_props[:]
@@ -80,6 +82,12 @@ def check_parity(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarra
 
     Raises FusekitError above ``tol``.
     """
+    return parity_and_outputs(model, onnx_path, arrays, tol, batch_size)[0]
+
+
+def parity_and_outputs(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarray], tol: float = 1e-5,
+                       batch_size: int = 8192) -> tuple[float, dict[str, np.ndarray]]:
+    """:func:`check_parity`, also returning onnxruntime's probabilities per task (what deployment sees)."""
     from .runtime import run, session
 
     sess, _ = session(onnx_path, device="cpu")
@@ -98,4 +106,4 @@ def check_parity(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarra
     if not worst <= tol:
         raise FusekitError(f"fused.onnx differs from the torch model by {worst:.2e} (> {tol:.0e}) on the test data; "
                            "this is a fusekit bug, please report it")
-    return worst
+    return worst, {task: got[task] for task in model.task_names}

@@ -23,7 +23,7 @@ from .data.dataset import Split
 from .errors import FusekitError
 from .io import atomic_dir, atomic_file, check_output_dir
 from .metrics import roc_auc
-from .model import FusedModel, FusionOptions, SourceModel, reinitialised_copy
+from .model import FusedModel, FusionOptions, SourceModel, reinitialised_copy, trainable_copy
 
 INPUT_ORDER = ["categorical", "dense"]  # fusekit.train calls model(cat, dense)
 
@@ -47,6 +47,9 @@ class FuseOptions:
     data_dir: Path | None = None
     max_rows: int | None = None  # subsample each split (quick runs and tests)
     split_seed: int = 0  # validation/test split of the data: the source models' (not the training seed)
+    # "holdout": the training rows the source models did not see, when their specification
+    # records a holdout (all rows otherwise); "all": every training row.
+    train_rows: str = "holdout"
     parity_tol: float = 1e-5
     on_epoch: Callable | None = None  # called with each EpochRecord (progress reporting)
 
@@ -207,6 +210,16 @@ def build_model(parts_dir: Path, manifest: dict, tasks: dict[str, list[str]], fu
                               for i, (c, p) in enumerate(zip(src.components, src.component_paths))]
             if src.head is not None:
                 src.head = reinitialised_copy(src.head, src.head_path, fusion.seed * 1000 + 10 * k + 9)
+    elif fusion.finetune != "none":
+        first = {"last": -1, "all": 0}.get(fusion.finetune)  # heads: no component is fine-tuned
+        for name in names:
+            src = sources[name]
+            if first is not None:
+                start = first % len(src.components)
+                src.components = src.components[:start] + [
+                    trainable_copy(c, p) for c, p in zip(src.components[start:], src.component_paths[start:])]
+            if src.head is not None:
+                src.head = trainable_copy(src.head, src.head_path)
     return FusedModel(tasks, sources, level_dims(manifest), input_names, fusion)
 
 
@@ -239,7 +252,7 @@ def _run_identity(manifest: dict, tasks: dict[str, list[str]], options: FuseOpti
     return {"tasks": tasks, "components": {m: models[m] for ms in tasks.values() for m in ms},
             "fusion": options.fusion.to_dict(), "lr": options.lr, "batch_size": options.batch_size,
             "weight_decay": options.weight_decay, "seed": options.seed, "max_rows": options.max_rows,
-            "split_seed": options.split_seed}
+            "split_seed": options.split_seed, "train_rows": options.train_rows}
 
 
 def _prepare_work_dir(work: Path, identity: dict, options: FuseOptions) -> None:
@@ -275,7 +288,7 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     ``data`` is ``"census-income"``, a CSV/Parquet path (with ``options.labels``), or an already
     loaded TabularDataset. Raises FusekitError on bad input before anything is written.
     """
-    from .export import check_parity, export_fused
+    from .export import export_fused, parity_and_outputs
     from .report import gate_statistics, plot_gates, plot_training
     from .train import TrainConfig, evaluate, fit, resolve_device
 
@@ -296,7 +309,9 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     check_output_dir(out_dir, options.force)
     ds = load_data(data, task_names, spec, options)
     holdout = bool(spec is not None and spec.holdout)
-    train_rows = ds.fusion_rows() if holdout else ds.train
+    if options.train_rows not in ("holdout", "all"):
+        raise FusekitError(f"unknown --train-rows {options.train_rows!r}; use holdout or all")
+    train_rows = ds.fusion_rows() if holdout and options.train_rows == "holdout" else ds.train
     train_rows = train_rows.sample(options.max_rows, options.seed)
     val = ds.val.sample(options.max_rows, options.seed + 1)
     test = ds.test.sample(options.max_rows, options.seed + 2)
@@ -314,16 +329,8 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     model = model.cpu().eval()
 
     val_auc = evaluate(model, val, task_names, "cpu")
-    test_auc = evaluate(model, test, task_names, "cpu")
     sources = load_sources(parts_dir, manifest, [m for ms in tasks.values() for m in ms], heads=True)
     src_probs = source_probabilities(sources, input_names, test)
-    rows, per_task = [], {}
-    for task in task_names:
-        src_auc = {m: roc_auc(test.labels[task], src_probs[m]) for m in tasks[task]}
-        avg_auc = roc_auc(test.labels[task], np.mean([src_probs[m] for m in tasks[task]], axis=0))
-        per_task[task] = {"val_auc": val_auc[task], "test_auc": test_auc[task], "sources_test_auc": src_auc,
-                          "average_test_auc": avg_auc, "gain_over_average": test_auc[task] - avg_auc}
-        rows.append({"task": task, "fused": test_auc[task], "sources": src_auc, "average": avg_auc})
 
     by_name = {m["name"]: m for m in manifest["models"]}
     metadata = {"fusekit.source_sha256": json.dumps({m: by_name[m].get("sha256") for ms in tasks.values() for m in ms}),
@@ -334,7 +341,16 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     with atomic_dir(out_dir, force=options.force) as tmp:
         onnx_path = export_fused(model, tmp / "fused.onnx",
                                  (torch.as_tensor(test.cat[:2]), torch.as_tensor(test.dense[:2])), metadata)
-        parity = check_parity(model, onnx_path, test_arrays, tol=options.parity_tol)
+        parity, deployed = parity_and_outputs(model, onnx_path, test_arrays, tol=options.parity_tol)
+        # The test AUC is the deployed file's (onnxruntime), so `fusekit eval fused.onnx` prints the same.
+        test_auc = {task: roc_auc(test.labels[task], deployed[task]) for task in task_names}
+        rows, per_task = [], {}
+        for task in task_names:
+            src_auc = {m: roc_auc(test.labels[task], src_probs[m]) for m in tasks[task]}
+            avg_auc = roc_auc(test.labels[task], np.mean([src_probs[m] for m in tasks[task]], axis=0))
+            per_task[task] = {"val_auc": val_auc[task], "test_auc": test_auc[task], "sources_test_auc": src_auc,
+                              "average_test_auc": avg_auc, "gain_over_average": test_auc[task] - avg_auc}
+            rows.append({"task": task, "fused": test_auc[task], "sources": src_auc, "average": avg_auc})
         gates = gate_statistics(model, test)
         (tmp / "gates.json").write_text(json.dumps(gates, indent=1))
         plot_gates(gates, tmp / "gates.png")

@@ -6,8 +6,9 @@ Two modes:
   own input u_t (u_t = the model inputs at level 1), AKF turns them into z_t, which is u_t
   of the next level; a new tower per task maps the last z_t to a logit. Source heads unused.
 * ``"residual"`` (default): each source model keeps its own path through its own components
-  and its own head. At each level AKF computes z_t from the outputs of task t's paths and adds
-  it to each of those paths through a projection initialised at zero. The task's output is a
+  and its own head. At each fused level (the last by default, every level with
+  ``fuse_at="all"``) AKF computes z_t from the outputs of task t's paths and adds it to each of
+  those paths through a projection initialised at zero. The task's output is a
   learned mix (initialised uniform) of its heads' probabilities plus a tower residual on the
   logit (initialised at zero), so the untrained model is exactly the plain average of the
   source models' probabilities, and training can only start from that ensemble.
@@ -24,6 +25,8 @@ from .akf import AKFLevel
 from .errors import FusekitError
 
 MODES = ("paper", "residual")
+FINETUNE = ("none", "heads", "last", "all")
+FUSE_AT = ("auto", "last", "all")
 _EPS = 1e-6
 
 
@@ -39,6 +42,18 @@ class FusionOptions:
     tower: bool = True  # residual mode: logit correction from the last z_t (paper mode always has towers)
     activation: str = "relu"
     seed: int = 0
+    # Source weights trained along with the fusion: none (the paper), the heads (residual mode),
+    # the last level (+ heads) or all components; at finetune_lr times the fusion's learning rate.
+    finetune: str = "none"
+    finetune_lr: float = 0.1
+    # Levels that get an AKF module: every level (the paper) or only the last. "auto": the
+    # last in residual mode (as accurate on Census, a fraction of the serving cost), all in paper mode.
+    fuse_at: str = "auto"
+
+    def fused_levels(self, n_levels: int) -> list[int]:
+        """Indices of the levels with an AKF module."""
+        at = self.fuse_at if self.fuse_at != "auto" else ("last" if self.mode == "residual" else "all")
+        return [n_levels - 1] if at == "last" else list(range(n_levels))
 
     def to_dict(self) -> dict:
         """Plain dict for metrics.json."""
@@ -86,6 +101,14 @@ class FusedModel(nn.Module):
             raise FusekitError(f"unknown fusion mode {options.mode!r}; use one of {', '.join(MODES)}")
         if len(tasks) < 2:
             raise FusekitError("fusing needs at least two tasks; name two or more with --tasks")
+        if options.finetune not in FINETUNE:
+            raise FusekitError(f"unknown --finetune {options.finetune!r}; use one of {', '.join(FINETUNE)}")
+        if options.fuse_at not in FUSE_AT:
+            raise FusekitError(f"unknown --fuse-at {options.fuse_at!r}; use one of {', '.join(FUSE_AT)}")
+        if options.fuse_at == "last" and options.mode == "paper":
+            raise FusekitError("the paper's network fuses at every level; use --fuse-at all with --mode paper")
+        if options.finetune == "heads" and options.mode != "residual":
+            raise FusekitError("--finetune heads needs --mode residual (the paper's network does not use the heads)")
         self.options = options
         self.task_names = list(tasks)
         self.task_models = {t: list(ms) for t, ms in tasks.items()}
@@ -109,15 +132,17 @@ class FusedModel(nn.Module):
         if options.mode == "residual":
             self.heads = nn.ModuleDict({self.mkey[m]: sources[m].head for m in ordered})
         counts = [len(tasks[t]) for t in self.task_names]
+        self.fused_levels = options.fused_levels(self.n_levels)
+        # levels[j] and projections[j] belong to level fused_levels[j].
         self.levels = nn.ModuleList(
-            AKFLevel(d, counts, use_mtm=options.use_mtm, top_k=options.top_k, activation=options.activation)
-            for d in dims)
+            AKFLevel(dims[i], counts, use_mtm=options.use_mtm, top_k=options.top_k, activation=options.activation)
+            for i in self.fused_levels)
         if options.mode == "paper":
             self.towers = nn.ModuleDict({self.tkey[t]: _tower(dims[-1], options.tower_hidden, False)
                                          for t in self.task_names})
         else:
             self.projections = nn.ModuleList(
-                nn.ModuleDict({self.mkey[m]: _zero_linear(d) for m in ordered}) for d in dims)
+                nn.ModuleDict({self.mkey[m]: _zero_linear(dims[i]) for m in ordered}) for i in self.fused_levels)
             # Zero logits -> uniform softmax weights over the task's heads.
             self.head_weights = nn.ParameterDict({self.tkey[t]: nn.Parameter(torch.zeros(len(tasks[t])))
                                                   for t in self.task_names})
@@ -169,28 +194,42 @@ class FusedModel(nn.Module):
         for level in range(self.n_levels):
             for m in self.model_names:
                 paths[m] = self._level1(m, named) if level == 0 else self.components[self.mkey[m]][level](paths[m])
+            if level not in self.fused_levels:
+                continue
+            j = self.fused_levels.index(level)
             outputs = [[paths[m] for m in self.task_models[task]] for task in self.task_names]
-            z, level_stats = self.levels[level](outputs)
+            z, level_stats = self.levels[j](outputs)
             stats.append(level_stats)
             for t, task in enumerate(self.task_names):
                 for m in self.task_models[task]:
-                    paths[m] = paths[m] + self.projections[level][self.mkey[m]](z[t])
+                    paths[m] = paths[m] + self.projections[j][self.mkey[m]](z[t])
         logits = {}
         for t, task in enumerate(self.task_names):
             # Probabilities are mixed in float32: under AMP, log(p) of a half-precision p loses the tails.
             probs = torch.stack([self._flat_prob(self.heads[self.mkey[m]](paths[m])).float()
                                  for m in self.task_models[task]], -1)
             weights = torch.softmax(self.head_weights[self.tkey[task]].float(), dim=0)
-            p = (probs * weights).sum(-1).clamp(_EPS, 1.0 - _EPS)
-            logit = torch.log(p) - torch.log1p(-p)
+            # linear() exports as a Gemm; a matrix-vector MatMul runs far slower in onnxruntime.
+            p = nn.functional.linear(probs, weights.unsqueeze(0)).squeeze(-1).clamp(_EPS, 1.0 - _EPS)
+            logit = torch.log(p / (1.0 - p))
             if self.options.tower:
                 logit = logit + self.towers[self.tkey[task]](z[t]).squeeze(-1).float()
             logits[task] = logit
         return logits, stats
 
     def fusion_parameters(self) -> list[nn.Parameter]:
-        """The trainable parameters (the components' own only when trained from scratch)."""
+        """The trainable parameters (the components' own only when trained from scratch or fine-tuned)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def optimizer_groups(self) -> list[dict]:
+        """Trainable parameters by learning-rate scale: fine-tuned source weights move slower."""
+        if not self.options.pretrained or self.options.finetune == "none":
+            return [{"params": self.fusion_parameters(), "lr_scale": 1.0}]
+        owned = list(self.components.parameters()) + (list(self.heads.parameters()) if hasattr(self, "heads") else [])
+        source_ids = {id(p) for p in owned}
+        fusion = [p for p in self.fusion_parameters() if id(p) not in source_ids]
+        source = [p for p in owned if p.requires_grad]
+        return [{"params": fusion, "lr_scale": 1.0}, {"params": source, "lr_scale": self.options.finetune_lr}]
 
 
 class ProbabilityOutputs(nn.Module):
@@ -278,34 +317,41 @@ def deployable_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Module:
-    """A copy of a frozen component whose layer weights are fresh, trainable parameters.
+def _layer_weight_buffers(component: nn.Module, onnx_path: str) -> dict[str, str]:
+    """Names of ``component``'s buffers that hold a layer weight of ``onnx_path``, with the op using it.
 
     Weight buffers are recognised by value against the ONNX file's Gemm/MatMul/Conv/Gather
-    initializers (possibly transposed), so this works whatever the buffers are called. Other
-    buffers (normalisation statistics, shapes) stay frozen. Biases restart at zero, weight
-    matrices Xavier-uniform, embedding tables N(0, 1e-4).
+    initializers (possibly transposed), so this works whatever the buffers are called.
     """
     import numpy as np
 
     weights = _parametric_initializers(onnx_path)
-    clone = copy.deepcopy(component)
-    generator = torch.Generator().manual_seed(seed)
-    fresh_weights: dict[str, torch.Tensor] = {}
-    for name, buf in list(clone._buffers.items()):
+    found: dict[str, str] = {}
+    for name, buf in component._buffers.items():
         if buf is None or not buf.is_floating_point() or buf.numel() < 1:
             continue
         arr = buf.detach().cpu().numpy()
-        match = None
         for op, w in weights:
             if (w.shape == arr.shape and np.array_equal(w, arr)) or (
                     w.ndim == 2 and w.T.shape == arr.shape and np.array_equal(w.T, arr)):
-                match = op
+                found[name] = op
                 break
-        if match is None:
-            continue
+    return found
+
+
+def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Module:
+    """A copy of a frozen component whose layer weights are fresh, trainable parameters.
+
+    Other buffers (normalisation statistics, shapes) stay frozen. Biases restart at zero,
+    weight matrices Xavier-uniform, embedding tables N(0, 1e-4).
+    """
+    clone = copy.deepcopy(component)
+    generator = torch.Generator().manual_seed(seed)
+    fresh_weights: dict[str, torch.Tensor] = {}
+    for name, op in _layer_weight_buffers(clone, onnx_path).items():
+        buf = clone._buffers[name]
         fresh = torch.empty(buf.shape, dtype=buf.dtype)
-        if match == "Gather":
+        if op == "Gather":
             fresh.normal_(0.0, 1e-4, generator=generator)  # small embeddings train better (DESIGN.md)
         elif buf.dim() >= 2:
             fan = (buf.shape[0] + buf.shape[1]) * (buf[0][0].numel() if buf.dim() > 2 else 1)
@@ -318,3 +364,13 @@ def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Mo
         raise FusekitError(f"cannot train {onnx_path} from scratch: no Gemm/MatMul/Conv/Gather weight found in it; "
                            "drop --from-scratch")
     return TrainableComponent(clone, fresh_weights)
+
+
+def trainable_copy(component: nn.Module, onnx_path: str) -> nn.Module:
+    """A copy of a frozen component whose trained layer weights become trainable (fine-tuning)."""
+    clone = copy.deepcopy(component)
+    names = _layer_weight_buffers(clone, onnx_path)
+    if not names:
+        raise FusekitError(f"cannot fine-tune {onnx_path}: no Gemm/MatMul/Conv/Gather weight found in it; "
+                           "choose another --finetune")
+    return TrainableComponent(clone, {n: clone._buffers[n].detach().clone() for n in names})

@@ -824,6 +824,11 @@ def _gemm(attrs, ctx):
 
     def f(a, b, c=None):
         a = a.t() if ta else a
+        if c is not None and c.dim() <= 1 and alpha == 1.0 and beta == 1.0 and a.is_floating_point():
+            # linear() exports as one Gemm with its bias; addmm needs the bias expanded to [B, n],
+            # which the exporter writes as an Expand that copies the bias for every row.
+            w = b if tb else b.t()
+            return torch.nn.functional.linear(a, w, c.to(a.dtype).expand(w.shape[0]))
         b = b.t() if tb else b
         if c is not None and alpha == 1.0 and beta == 1.0 and a.is_floating_point():
             return torch.addmm(c.to(a.dtype).expand(a.shape[0], b.shape[1]), a, b)

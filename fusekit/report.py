@@ -36,8 +36,8 @@ def gate_statistics(model: FusedModel, split: Split, batch_size: int = 16384) ->
                 for t, f in enumerate(lvl["fusion_gate"]):
                     s["picked"][t] += torch.bincount(f.argmax(1), minlength=f.shape[1]).float()
     levels = []
-    for index, s in enumerate(sums, start=1):
-        entry: dict = {"level": index, "tasks": {}}
+    for index, s in zip(model.fused_levels, sums):
+        entry: dict = {"level": index + 1, "tasks": {}}
         for t, task in enumerate(tasks):
             models = model.task_models[task]
             others = [o for o in tasks if o != task]

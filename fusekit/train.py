@@ -150,7 +150,10 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise FusekitError("the model has no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    # A model may ask for per-group learning rates (fine-tuned source weights train slower).
+    groups = model.optimizer_groups() if hasattr(model, "optimizer_groups") else [{"params": params, "lr_scale": 1.0}]
+    optimizer = torch.optim.Adam([{"params": g["params"], "lr": config.lr * g["lr_scale"]} for g in groups if g["params"]],
+                                 lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     cat, dense, labels = _tensors(train, tasks, device)
     loss_fn = nn.BCEWithLogitsLoss()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fusekit.akf import AKFLevel, FusionGate, MultiTaskMerge, TaskGate
+from fusekit.akf import AKFLevel, FusionGate, MultiTaskMerge, TaskGate, row_dot, weighted_sum
 
 
 def _vectors(n: int, batch: int = 5, dim: int = 4, seed: int = 0) -> list[torch.Tensor]:
@@ -18,7 +18,7 @@ def test_task_gate_mixes_the_task_outputs_with_softmax_weights():
     torch.manual_seed(0)
     outs = _vectors(3)
     gate = TaskGate(12, 3)
-    h, w = gate(torch.cat(outs, 1), outs)
+    h, w = gate(torch.cat(outs, 1), torch.stack(outs, 1))
     assert torch.allclose(w.sum(1), torch.ones(5))
     expected = sum(w[:, k:k + 1] * outs[k] for k in range(3))
     assert torch.allclose(h, expected, atol=1e-6)
@@ -26,7 +26,7 @@ def test_task_gate_mixes_the_task_outputs_with_softmax_weights():
     with torch.no_grad():
         gate.linear.weight.zero_()
         gate.linear.bias.copy_(torch.tensor([0.0, 0.0, 30.0]))
-    h, _ = gate(torch.cat(outs, 1), outs)
+    h, _ = gate(torch.cat(outs, 1), torch.stack(outs, 1))
     assert torch.allclose(h, outs[2], atol=1e-5)
 
 
@@ -44,6 +44,25 @@ def test_fusion_gate_selects_the_top_task_weighted_by_its_gate_and_gets_gradient
     selected.sum().backward()
     # Not a bare argmax: the gate's own weights receive a gradient.
     assert gate.linear.weight.grad is not None and gate.linear.weight.grad.abs().sum() > 0
+
+
+def test_weighted_sum_and_row_dot_match_their_reductions():
+    gen = torch.Generator().manual_seed(7)
+    weights, tokens = torch.rand(6, 3, generator=gen), torch.randn(6, 3, 5, generator=gen)
+    assert torch.allclose(weighted_sum(weights, tokens), (weights.unsqueeze(-1) * tokens).sum(1), atol=1e-6)
+    query = torch.randn(6, 1, 5, generator=gen)
+    assert torch.allclose(row_dot(tokens, query), (tokens * query).sum(-1), atol=1e-6)
+    assert torch.allclose(row_dot(tokens, query, 0.25), (tokens * query).sum(-1) / 4, atol=1e-6)
+    assert row_dot(tokens, tokens).shape == (6, 3)
+
+
+def test_fusion_gate_over_one_other_task_is_the_constant_one_without_a_layer():
+    other = _vectors(1, seed=5)
+    gate = FusionGate(4, n_other=1, top_k=1)
+    assert gate.linear is None and not list(gate.parameters())
+    selected, f, idx = gate(torch.randn(5, 4), other)
+    assert torch.equal(selected[:, 0], other[0])
+    assert torch.equal(f, torch.ones(5, 1)) and torch.equal(idx, torch.zeros(5, 1, dtype=torch.long))
 
 
 def test_fusion_gate_top_k_and_keep_all():

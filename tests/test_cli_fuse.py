@@ -65,7 +65,8 @@ def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(
     assert set(json.loads(meta["fusekit.source_sha256"])) == set(sum(TASKS.values(), []))
     assert "fusekit.feature_spec" in meta and meta["fusekit.version"]
     gates = json.loads((out / "gates.json").read_text())
-    assert len(gates["levels"]) == json.loads((pool["parts"] / "manifest.json").read_text())["levels"]
+    levels = json.loads((pool["parts"] / "manifest.json").read_text())["levels"]
+    assert [lv["level"] for lv in gates["levels"]] == [levels]  # residual mode fuses at the last level
     income = gates["levels"][0]["tasks"]["income"]
     assert set(income["task_gate"]) == set(TASKS["income"])
     assert abs(sum(income["task_gate"].values()) - 1.0) < 1e-5
@@ -138,6 +139,9 @@ def _changed_parts(pool, tmp_path):
     ("missing_label", "label"),
     ("spec_mismatch", "encode their inputs differently"),
     ("bad_top_k", "--top-k"),
+    ("paper_at_last_level", "--fuse-at all"),
+    ("paper_finetune_heads", "residual"),
+    ("bad_finetune_lr", "--finetune-lr"),
     ("no_gpu", "cuda"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool, tmp_path, capsys):
@@ -171,6 +175,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool
         argv[1] = str(parts)
     elif case == "bad_top_k":
         argv += ["--top-k", "0"]
+    elif case == "paper_at_last_level":
+        argv += ["--mode", "paper", "--fuse-at", "last"]
+    elif case == "paper_finetune_heads":
+        argv += ["--mode", "paper", "--finetune", "heads"]
+    elif case == "bad_finetune_lr":
+        argv += ["--finetune", "all", "--finetune-lr", "0"]
     elif case == "no_gpu":
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")

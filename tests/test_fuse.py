@@ -97,6 +97,44 @@ def test_from_scratch_components_are_trainable_copies_with_fresh_weights(pool):
     assert grads and all(g is not None for g in grads)
 
 
+@pytest.mark.parametrize("finetune", ["heads", "last", "all"])
+def test_finetuning_trains_the_chosen_source_weights_slower_and_starts_at_the_ensemble(pool, finetune):
+    from fusekit.fuse import build_model, read_parts
+    from fusekit.model import FusionOptions, ProbabilityOutputs
+    from fusekit.train import TrainConfig, fit
+
+    manifest = read_parts(pool["parts"])
+    frozen = build_model(pool["parts"], manifest, TASKS, FusionOptions()).eval()
+    model = build_model(pool["parts"], manifest, TASKS, FusionOptions(finetune=finetune, finetune_lr=0.5)).eval()
+    trainable = {n.split(".")[0] + "." + n.split(".")[2] for n, p in model.named_parameters()
+                 if p.requires_grad and n.startswith(("components.", "heads."))}
+    last = str(len(model.dims) - 1)
+    expected = {"heads": {"heads.weights"}, "last": {"heads.weights", f"components.{last}"},
+                "all": {"heads.weights"} | {f"components.{i}" for i in range(len(model.dims))}}[finetune]
+    assert trainable == expected
+    groups = model.optimizer_groups()
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.5]
+    assert {id(p) for p in groups[1]["params"]}.isdisjoint(id(p) for p in groups[0]["params"])
+    test = pool["ds"].test
+    inputs = (torch.as_tensor(test.cat[:64]), torch.as_tensor(test.dense[:64]))
+    with torch.no_grad():  # trainable copies of the trained weights: the same function at the start
+        for a, b in zip(ProbabilityOutputs(frozen)(*inputs), ProbabilityOutputs(model)(*inputs)):
+            assert torch.allclose(a, b, atol=1e-6)
+    head = next(p for n, p in model.named_parameters() if n.startswith("heads."))
+    before = head.detach().clone()
+    fit(model, pool["ds"].train.head(512), pool["ds"].val.head(256), list(TASKS),
+        TrainConfig(max_epochs=1, batch_size=128, progress=False, device="cpu"))
+    assert not torch.equal(head.detach(), before)
+
+
+def test_finetuning_heads_needs_the_residual_mode(pool):
+    from fusekit.fuse import build_model, read_parts
+    from fusekit.model import FusionOptions
+
+    with pytest.raises(FusekitError, match="residual"):
+        build_model(pool["parts"], read_parts(pool["parts"]), TASKS, FusionOptions(mode="paper", finetune="heads"))
+
+
 def test_a_loss_that_becomes_nan_stops_training_and_writes_no_output(pool, tmp_path):
     from fusekit.fuse import fuse, work_dir_for
 

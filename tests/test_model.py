@@ -71,8 +71,9 @@ def _model(mode: str = "residual", **kw) -> tuple[FusedModel, dict]:
     return FusedModel(TASKS, sources, [8, 6], ["categorical", "dense"], FusionOptions(mode=mode, **kw)), sources
 
 
-def test_residual_mode_starts_exactly_at_the_average_of_the_source_models():
-    model, sources = _model("residual")
+@pytest.mark.parametrize("fuse_at", ["last", "all"])
+def test_residual_mode_starts_exactly_at_the_average_of_the_source_models(fuse_at):
+    model, sources = _model("residual", fuse_at=fuse_at)
     cat, dense = _inputs()
     probs = ProbabilityOutputs(model)(cat, dense)
     for task, p in zip(model.task_names, probs):
@@ -124,6 +125,22 @@ def test_no_mtm_and_top_k_options_change_the_network():
     top2, _ = _model(top_k=2)
     _, stats = top2.forward_with_stats(*_inputs(5))
     assert stats[0]["attention"][0].shape == (5, 3)  # own token + two selected tasks
+
+
+def test_fuse_at_places_akf_modules_at_the_last_or_every_level():
+    default, _ = _model("residual")
+    assert default.fused_levels == [1] and [lv.dim for lv in default.levels] == [6]
+    _, stats = default.forward_with_stats(*_inputs(5))
+    assert len(stats) == 1
+    every, _ = _model("residual", fuse_at="all")
+    assert every.fused_levels == [0, 1] and [lv.dim for lv in every.levels] == [8, 6]
+    assert len(every.fusion_parameters()) > len(default.fusion_parameters())
+    paper, _ = _model("paper")
+    assert paper.fused_levels == [0, 1]
+    with pytest.raises(FusekitError, match="every level"):
+        _model("paper", fuse_at="last")
+    with pytest.raises(FusekitError, match="fuse-at"):
+        _model("residual", fuse_at="middle")
 
 
 def test_residual_mode_needs_the_heads():

@@ -6,8 +6,9 @@ Rows of Table I for a task set:
 * ``average``: the plain average of each task's source models' probabilities (no training);
 * the baselines of ``fusekit.baselines`` trained from scratch by ``fusekit.train.fit`` on the
   training split (early stopping on mean validation AUC, best weights kept);
-* ``emm-paper`` (the paper's fusion network) and ``emm`` (fusekit's default residual mode),
-  made by ``fusekit.decompose.decompose`` and ``fusekit.fuse.fuse`` over the source models.
+* ``emm-paper`` (the paper's fusion network), ``emm`` (fusekit's default residual mode, AKF at
+  the last level), ``emm-all-levels`` (residual, AKF at every level) and ``emm-finetune``
+  (residual, source weights fine-tuned at a tenth of the learning rate), made by ``fusekit.decompose.decompose`` and ``fusekit.fuse.fuse`` over the source models.
   ``fuse`` trains on the rows the source models did not see when their specification records a
   holdout, as a user would; the baselines train on the whole training split.
 
@@ -38,13 +39,17 @@ from .sources import count_onnx_parameters, describe, find_sources, onnx_probabi
 DEFAULT_TASKS = ["income", "never_married"]
 THREE_TASKS = ["income", "never_married", "education"]
 SOURCE_ROWS = ["sources", "average"]
-EMM_METHODS = ["emm-paper", "emm"]
+EMM_METHODS = ["emm-paper", "emm", "emm-all-levels", "emm-finetune"]
 ALL_METHODS = SOURCE_ROWS + list(BASELINES) + EMM_METHODS + ["ablation"]
 
 # Fusion variants: (label, FusionOptions keywords). Table II uses the paper's network.
 EMM_VARIANTS = {
     "emm-paper": ("EMM (paper network)", {"mode": "paper", "use_mtm": True, "pretrained": True}),
     "emm": ("EMM (fusekit residual, default)", {"mode": "residual", "use_mtm": True, "pretrained": True}),
+    "emm-all-levels": ("EMM residual, AKF at every level",
+                       {"mode": "residual", "use_mtm": True, "pretrained": True, "fuse_at": "all"}),
+    "emm-finetune": ("EMM residual, sources fine-tuned (--finetune all)",
+                     {"mode": "residual", "use_mtm": True, "pretrained": True, "finetune": "all"}),
 }
 ABLATION_VARIANTS = {
     "baseline": ("no trained components, no MTM", {"mode": "paper", "use_mtm": False, "pretrained": False}),
