@@ -22,36 +22,53 @@ def _activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def weighted_sum(weights: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """sum_k weights[:, k] * tokens[:, k]: weights [B, n], tokens [B, n, d] -> [B, d].
+# -- sums over a few tokens, written as GEMMs ------------------------------------------------------
+# A task's tokens (its models' outputs, or the MTM tokens) are kept side by side in one flat
+# [B, n*d] tensor, and sums over them are products with constant matrices. onnxruntime runs the
+# exported graph as a few GEMMs: a reduction over a middle axis, or a batched matmul of B tiny
+# matrices, costs ten times as much at large batch, and 3-D tensors cost extra Reshape and
+# Unsqueeze ops that dominate the latency of one row.
+def spread_matrix(n: int, d: int) -> torch.Tensor:
+    """[n, n*d]: ``w @ spread_matrix(n, d)`` repeats each of the n weights d times."""
+    return torch.eye(n).repeat_interleave(d, dim=1)
 
-    Written as a product with a stack of identity matrices: onnxruntime runs that as one GEMM,
-    about ten times faster than the ReduceSum over a middle axis that ``.sum(1)`` exports to.
-    """
-    n, d = tokens.shape[1], tokens.shape[2]
-    summing = torch.eye(d, dtype=tokens.dtype, device=tokens.device).repeat(n, 1)  # [n*d, d]
-    return (weights.unsqueeze(-1) * tokens).reshape(tokens.shape[0], n * d) @ summing
+
+def fold_matrix(n: int, d: int, scale: float = 1.0) -> torch.Tensor:
+    """[n*d, d]: ``flat @ fold_matrix(n, d)`` adds the n blocks of width d (times ``scale``)."""
+    return torch.eye(d).repeat(n, 1) * scale
 
 
-def row_dot(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """scale * sum over the last axis of a * b: [B, n, d] x [B, 1 or n, d] -> [B, n] (a GEMM, as above)."""
-    prod = a * b
-    weights = torch.full((prod.shape[-1], 1), scale, dtype=prod.dtype, device=prod.device)
-    return (prod.reshape(-1, prod.shape[-1]) @ weights).reshape(prod.shape[0], prod.shape[1])
+def block_sum_matrix(n: int, d: int, scale: float = 1.0) -> torch.Tensor:
+    """[n*d, n]: ``flat @ block_sum_matrix(n, d)`` sums within each of the n blocks (times ``scale``)."""
+    return torch.eye(n).repeat_interleave(d, dim=0) * scale
+
+
+def weighted_sum(weights: torch.Tensor, flat: torch.Tensor, spread: torch.Tensor, fold: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[:, k] * block k of ``flat``: [B, n] x [B, n*d] -> [B, d]."""
+    return ((weights @ spread) * flat) @ fold
+
+
+def per_token(layer: nn.Sequential, flat: torch.Tensor, n: int) -> torch.Tensor:
+    """``layer`` (Linear + activation) applied to each of the n blocks of ``flat``, kept flat."""
+    linear, activation = layer[0], layer[1]
+    weight = torch.block_diag(*[linear.weight] * n)  # a constant in the exported graph: one Gemm
+    return activation(nn.functional.linear(flat, weight, linear.bias.repeat(n)))
 
 
 class TaskGate(nn.Module):
     """Intra-task mixture of experts: softmax weights over the task's own components."""
 
-    def __init__(self, in_dim: int, n_models: int):
+    def __init__(self, dim: int, n_models: int):
         super().__init__()
         self.n_models = n_models
-        self.linear = nn.Linear(in_dim, n_models)
+        self.linear = nn.Linear(dim * n_models, n_models)
+        self.register_buffer("spread", spread_matrix(n_models, dim), persistent=False)
+        self.register_buffer("fold", fold_matrix(n_models, dim), persistent=False)
 
-    def forward(self, gate_input: torch.Tensor, stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """gate_input [B, m*d], stacked [B, m, d] (the same values) -> (h_t = sum_k g_k h_k, g [B, m])."""
-        weights = torch.softmax(self.linear(gate_input), dim=-1)
-        return weighted_sum(weights, stacked), weights
+    def forward(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """outputs: the task's m component outputs side by side [B, m*d] -> (h_t = sum_k g_k h_k, g [B, m])."""
+        weights = torch.softmax(self.linear(outputs), dim=-1)
+        return weighted_sum(weights, outputs, self.spread, self.fold), weights
 
 
 class FusionGate(nn.Module):
@@ -62,29 +79,33 @@ class FusionGate(nn.Module):
     gate only matters from three tasks on.
     """
 
-    def __init__(self, in_dim: int, n_other: int, top_k: int = 1):
+    def __init__(self, in_dim: int, dim: int, n_other: int, top_k: int = 1):
         super().__init__()
         if n_other < 1:
             raise ValueError("a fusion gate needs at least one other task")
         self.n_other = n_other
+        self.dim = dim
         self.top_k = max(1, min(top_k, n_other))
         # A softmax over a single task is the constant 1 and passes no gradient: no layer for it.
         self.linear = nn.Linear(in_dim, n_other) if n_other > 1 else None
+        self.register_buffer("spread", spread_matrix(self.top_k, dim), persistent=False)
 
     def forward(self, gate_input: torch.Tensor, others: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (selected tokens [B, k, d] weighted by their gate value, gate f [B, T-1], indices [B, k])."""
-        stacked = torch.stack(others, dim=1)  # [B, T-1, d]
+        """Return (the k selected outputs side by side [B, k*d], each times its gate value; gate f [B, T-1];
+        indices [B, k])."""
+        batch = others[0].shape[0]
         if self.linear is None:
-            gate = torch.ones(stacked.shape[0], 1, dtype=stacked.dtype, device=stacked.device)
-            return stacked, gate, torch.zeros(stacked.shape[0], 1, dtype=torch.long, device=stacked.device)
+            gate = torch.ones(batch, 1, dtype=others[0].dtype, device=others[0].device)
+            return others[0], gate, torch.zeros(batch, 1, dtype=torch.long, device=others[0].device)
         gate = torch.softmax(self.linear(gate_input), dim=-1)
         if self.top_k == self.n_other:
             # Every other task is kept: no selection op needed (and no topk in the exported graph).
-            idx = torch.arange(self.n_other, device=gate.device).unsqueeze(0).expand(gate.shape[0], -1)
-            return gate.unsqueeze(-1) * stacked, gate, idx
+            idx = torch.arange(self.n_other, device=gate.device).unsqueeze(0).expand(batch, -1)
+            return (gate @ self.spread) * torch.cat(others, dim=-1), gate, idx
         values, idx = torch.topk(gate, self.top_k, dim=-1)
-        picked = torch.gather(stacked, 1, idx.unsqueeze(-1).expand(-1, -1, stacked.shape[-1]))
-        return values.unsqueeze(-1) * picked, gate, idx
+        stacked = torch.stack(others, dim=1)  # [B, T-1, d]
+        picked = torch.gather(stacked, 1, idx.unsqueeze(-1).expand(-1, -1, self.dim))
+        return (values.unsqueeze(-1) * picked).reshape(batch, self.top_k * self.dim), gate, idx
 
 
 class MultiTaskMerge(nn.Module):
@@ -94,22 +115,27 @@ class MultiTaskMerge(nn.Module):
     V maps back to d so that z_t has the shape of h_t.
     """
 
-    def __init__(self, dim: int, att_dim: int | None = None, activation: str = "relu"):
+    def __init__(self, dim: int, att_dim: int | None = None, activation: str = "relu", n_selected: int = 1):
         super().__init__()
         att_dim = att_dim or dim
         self.att_dim = att_dim
+        self.n_tokens = 1 + n_selected
         self.q = nn.Sequential(nn.Linear(dim, att_dim), _activation(activation))
         self.k = nn.Sequential(nn.Linear(dim, att_dim), _activation(activation))
         self.v = nn.Sequential(nn.Linear(dim, dim), _activation(activation))
+        n = self.n_tokens
+        self.register_buffer("tile", fold_matrix(n, att_dim).t().contiguous(), persistent=False)  # [a, n*a]
+        self.register_buffer("score", block_sum_matrix(n, att_dim, 1.0 / math.sqrt(att_dim)), persistent=False)
+        self.register_buffer("spread", spread_matrix(n, dim), persistent=False)
+        self.register_buffer("fold", fold_matrix(n, dim), persistent=False)
 
     def forward(self, own: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """own [B, d], selected [B, k, d] -> (z [B, d], attention of own token [B, 1+k])."""
-        tokens = torch.cat([own.unsqueeze(1), selected], dim=1)  # [B, 1+k, d]
+        """own [B, d], selected [B, k*d] -> (z [B, d], attention of own token [B, 1+k])."""
+        tokens = torch.cat([own, selected], dim=-1)  # [B, (1+k)*d]
         query = self.q(own)  # only t's own token's output is used
-        # Not batched matmuls: onnxruntime would run those as B tiny GEMMs, several times slower.
-        scores = row_dot(self.k(tokens), query.unsqueeze(1), 1.0 / math.sqrt(self.att_dim))  # [B, 1+k]
-        attn = torch.softmax(scores, dim=-1)
-        return weighted_sum(attn, self.v(tokens)), attn
+        keys = per_token(self.k, tokens, self.n_tokens)  # [B, (1+k)*a]
+        attn = torch.softmax((keys * (query @ self.tile)) @ self.score, dim=-1)  # [B, 1+k]
+        return weighted_sum(attn, per_token(self.v, tokens, self.n_tokens), self.spread, self.fold), attn
 
 
 class AKFLevel(nn.Module):
@@ -128,19 +154,18 @@ class AKFLevel(nn.Module):
         self.dim = dim
         self.use_mtm = use_mtm
         self.models_per_task = list(models_per_task)
-        self.task_gates = nn.ModuleList(TaskGate(dim * m, m) for m in models_per_task)
+        self.task_gates = nn.ModuleList(TaskGate(dim, m) for m in models_per_task)
         if use_mtm:
-            self.fusion_gates = nn.ModuleList(FusionGate(dim * m, n_tasks - 1, top_k) for m in models_per_task)
-            self.merges = nn.ModuleList(MultiTaskMerge(dim, att_dim, activation) for _ in models_per_task)
+            self.fusion_gates = nn.ModuleList(FusionGate(dim * m, dim, n_tasks - 1, top_k) for m in models_per_task)
+            k = self.fusion_gates[0].top_k
+            self.merges = nn.ModuleList(MultiTaskMerge(dim, att_dim, activation, k) for _ in models_per_task)
 
     def forward(self, outputs: list[list[torch.Tensor]]) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]]:
         """outputs[t][k]: component output of model k of task t -> (z per task, gate values)."""
         gate_inputs = [torch.cat(o, dim=-1) if len(o) > 1 else o[0] for o in outputs]
         fused, task_w = [], []
         for t, gate in enumerate(self.task_gates):
-            # The concatenation viewed as [B, m, d]: the stack of the task's outputs without a copy.
-            stacked = gate_inputs[t].reshape(gate_inputs[t].shape[0], len(outputs[t]), self.dim)
-            h, w = gate(gate_inputs[t], stacked)
+            h, w = gate(gate_inputs[t])
             fused.append(h)
             task_w.append(w)
         stats: dict[str, list[torch.Tensor]] = {"task_gate": task_w}

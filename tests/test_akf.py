@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fusekit.akf import AKFLevel, FusionGate, MultiTaskMerge, TaskGate, row_dot, weighted_sum
+from fusekit.akf import (AKFLevel, FusionGate, MultiTaskMerge, TaskGate, block_sum_matrix, fold_matrix, per_token,
+                         spread_matrix, weighted_sum)
 
 
 def _vectors(n: int, batch: int = 5, dim: int = 4, seed: int = 0) -> list[torch.Tensor]:
@@ -17,8 +18,8 @@ def _vectors(n: int, batch: int = 5, dim: int = 4, seed: int = 0) -> list[torch.
 def test_task_gate_mixes_the_task_outputs_with_softmax_weights():
     torch.manual_seed(0)
     outs = _vectors(3)
-    gate = TaskGate(12, 3)
-    h, w = gate(torch.cat(outs, 1), torch.stack(outs, 1))
+    gate = TaskGate(4, 3)
+    h, w = gate(torch.cat(outs, 1))
     assert torch.allclose(w.sum(1), torch.ones(5))
     expected = sum(w[:, k:k + 1] * outs[k] for k in range(3))
     assert torch.allclose(h, expected, atol=1e-6)
@@ -26,65 +27,70 @@ def test_task_gate_mixes_the_task_outputs_with_softmax_weights():
     with torch.no_grad():
         gate.linear.weight.zero_()
         gate.linear.bias.copy_(torch.tensor([0.0, 0.0, 30.0]))
-    h, _ = gate(torch.cat(outs, 1), torch.stack(outs, 1))
+    h, _ = gate(torch.cat(outs, 1))
     assert torch.allclose(h, outs[2], atol=1e-5)
 
 
 def test_fusion_gate_selects_the_top_task_weighted_by_its_gate_and_gets_gradients():
     torch.manual_seed(1)
     others = _vectors(3, seed=1)
-    gate = FusionGate(4, n_other=3, top_k=1)
+    gate = FusionGate(4, 4, n_other=3, top_k=1)
     gate_input = torch.randn(5, 4)
     selected, f, idx = gate(gate_input, others)
-    assert selected.shape == (5, 1, 4)
+    assert selected.shape == (5, 4)
     assert torch.equal(idx[:, 0], f.argmax(1))
     for row in range(5):
         j = int(idx[row, 0])
-        assert torch.allclose(selected[row, 0], f[row, j] * others[j][row], atol=1e-6)
+        assert torch.allclose(selected[row], f[row, j] * others[j][row], atol=1e-6)
     selected.sum().backward()
     # Not a bare argmax: the gate's own weights receive a gradient.
     assert gate.linear.weight.grad is not None and gate.linear.weight.grad.abs().sum() > 0
 
 
-def test_weighted_sum_and_row_dot_match_their_reductions():
+def test_flat_token_helpers_match_their_reductions():
     gen = torch.Generator().manual_seed(7)
     weights, tokens = torch.rand(6, 3, generator=gen), torch.randn(6, 3, 5, generator=gen)
-    assert torch.allclose(weighted_sum(weights, tokens), (weights.unsqueeze(-1) * tokens).sum(1), atol=1e-6)
-    query = torch.randn(6, 1, 5, generator=gen)
-    assert torch.allclose(row_dot(tokens, query), (tokens * query).sum(-1), atol=1e-6)
-    assert torch.allclose(row_dot(tokens, query, 0.25), (tokens * query).sum(-1) / 4, atol=1e-6)
-    assert row_dot(tokens, tokens).shape == (6, 3)
+    flat = tokens.reshape(6, 15)
+    expected = (weights.unsqueeze(-1) * tokens).sum(1)
+    assert torch.allclose(weighted_sum(weights, flat, spread_matrix(3, 5), fold_matrix(3, 5)), expected, atol=1e-6)
+    assert torch.allclose(flat @ block_sum_matrix(3, 5, 0.5), tokens.sum(-1) / 2, atol=1e-6)
+    layer = torch.nn.Sequential(torch.nn.Linear(5, 2), torch.nn.ReLU())
+    assert torch.allclose(per_token(layer, flat, 3), layer(tokens).reshape(6, 6), atol=1e-6)
 
 
 def test_fusion_gate_over_one_other_task_is_the_constant_one_without_a_layer():
     other = _vectors(1, seed=5)
-    gate = FusionGate(4, n_other=1, top_k=1)
+    gate = FusionGate(4, 4, n_other=1, top_k=1)
     assert gate.linear is None and not list(gate.parameters())
     selected, f, idx = gate(torch.randn(5, 4), other)
-    assert torch.equal(selected[:, 0], other[0])
+    assert torch.equal(selected, other[0])
     assert torch.equal(f, torch.ones(5, 1)) and torch.equal(idx, torch.zeros(5, 1, dtype=torch.long))
 
 
 def test_fusion_gate_top_k_and_keep_all():
     others = _vectors(3, seed=2)
     gate_input = torch.randn(5, 4)
-    two = FusionGate(4, n_other=3, top_k=2)
+    two = FusionGate(4, 4, n_other=3, top_k=2)
     selected, f, idx = two(gate_input, others)
-    assert selected.shape == (5, 2, 4)
+    assert selected.shape == (5, 8)
     assert torch.equal(idx, torch.topk(f, 2, dim=1).indices)
-    everything = FusionGate(4, n_other=3, top_k=7)  # more than there are: keeps all
+    row = 0
+    for slot in range(2):
+        j = int(idx[row, slot])
+        assert torch.allclose(selected[row, 4 * slot:4 * slot + 4], f[row, j] * others[j][row], atol=1e-6)
+    everything = FusionGate(4, 4, n_other=3, top_k=7)  # more than there are: keeps all
     selected, f, _ = everything(gate_input, others)
-    assert selected.shape == (5, 3, 4)
-    assert torch.allclose(selected[:, 1], f[:, 1:2] * others[1], atol=1e-6)
+    assert selected.shape == (5, 12)
+    assert torch.allclose(selected[:, 4:8], f[:, 1:2] * others[1], atol=1e-6)
 
 
 def test_multi_task_merge_is_scaled_dot_product_attention_for_the_own_token():
     torch.manual_seed(3)
-    mtm = MultiTaskMerge(4, att_dim=6)
-    own, other = _vectors(2, seed=3)
-    z, att = mtm(own, other.unsqueeze(1))
-    assert z.shape == own.shape
-    tokens = torch.stack([own, other], 1)
+    mtm = MultiTaskMerge(4, att_dim=6, n_selected=2)
+    own, other, third = _vectors(3, seed=3)
+    z, att = mtm(own, torch.cat([other, third], 1))
+    assert z.shape == own.shape and att.shape == (5, 3)
+    tokens = torch.stack([own, other, third], 1)
     q, k, v = mtm.q(tokens), mtm.k(tokens), mtm.v(tokens)
     scores = (q[:, 0:1] @ k.transpose(1, 2)) / math.sqrt(6)
     expected = (torch.softmax(scores, -1) @ v).squeeze(1)
