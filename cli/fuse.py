@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     """Parse, fuse, print the per-task comparison."""
     from fusekit.fuse import FuseOptions, fuse
     from fusekit.model import FusionOptions
+    from fusekit.train import TrainConfig
 
     if args.top_k < 1:
         raise FusekitError(f"--top-k must be at least 1, got {args.top_k}")
@@ -93,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
     fusion = FusionOptions(mode=args.mode, use_mtm=not args.no_mtm, pretrained=not args.from_scratch,
                            top_k=args.top_k, seed=args.seed, tower=not args.no_tower,
                            finetune=args.finetune, finetune_lr=args.finetune_lr, fuse_at=args.fuse_at)
-    options = FuseOptions(fusion=fusion, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                          epochs=args.epochs, patience=args.patience, seed=args.seed, device=args.device,
-                          progress=not args.quiet, resume=args.resume, force=args.force,
+    training = TrainConfig(lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
+                           max_epochs=args.epochs, patience=args.patience, seed=args.seed, device=args.device,
+                           progress=not args.quiet)
+    options = FuseOptions(fusion=fusion, training=training, resume=args.resume, force=args.force,
                           labels=parse_labels(args.label), data_dir=args.data_dir, max_rows=args.max_rows,
                           split_seed=args.split_seed, train_rows=args.train_rows)
     result = fuse(args.parts, tasks, args.data, args.output, options)

@@ -53,6 +53,7 @@ def run_demo(out_dir: Path, pool: str = "census2", models_dir: Path | None = Non
     from .decompose import decompose
     from .evaluate import evaluate_onnx
     from .fuse import FuseOptions, fuse
+    from .train import TrainConfig
     from .io import atomic_dir
 
     folder = Path(models_dir) if models_dir else SAMPLE_MODELS / pool
@@ -67,7 +68,8 @@ def run_demo(out_dir: Path, pool: str = "census2", models_dir: Path | None = Non
         say(parts.table())
         say(f"\n== 2/3 fuse tasks {json.dumps(tasks)} on Census-Income")
         result = fuse(tmp / "parts", tasks, "census-income", tmp / "fused",
-                      FuseOptions(epochs=epochs, device=device, progress=progress, data_dir=data_dir))
+                      FuseOptions(training=TrainConfig(max_epochs=epochs, device=device, progress=progress),
+                                  data_dir=data_dir))
         say(f"   {result.metrics['epochs']} epochs, {result.metrics['train_seconds']:.0f} s on {result.metrics['device']}")
         say("\n== 3/3 evaluate fused.onnx with onnxruntime on the test split")
         evaluation = evaluate_onnx(tmp / "fused" / "fused.onnx", "census-income", device=device, data_dir=data_dir)

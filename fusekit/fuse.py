@@ -7,6 +7,7 @@ and it is removed once OUT/ is complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -24,6 +25,7 @@ from .errors import FusekitError
 from .io import atomic_dir, atomic_file, check_output_dir
 from .metrics import roc_auc
 from .model import FusedModel, FusionOptions, SourceModel, reinitialised_copy, trainable_copy
+from .train import TrainConfig
 
 INPUT_ORDER = ["categorical", "dense"]  # fusekit.train calls model(cat, dense)
 
@@ -33,14 +35,8 @@ class FuseOptions:
     """Everything ``fuse`` can be told besides the parts, tasks, data and output."""
 
     fusion: FusionOptions = field(default_factory=FusionOptions)
-    lr: float = 1e-3
-    batch_size: int = 1024
-    weight_decay: float = 1e-6
-    epochs: int = 100
-    patience: int = 5
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
+    # Optimiser, budget, seed, device and progress bar; its checkpoint_dir and resume are set by fuse.
+    training: TrainConfig = field(default_factory=TrainConfig)
     resume: bool = False
     force: bool = False
     labels: dict[str, str] | None = None  # task -> column, for CSV/Parquet data
@@ -250,8 +246,8 @@ def _run_identity(manifest: dict, tasks: dict[str, list[str]], options: FuseOpti
     # Epochs and patience are left out on purpose: a resumed run may be given a larger budget.
     models = {m["name"]: m.get("component_sha256") for m in manifest["models"]}
     return {"tasks": tasks, "components": {m: models[m] for ms in tasks.values() for m in ms},
-            "fusion": options.fusion.to_dict(), "lr": options.lr, "batch_size": options.batch_size,
-            "weight_decay": options.weight_decay, "seed": options.seed, "max_rows": options.max_rows,
+            "fusion": options.fusion.to_dict(), "lr": options.training.lr, "batch_size": options.training.batch_size,
+            "weight_decay": options.training.weight_decay, "seed": options.training.seed, "max_rows": options.max_rows,
             "split_seed": options.split_seed, "train_rows": options.train_rows}
 
 
@@ -290,7 +286,7 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     """
     from .export import export_fused, parity_and_outputs
     from .report import gate_statistics, plot_gates, plot_training
-    from .train import TrainConfig, evaluate, fit, resolve_device
+    from .train import evaluate, fit, resolve_device
 
     options = options or FuseOptions()
     parts_dir, out_dir = Path(parts_dir), Path(out_dir)
@@ -298,7 +294,8 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     task_names = list(tasks)
     started = time.perf_counter()
 
-    resolve_device(options.device)  # a missing GPU is reported before anything is written
+    training = options.training
+    resolve_device(training.device)  # a missing GPU is reported before anything is written
     manifest = read_parts(parts_dir)
     check_tasks(manifest, tasks)
     level_dims(manifest)  # refuses feature maps and sequences early
@@ -312,19 +309,17 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     if options.train_rows not in ("holdout", "all"):
         raise FusekitError(f"unknown --train-rows {options.train_rows!r}; use holdout or all")
     train_rows = ds.fusion_rows() if holdout and options.train_rows == "holdout" else ds.train
-    train_rows = train_rows.sample(options.max_rows, options.seed)
-    val = ds.val.sample(options.max_rows, options.seed + 1)
-    test = ds.test.sample(options.max_rows, options.seed + 2)
+    train_rows = train_rows.sample(options.max_rows, training.seed)
+    val = ds.val.sample(options.max_rows, training.seed + 1)
+    test = ds.test.sample(options.max_rows, training.seed + 2)
     check_widths(manifest, test)
 
     model = build_model(parts_dir, manifest, tasks, options.fusion)
     n_trainable = sum(p.numel() for p in model.fusion_parameters())
     work = work_dir_for(out_dir)
     _prepare_work_dir(work, _run_identity(manifest, tasks, options), options)
-    config = TrainConfig(lr=options.lr, batch_size=options.batch_size, weight_decay=options.weight_decay,
-                         max_epochs=options.epochs, patience=options.patience, seed=options.seed,
-                         device=options.device, progress=options.progress, checkpoint_dir=work,
-                         resume=options.resume and (work / "checkpoint.pt").exists())
+    config = dataclasses.replace(training, checkpoint_dir=work,
+                                 resume=options.resume and (work / "checkpoint.pt").exists())
     result = fit(model, train_rows, val, task_names, config, on_epoch=options.on_epoch)
     model = model.cpu().eval()
 
@@ -365,8 +360,8 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
             "rows": {"train": len(train_rows), "validation": len(val), "test": len(test),
                      "train_source": "holdout rows the source models never saw" if holdout else "training split"},
             "trainable_parameters": n_trainable, "fusion": options.fusion.to_dict(),
-            "training": {"lr": options.lr, "batch_size": options.batch_size, "weight_decay": options.weight_decay,
-                         "max_epochs": options.epochs, "patience": options.patience, "seed": options.seed},
+            "training": {"lr": training.lr, "batch_size": training.batch_size, "weight_decay": training.weight_decay,
+                         "max_epochs": training.max_epochs, "patience": training.patience, "seed": training.seed},
             "onnx_parity_max_abs_diff": parity, "history": result.to_dict()["history"], "versions": _versions(),
             "parts": str(parts_dir.resolve()),
         }

@@ -18,12 +18,13 @@ def quick_options(**kw):
     """Small, fast fuse options (2 epochs, no progress bar, CPU)."""
     from fusekit.fuse import FuseOptions
     from fusekit.model import FusionOptions
+    from fusekit.train import TrainConfig
 
     fusion = FusionOptions(**{k: kw.pop(k) for k in list(kw) if k in FusionOptions.__dataclass_fields__})
-    base = dict(fusion=fusion, epochs=2, patience=5, batch_size=256, progress=False, device="cpu",
-                labels=dict(LABELS))
-    base.update(kw)
-    return FuseOptions(**base)
+    own = set(TrainConfig.__dataclass_fields__) - set(FuseOptions.__dataclass_fields__)  # resume is fuse's
+    training = TrainConfig(**{"max_epochs": 2, "patience": 5, "batch_size": 256, "progress": False, "device": "cpu",
+                              **{k: kw.pop(k) for k in list(kw) if k in own}})
+    return FuseOptions(**{"fusion": fusion, "training": training, "labels": dict(LABELS), **kw})
 
 
 # -- tests ----------------------------------------------------------------------------------------
@@ -54,11 +55,11 @@ def test_interrupted_fuse_resumes_from_the_saved_epoch(pool, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(FusekitError, match="resume"):
-        fuse(pool["parts"], TASKS, pool["csv"], out, quick_options(epochs=3, on_epoch=interrupt_after_first))
+        fuse(pool["parts"], TASKS, pool["csv"], out, quick_options(max_epochs=3, on_epoch=interrupt_after_first))
     assert not out.exists()  # nothing half-written where the result goes
     state = torch.load(work_dir_for(out) / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1
-    result = fuse(pool["parts"], TASKS, pool["csv"], out, quick_options(epochs=3, resume=True))
+    result = fuse(pool["parts"], TASKS, pool["csv"], out, quick_options(max_epochs=3, resume=True))
     history = result.metrics["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[0]["train_loss"] == pytest.approx(seen[0].train_loss)  # epoch 1 was not trained again

@@ -74,6 +74,14 @@ class Budget:
     device: str = "auto"
     in_process_fusion: bool = False  # quick runs: train fused models without fuse's ONNX export
 
+    def train_config(self, seed: int, progress: bool = False):
+        """The TrainConfig of one training run under this budget."""
+        from ..train import TrainConfig
+
+        return TrainConfig(lr=self.lr, batch_size=self.batch_size, weight_decay=self.weight_decay,
+                           max_epochs=self.max_epochs, patience=self.patience, seed=seed, device=self.device,
+                           progress=progress)
+
     @classmethod
     def for_run(cls, quick: bool, max_epochs: int | None = None, patience: int | None = None,
                 device: str = "auto") -> "Budget":
@@ -118,17 +126,14 @@ def _load(dataset: str, tasks: list[str], spec):
 def _train_baseline(name: str, spec_sizes: tuple[list[int], int], tasks: list[str], train, val, test,
                     seeds: list[int], budget: Budget, progress: bool, log: Callable[[str], None]) -> Row:
     from ..seeding import seed_everything
-    from ..train import TrainConfig, evaluate, fit
+    from ..train import evaluate, fit
 
     cardinalities, n_dense = spec_sizes
     row = Row(name, "baseline", {t: [] for t in tasks}, label=BASELINES[name].description.split(":")[0])
     for seed in seeds:
         seed_everything(seed)  # the initial weights depend on the seed only
         model = build_baseline(name, cardinalities, n_dense, tasks)
-        config = TrainConfig(lr=budget.lr, batch_size=budget.batch_size, weight_decay=budget.weight_decay,
-                             max_epochs=budget.max_epochs, patience=budget.patience, seed=seed,
-                             device=budget.device, progress=progress)
-        result = fit(model, train, val, tasks, config)
+        result = fit(model, train, val, tasks, budget.train_config(seed, progress))
         test_auc = evaluate(model.cpu(), test, tasks, "cpu")
         for t in tasks:
             row.auc[t].append(test_auc[t])
@@ -160,10 +165,8 @@ def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, source
     max_rows = budget.train_rows
     for seed in seeds:
         out = runs_dir / f"{key}-seed{seed}"
-        options = FuseOptions(fusion=FusionOptions(seed=seed, **fusion_kw), lr=budget.lr,
-                              batch_size=budget.batch_size, weight_decay=budget.weight_decay,
-                              epochs=budget.max_epochs, patience=budget.patience, seed=seed,
-                              device=budget.device, progress=progress, force=True, max_rows=max_rows)
+        options = FuseOptions(fusion=FusionOptions(seed=seed, **fusion_kw), training=budget.train_config(seed, progress),
+                              force=True, max_rows=max_rows)
         result = fuse(parts_dir, task_models, ds, out, options)
         fused = Path(result.out_dir) / "fused.onnx"
         # Scored here on the bench's own test split, like every other row.
@@ -198,7 +201,7 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, sou
     from ..fuse import build_model, check_tasks, read_parts
     from ..model import FusionOptions
     from ..report import gate_statistics
-    from ..train import TrainConfig, evaluate, fit
+    from ..train import evaluate, fit
 
     task_models = {t: [s.name for s in sources if s.task == t] for t in tasks}
     manifest = read_parts(parts_dir)
@@ -210,10 +213,7 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, sou
     val = ds.val.sample(budget.val_rows, 1)
     for seed in seeds:
         model = build_model(parts_dir, manifest, task_models, FusionOptions(seed=seed, **fusion_kw))
-        config = TrainConfig(lr=budget.lr, batch_size=budget.batch_size, weight_decay=budget.weight_decay,
-                             max_epochs=budget.max_epochs, patience=budget.patience, seed=seed,
-                             device=budget.device, progress=progress)
-        result = fit(model, rows.sample(budget.train_rows, seed), val, tasks, config)
+        result = fit(model, rows.sample(budget.train_rows, seed), val, tasks, budget.train_config(seed, progress))
         model = model.cpu().eval()
         test_auc = evaluate(model, test, tasks, "cpu")
         for t in tasks:
