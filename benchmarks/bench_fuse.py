@@ -38,15 +38,21 @@ from fusekit.runtime import session  # noqa: E402
 from fusekit.train import TrainConfig, fit  # noqa: E402
 
 
-def _median_seconds(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _block_medians(fns: list, repeats: int, blocks: int = 10, warmup: int = 5) -> list[float]:
+    """Median seconds of each function over ``repeats`` calls, made in ``blocks`` alternating
+    runs of consecutive calls: each function runs warm, as when it serves alone, and slow
+    drift of the machine's load falls on all of them alike (the ratios are what we report)."""
+    times: list[list[float]] = [[] for _ in fns]
+    per_block = max(1, repeats // blocks)
+    for _ in range(blocks):
+        for fn, record in zip(fns, times):
+            for _ in range(warmup):
+                fn()
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                fn()
+                record.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def _tasks_of(manifest: dict) -> dict[str, list[str]]:
@@ -101,9 +107,8 @@ def main() -> int:
             with torch.inference_mode():
                 wrapper(tcat, tdense)
 
-        ort_s = _median_seconds(lambda: fused_sess.run(None, feeds), repeats)
-        torch_s = _median_seconds(torch_call, repeats)
-        src_s = _median_seconds(lambda: [s.run(None, feeds) for s in source_sess], repeats)
+        ort_s, torch_s, src_s = _block_medians(
+            [lambda: fused_sess.run(None, feeds), torch_call, lambda: [s.run(None, feeds) for s in source_sess]], repeats)
         results[f"batch{batch}"] = {"onnxruntime_s": ort_s, "torch_s": torch_s, "sources_separately_s": src_s,
                                     "torch_over_onnxruntime": torch_s / ort_s,
                                     "fused_over_sources": ort_s / src_s,

@@ -56,6 +56,9 @@ def test_flat_token_helpers_match_their_reductions():
     assert torch.allclose(flat @ block_sum_matrix(3, 5, 0.5), tokens.sum(-1) / 2, atol=1e-6)
     layer = torch.nn.Sequential(torch.nn.Linear(5, 2), torch.nn.ReLU())
     assert torch.allclose(per_token(layer, flat, 3), layer(tokens).reshape(6, 6), atol=1e-6)
+    wide = torch.nn.Sequential(torch.nn.Linear(40, 3), torch.nn.ReLU())  # past the block-diagonal width
+    wide_tokens = torch.randn(6, 2, 40, generator=gen)
+    assert torch.allclose(per_token(wide, wide_tokens.reshape(6, 80), 2), wide(wide_tokens).reshape(6, 6), atol=1e-6)
 
 
 def test_fusion_gate_over_one_other_task_is_the_constant_one_without_a_layer():
