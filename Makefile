@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so that pip does not pull a multi-GB CUDA build; override on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test bench-speed bench-paper clean
+.PHONY: venv demo test bench-speed bench-paper bench-variants clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,9 +30,13 @@ bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_fuse.py
 
-# The paper's tables (about an hour on 2 cores): writes benchmarks/results/census/.
+# The paper's tables (about two hours on 2 cores): writes benchmarks/results/census/.
 bench-paper: $(STAMP)
 	bash benchmarks/paper_tables.sh benchmarks/results/census 3
+
+# The fusion-option study of the README (about 40 minutes on one core per pool).
+bench-variants: $(STAMP)
+	$(BIN)/python benchmarks/fusion_variants.py --pool census2
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -10,14 +10,12 @@ py=${PYTHON:-.venv/bin/python}
 runs=$(mktemp -d "${TMPDIR:-/tmp}/fusekit-bench.XXXXXX")
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 baselines="sources,average,shared-bottom,single-mlp,mmoe,ml-mmoe,ple,aitm,cross-stitch,adatt-sp,adatt"
-# The three-task table of the README ran these baselines only, to fit the run into an hour on
-# 2 cores; set THREE_BASELINES="$baselines" for all of them.
-three_baselines=${THREE_BASELINES:-sources,average,shared-bottom,mmoe,ple}
+fused="emm,emm-paper,emm-all-levels,emm-finetune"
 three=(--tasks income,never_married,education --models sample_models/census3)
 "$py" -m fusekit bench census-income --seeds "$seeds" --methods "$baselines" --no-three-tasks -o "$runs/b2" > "$runs/b2.log" 2>&1 &
-"$py" -m fusekit bench census-income "${three[@]}" --seeds "$seeds" --methods "${three_baselines}" --no-three-tasks -o "$runs/b3" > "$runs/b3.log" 2>&1 &
-"$py" -m fusekit bench census-income --seeds "$seeds" --methods emm,emm-paper,ablation --no-three-tasks -o "$runs/e2" > "$runs/e2.log" 2>&1 &
-"$py" -m fusekit bench census-income "${three[@]}" --seeds "$seeds" --methods emm,emm-paper --no-three-tasks -o "$runs/e3" > "$runs/e3.log" 2>&1 &
+"$py" -m fusekit bench census-income "${three[@]}" --seeds "$seeds" --methods "$baselines" --no-three-tasks -o "$runs/b3" > "$runs/b3.log" 2>&1 &
+"$py" -m fusekit bench census-income --seeds "$seeds" --methods "$fused,ablation" --no-three-tasks -o "$runs/e2" > "$runs/e2.log" 2>&1 &
+"$py" -m fusekit bench census-income "${three[@]}" --seeds "$seeds" --methods "$fused" --no-three-tasks -o "$runs/e3" > "$runs/e3.log" 2>&1 &
 wait
 "$py" -m fusekit bench-merge "$runs/b2" "$runs/e2" "$runs/b3" "$runs/e3" -o "$out" --force
 echo "logs in $runs"
