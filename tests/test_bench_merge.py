@@ -34,6 +34,9 @@ def test_round_trip_and_merge_keep_every_number(two_runs, tmp_path, capsys):
     assert rows["shared-bottom"] == a.sets[0].row("shared-bottom").auc
     assert rows["mmoe"] == b.sets[0].row("mmoe").auc
     assert (tmp_path / "m" / "auc.png").read_bytes()[:4] == b"\x89PNG"
+    # Merged in the other order, the rows still come in the registry's order.
+    merged = merge_results([b, a], tmp_path / "r")
+    assert [r.method for r in merged.sets[0].rows] == ["shared-bottom", "mmoe"]
 
 
 def test_runs_with_other_settings_do_not_merge(two_runs, tmp_path):

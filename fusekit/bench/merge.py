@@ -49,9 +49,14 @@ def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
             target.gates.update(task_set.gates)
             target.sources = target.sources or task_set.sources
             target.data = target.data or task_set.data
-    order = {"single": 0, "ensemble": 1, "baseline": 2, "emm": 3}
+    # Rows in the order a single run writes them, whichever run each came from.
+    from ..baselines import BASELINES
+    from .runner import EMM_METHODS
+
+    kinds = {"single": 0, "ensemble": 1, "baseline": 2, "emm": 3}
+    within = {name: i for i, name in enumerate(list(BASELINES) + EMM_METHODS)}
     for task_set in merged.values():
-        task_set.rows.sort(key=lambda r: order.get(r.kind, 4))
+        task_set.rows.sort(key=lambda r: (kinds.get(r.kind, 4), within.get(r.method, len(within))))
     return BenchResult(first.dataset, first.seeds, first.quick, first.budget, first.hyperparameters,
                        list(merged.values()), Path(out_dir), sum(r.seconds for r in results), first.versions)
 
