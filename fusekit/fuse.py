@@ -305,10 +305,10 @@ def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
     spec = model_spec(manifest, tasks)
     check_output_dir(out_dir, options.force)
     ds = load_data(data, task_names, spec, options)
-    holdout = bool(spec is not None and spec.holdout)
     if options.train_rows not in ("holdout", "all"):
         raise FusekitError(f"unknown --train-rows {options.train_rows!r}; use holdout or all")
-    train_rows = ds.fusion_rows() if holdout and options.train_rows == "holdout" else ds.train
+    holdout = bool(spec is not None and spec.holdout) and options.train_rows == "holdout"
+    train_rows = ds.fusion_rows() if holdout else ds.train
     train_rows = train_rows.sample(options.max_rows, training.seed)
     val = ds.val.sample(options.max_rows, training.seed + 1)
     test = ds.test.sample(options.max_rows, training.seed + 2)

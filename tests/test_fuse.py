@@ -128,6 +128,17 @@ def test_finetuning_trains_the_chosen_source_weights_slower_and_starts_at_the_en
     assert not torch.equal(head.detach(), before)
 
 
+def test_train_rows_all_trains_on_every_training_row(pool, tmp_path):
+    from fusekit.fuse import fuse
+
+    result = fuse(pool["parts"], TASKS, pool["csv"], tmp_path / "out", quick_options(max_epochs=1, train_rows="all"))
+    rows = result.metrics["rows"]
+    assert rows["train"] == len(pool["ds"].train) > len(pool["ds"].fusion_rows())
+    assert rows["train_source"] == "training split"
+    with pytest.raises(FusekitError, match="train-rows"):
+        fuse(pool["parts"], TASKS, pool["csv"], tmp_path / "bad", quick_options(train_rows="some"))
+
+
 def test_finetuning_heads_needs_the_residual_mode(pool):
     from fusekit.fuse import build_model, read_parts
     from fusekit.model import FusionOptions
