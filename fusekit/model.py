@@ -220,6 +220,19 @@ class FusedModel(nn.Module):
         """The trainable parameters (the components' own only when trained from scratch or fine-tuned)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def parameter_count(self) -> int:
+        """Weights the model holds: the source components' and heads' (frozen or not) plus the
+        fusion network's. Constant helper matrices of the AKF code are not weights and not counted."""
+        seen: set[int] = set()
+        total = 0
+        owned = [self.components] + ([self.heads] if hasattr(self, "heads") else [])
+        tensors = list(self.parameters()) + [b for part in owned for b in part.buffers() if b.is_floating_point()]
+        for tensor in tensors:
+            if tensor.data_ptr() not in seen:  # a fine-tuned weight is both a parameter and a component constant
+                seen.add(tensor.data_ptr())
+                total += tensor.numel()
+        return total
+
     def optimizer_groups(self) -> list[dict]:
         """Trainable parameters by learning-rate scale: fine-tuned source weights move slower."""
         if not self.options.pretrained or self.options.finetune == "none":

@@ -139,6 +139,24 @@ def test_train_rows_all_trains_on_every_training_row(pool, tmp_path):
         fuse(pool["parts"], TASKS, pool["csv"], tmp_path / "bad", quick_options(train_rows="some"))
 
 
+def test_parameter_count_is_the_sources_weights_plus_the_fusion_network(pool):
+    from fusekit.fuse import build_model, read_parts
+    from fusekit.model import FusionOptions
+
+    manifest = read_parts(pool["parts"])
+    models = {kw: build_model(pool["parts"], manifest, TASKS, FusionOptions(**dict([kw] if kw else [])))
+              for kw in [(), ("fuse_at", "all"), ("finetune", "all")]}
+    default = models[()]
+    sources = sum(b.numel() for part in (default.components, default.heads) for b in part.buffers()
+                  if b.is_floating_point())
+    assert default.parameter_count() == sources + sum(p.numel() for p in default.fusion_parameters())
+    # A fine-tuned weight is counted once, though it is both a parameter and a component constant.
+    assert models[("finetune", "all")].parameter_count() == default.parameter_count()
+    every = models[("fuse_at", "all")]
+    assert every.parameter_count() - default.parameter_count() == (
+        sum(p.numel() for p in every.fusion_parameters()) - sum(p.numel() for p in default.fusion_parameters()))
+
+
 def test_finetuning_heads_needs_the_residual_mode(pool):
     from fusekit.fuse import build_model, read_parts
     from fusekit.model import FusionOptions

@@ -34,7 +34,7 @@ from ..errors import FusekitError
 from ..io import atomic_dir, check_output_dir
 from ..metrics import roc_auc
 from .results import BenchResult, Row, TaskSetResult
-from .sources import count_onnx_parameters, describe, find_sources, onnx_probabilities, shared_spec, spec_summary
+from .sources import describe, find_sources, onnx_probabilities, shared_spec, spec_summary
 
 DEFAULT_TASKS = ["income", "never_married"]
 THREE_TASKS = ["income", "never_married", "education"]
@@ -177,7 +177,7 @@ def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, source
         row.seconds.append(float(metrics.get("train_seconds", 0.0)))
         row.epochs.append(int(metrics.get("best_epoch", 0)))
         row.trainable = metrics.get("trainable_parameters")
-        row.parameters = count_onnx_parameters(fused)
+        row.parameters = metrics.get("parameters")
         row.extra["train_rows"] = metrics.get("rows", {}).get("train_source")
         gates_path = Path(result.out_dir) / "gates.json"
         if seed == seeds[0] and gates_path.is_file():
@@ -221,9 +221,7 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, sou
         row.seconds.append(result.seconds)
         row.epochs.append(result.best_epoch)
         row.trainable = sum(p.numel() for p in model.fusion_parameters())
-        # Frozen component weights are buffers; count them as the ONNX file would.
-        row.parameters = sum(p.numel() for p in model.parameters()) + sum(
-            b.numel() for b in model.buffers() if b.is_floating_point())
+        row.parameters = model.parameter_count()
         row.extra["train_rows"] = "holdout rows the source models never saw" if holdout else "training split"
         if seed == seeds[0]:
             gates = gate_statistics(model, test)

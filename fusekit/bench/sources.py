@@ -26,13 +26,6 @@ def _onnx_parameters(model) -> int:
     return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer))
 
 
-def count_onnx_parameters(path: Path) -> int:
-    """Number of weight elements stored in the ONNX file at ``path``."""
-    import onnx
-
-    return _onnx_parameters(onnx.load(str(path), load_external_data=False))
-
-
 def find_sources(models_dir: Path, tasks: list[str]) -> list[SourceModel]:
     """Every ``*.onnx`` in ``models_dir`` whose ``fusekit.task`` is one of ``tasks``, in task order then by name.
 
@@ -102,5 +95,5 @@ def describe(sources: list[SourceModel]) -> list[dict]:
     return [{"name": s.name, "task": s.task, "path": str(s.path), "parameters": s.parameters} for s in sources]
 
 
-__all__ = ["SourceModel", "find_sources", "shared_spec", "onnx_probabilities", "count_onnx_parameters",
+__all__ = ["SourceModel", "find_sources", "shared_spec", "onnx_probabilities",
            "spec_summary", "describe"]
