@@ -132,7 +132,6 @@ class MultiTaskMerge(nn.Module):
         self.k = nn.Sequential(nn.Linear(dim, att_dim), _activation(activation))
         self.v = nn.Sequential(nn.Linear(dim, dim), _activation(activation))
         n = self.n_tokens
-        self.register_buffer("tile", fold_matrix(n, att_dim).t().contiguous(), persistent=False)  # [a, n*a]
         self.register_buffer("score", block_sum_matrix(n, att_dim, 1.0 / math.sqrt(att_dim)), persistent=False)
         self.register_buffer("spread", spread_matrix(n, dim), persistent=False)
         self.register_buffer("fold", fold_matrix(n, dim), persistent=False)
@@ -140,9 +139,13 @@ class MultiTaskMerge(nn.Module):
     def forward(self, own: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """own [B, d], selected [B, k*d] -> (z [B, d], attention of own token [B, 1+k])."""
         tokens = torch.cat([own, selected], dim=-1)  # [B, (1+k)*d]
-        query = self.q(own)  # only t's own token's output is used
         keys = per_token(self.k, tokens, self.n_tokens)  # [B, (1+k)*a]
-        attn = torch.softmax((keys * (query @ self.tile)) @ self.score, dim=-1)  # [B, 1+k]
+        # Only t's own token's query is used, once per key: a Linear with its weights repeated
+        # computes the repeated query directly (the activation works element by element).
+        linear, activation = self.q[0], self.q[1]
+        queries = activation(nn.functional.linear(own, linear.weight.repeat(self.n_tokens, 1),
+                                                  linear.bias.repeat(self.n_tokens)))
+        attn = torch.softmax((keys * queries) @ self.score, dim=-1)  # [B, 1+k]
         return weighted_sum(attn, per_token(self.v, tokens, self.n_tokens), self.spread, self.fold), attn
 
 
