@@ -58,11 +58,17 @@ def options_for(settings: dict, seed: int) -> FuseOptions:
 
 
 def tasks_of(models: list[Path]) -> dict[str, list[str]]:
-    """Pool file names are TASK_MEMBER.onnx."""
-    tasks: dict[str, list[str]] = {}
+    """Pool file names are TASK_MEMBER.onnx; tasks in the pool's order (pool.json), as `fusekit bench` has them.
+
+    The task order decides the order the fusion network's layers are made in, hence their
+    initial weights: the same order gives the bench's numbers.
+    """
+    found: dict[str, list[str]] = {}
     for path in models:
-        tasks.setdefault(path.stem.rsplit("_", 1)[0], []).append(path.stem)
-    return tasks
+        found.setdefault(path.stem.rsplit("_", 1)[0], []).append(path.stem)
+    card = models[0].parent / "pool.json" if models else None
+    order = json.loads(card.read_text())["pool_tasks"] if card and card.is_file() else list(found)
+    return {task: found[task] for task in order if task in found}
 
 
 def _mean_and_spread(values: list[float]) -> str:
