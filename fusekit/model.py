@@ -107,6 +107,8 @@ class FusedModel(nn.Module):
             raise FusekitError(f"unknown --fuse-at {options.fuse_at!r}; use one of {', '.join(FUSE_AT)}")
         if options.fuse_at == "last" and options.mode == "paper":
             raise FusekitError("the paper's network fuses at every level; use --fuse-at all with --mode paper")
+        if options.finetune != "none" and not options.pretrained:
+            raise FusekitError("--finetune trains the source models' own weights; it cannot go with --from-scratch")
         if options.finetune == "heads" and options.mode != "residual":
             raise FusekitError("--finetune heads needs --mode residual (the paper's network does not use the heads)")
         self.options = options

@@ -142,6 +142,7 @@ def _changed_parts(pool, tmp_path):
     ("paper_at_last_level", "--fuse-at all"),
     ("paper_finetune_heads", "residual"),
     ("bad_finetune_lr", "--finetune-lr"),
+    ("finetune_from_scratch", "--from-scratch"),
     ("no_gpu", "cuda"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool, tmp_path, capsys):
@@ -181,6 +182,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, expected, pool
         argv += ["--mode", "paper", "--finetune", "heads"]
     elif case == "bad_finetune_lr":
         argv += ["--finetune", "all", "--finetune-lr", "0"]
+    elif case == "finetune_from_scratch":
+        argv += ["--finetune", "all", "--from-scratch"]
     elif case == "no_gpu":
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
