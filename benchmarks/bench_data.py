@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusekit.data import census, load_dataset  # noqa: E402
-from fusekit.single import Architecture, train_on_dataset  # noqa: E402
+from fusekit.models.single import Architecture, train_on_dataset  # noqa: E402
 from fusekit.train import TrainConfig  # noqa: E402
 
 LOAD_GOAL_SECONDS = 10.0

@@ -23,9 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusekit.align import analyse, common_layers  # noqa: E402
-from fusekit.decompose import decompose  # noqa: E402
-from fusekit.graph import load_graph  # noqa: E402
+from fusekit.decompose.align import analyse, common_layers  # noqa: E402
+from fusekit.decompose.pipeline import decompose  # noqa: E402
+from fusekit.decompose.graph import load_graph  # noqa: E402
 
 WIDTHS = (8, 12, 16)
 

@@ -9,7 +9,7 @@
 
 Everything runs with one thread (torch and onnxruntime) so the ratios compare like with like.
 
-    .venv/bin/python benchmarks/bench_fuse.py [--pool sample_models/census2] [--fused OUT/fused.onnx]
+    .venv/bin/python benchmarks/bench_fuse.py [--pool census2] [--fused OUT/fused.onnx]
         [--data-dir ../shared/data] [--mode residual] [--fuse-at auto|last|all] [--repeats 200]
 
 Without ``--fused`` the (untrained) fusion network of ``--mode`` is exported: speed does not
@@ -30,11 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusekit.data import load_dataset  # noqa: E402
-from fusekit.decompose import decompose  # noqa: E402
-from fusekit.export import export_fused  # noqa: E402
-from fusekit.fuse import build_model, model_spec, read_parts  # noqa: E402
-from fusekit.model import FusionOptions, ProbabilityOutputs  # noqa: E402
-from fusekit.runtime import session  # noqa: E402
+from fusekit.decompose.pipeline import decompose  # noqa: E402
+from fusekit.fusion.export import export_fused  # noqa: E402
+from fusekit.fusion.fuse import build_model, model_spec, read_parts  # noqa: E402
+from fusekit.fusion.model import FusionOptions, ProbabilityOutputs  # noqa: E402
+from fusekit.onnxio.sessions import session  # noqa: E402
+from fusekit.sample_models import sample_pool  # noqa: E402
 from fusekit.train import TrainConfig, fit  # noqa: E402
 
 
@@ -55,17 +56,9 @@ def _block_medians(fns: list, repeats: int, blocks: int = 10, warmup: int = 5) -
     return [statistics.median(t) for t in times]
 
 
-def _tasks_of(manifest: dict) -> dict[str, list[str]]:
-    tasks: dict[str, list[str]] = {}
-    for m in manifest["models"]:
-        task = (m.get("metadata") or {}).get("fusekit.task") or m["outputs"][0]
-        tasks.setdefault(task, []).append(m["name"])
-    return tasks
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pool", type=Path, default=Path("sample_models/census2"))
+    parser.add_argument("--pool", default="census2", help="a bundled sample pool")
     parser.add_argument("--fused", type=Path, help="a trained fused.onnx of this pool (default: export one)")
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--mode", default="residual", choices=["residual", "paper"])
@@ -78,11 +71,12 @@ def main() -> int:
     torch.set_num_threads(1)
 
     work = Path(tempfile.mkdtemp(prefix="bench_fuse-"))
-    sources = sorted(args.pool.glob("*.onnx"))
+    pool = sample_pool(args.pool)
+    sources = pool.paths
     levels = None if args.levels is None else (args.levels if args.levels == "all" else int(args.levels))
     decompose(sources, work / "parts", levels=levels)
     manifest = read_parts(work / "parts")
-    tasks = _tasks_of(manifest)
+    tasks = pool.models
     spec = model_spec(manifest, tasks)
     ds = load_dataset("census-income", list(tasks), spec=spec, data_dir=args.data_dir)
     fusion = FusionOptions(mode=args.mode, fuse_at=args.fuse_at)

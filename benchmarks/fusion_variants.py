@@ -23,9 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusekit.decompose import decompose  # noqa: E402
-from fusekit.fuse import FuseOptions, fuse  # noqa: E402
-from fusekit.model import FusionOptions  # noqa: E402
+from fusekit.decompose.pipeline import decompose
+from fusekit.sample_models import sample_pool  # noqa: E402
+from fusekit.fusion.fuse import FuseOptions, fuse  # noqa: E402
+from fusekit.fusion.model import FusionOptions  # noqa: E402
 from fusekit.train import TrainConfig  # noqa: E402
 
 # name -> settings, as `fusekit fuse` flags would give them.
@@ -57,29 +58,9 @@ def options_for(settings: dict, seed: int) -> FuseOptions:
                        training=TrainConfig(seed=seed, progress=False, **training), force=True, **rest)
 
 
-def tasks_of(models: list[Path]) -> dict[str, list[str]]:
-    """Pool file names are TASK_MEMBER.onnx; tasks in the pool's order (pool.json), as `fusekit bench` has them.
-
-    The task order decides the order the fusion network's layers are made in, hence their
-    initial weights: the same order gives the bench's numbers.
-    """
-    found: dict[str, list[str]] = {}
-    for path in models:
-        found.setdefault(path.stem.rsplit("_", 1)[0], []).append(path.stem)
-    card = models[0].parent / "pool.json" if models else None
-    order = json.loads(card.read_text())["pool_tasks"] if card and card.is_file() else list(found)
-    return {task: found[task] for task in order if task in found}
-
-
-def _mean_and_spread(values: list[float]) -> str:
-    """Mean ± sample standard deviation, as the bench tables write them."""
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.5f} ± {spread:.5f}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pool", default="census2", help="a folder of sample_models/")
+    parser.add_argument("--pool", default="census2", help="a bundled sample pool (census2 or census3)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--data-dir", type=Path)
@@ -90,8 +71,8 @@ def main() -> int:
         parser.error(f"unknown variant(s) {', '.join(unknown)}")
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    models = sorted((Path(__file__).resolve().parents[1] / "sample_models" / args.pool).glob("*.onnx"))
-    tasks = tasks_of(models)
+    pool = sample_pool(args.pool)
+    models, tasks = pool.paths, pool.models
     work = Path(tempfile.mkdtemp(prefix="fusion_variants-"))
     decompose(models, work / "parts")
     results: dict = {"pool": args.pool, "seeds": seeds, "variants": {}}

@@ -1,6 +1,6 @@
 """``python -m fusekit`` runs the command line."""
 import sys
 
-from cli.main import main
+from fusekit.cli.main import main
 
 sys.exit(main())

@@ -6,12 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import onnx
-
-from .errors import FusekitError
-
-SAMPLE_MODELS = Path(__file__).resolve().parents[1] / "sample_models"
-
+from fusekit.errors import FusekitError
+from fusekit.sample_models import sample_pool
 
 @dataclass
 class DemoResult:
@@ -21,18 +17,6 @@ class DemoResult:
     decompose_table: str
     comparison: str
     provider: str
-
-
-def tasks_of_pool(paths: list[Path]) -> dict[str, list[str]]:
-    """Group models by the ``fusekit.task`` in their metadata: ``{task: [model names]}``."""
-    tasks: dict[str, list[str]] = {}
-    for path in paths:
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        task = meta.get("fusekit.task")
-        if not task:
-            raise FusekitError(f"{path} has no fusekit.task metadata; use `fusekit fuse --tasks` to name its task")
-        tasks.setdefault(task, []).append(path.stem)
-    return tasks
 
 
 def comparison_table(rows: list[dict], fused_onnx_auc: dict[str, float]) -> str:
@@ -50,18 +34,24 @@ def run_demo(out_dir: Path, pool: str = "census2", models_dir: Path | None = Non
              epochs: int = 100, force: bool = False, device: str = "auto", progress: bool = True,
              say: Callable[[str], None] = print) -> DemoResult:
     """decompose -> fuse -> evaluate fused.onnx in onnxruntime, on a bundled sample pool."""
-    from .decompose import decompose
-    from .evaluate import evaluate_onnx
-    from .fuse import FuseOptions, fuse
-    from .train import TrainConfig
-    from .io import atomic_dir
+    from fusekit.decompose.pipeline import decompose
+    from fusekit.deploy.evaluate import evaluate_onnx
+    from fusekit.fusion.fuse import FuseOptions, fuse
+    from fusekit.train import TrainConfig
+    from fusekit.io import atomic_dir
 
-    folder = Path(models_dir) if models_dir else SAMPLE_MODELS / pool
-    paths = sorted(folder.glob("*.onnx"))
-    if not paths:
-        raise FusekitError(f"no sample models in {folder}; run `python sample_models/make_pool.py` to make them")
+    from fusekit.decompose.manifest import task_groups
+
+    if models_dir:
+        folder = Path(models_dir)
+        paths = sorted(folder.glob("*.onnx"))
+        if not paths:
+            raise FusekitError(f"no .onnx models in {folder}; pass a folder of single-task models")
+        tasks = task_groups(paths)
+    else:
+        sample = sample_pool(pool)
+        folder, paths, tasks = sample.folder, sample.paths, sample.models
     out_dir = Path(out_dir)
-    tasks = tasks_of_pool(paths)
     with atomic_dir(out_dir, force) as tmp:
         say(f"== 1/3 decompose {len(paths)} models from {folder}")
         parts = decompose(paths, tmp / "parts")

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import FusekitError
+from fusekit.errors import FusekitError
 
 
 def sha256_file(path: Path) -> str:

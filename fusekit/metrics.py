@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FusekitError
+from fusekit.errors import FusekitError
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

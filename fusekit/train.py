@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.dataset import Split
-from .errors import FusekitError, TrainingInterrupted
-from .io import atomic_file
-from .metrics import roc_auc
-from .seeding import seed_everything
+from fusekit.data.dataset import Split
+from fusekit.errors import FusekitError, TrainingInterrupted
+from fusekit.io import atomic_file
+from fusekit.metrics import roc_auc
+from fusekit.seeding import seed_everything
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

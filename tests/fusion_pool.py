@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fusekit.data import load_dataset
-from fusekit.tabular_input import TabularInput
+from fusekit.models.tabular_input import TabularInput
 
 CATEGORICAL = ["class_worker", "education", "sex", "race", "hisp_origin", "det_hh_summ", "citizenship"]
 DENSE = ["age", "wage_per_hour", "capital_gains", "weeks_worked"]
@@ -88,7 +88,7 @@ def export_source(model: SingleTask, ds, path: Path, dynamo: bool) -> Path:
 
 def build_pool(root: Path, census_dir: Path | None) -> dict:
     """CSV sample, four trained source models, their parts. Returns paths and the dataset."""
-    from fusekit.decompose import decompose
+    from fusekit.decompose.pipeline import decompose
     from fusekit.train import TrainConfig, fit
 
     root.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fusekit.akf import (AKFLevel, FusionGate, MultiTaskMerge, TaskGate, block_sum_matrix, fold_matrix, per_token,
+from fusekit.fusion.akf import (AKFLevel, FusionGate, MultiTaskMerge, TaskGate, block_sum_matrix, fold_matrix, per_token,
                          spread_matrix, weighted_sum)
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusekit.align import analyse, choose_levels, common_layers, lcs
-from fusekit.graph import ModelGraph, load_graph
+from fusekit.decompose.align import analyse, choose_levels, common_layers, lcs
+from fusekit.decompose.graph import ModelGraph, load_graph
 from tests import onnx_fixtures as F
 
 

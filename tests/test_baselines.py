@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusekit.baselines import BASELINES, build_baseline
+from fusekit.models.baselines import BASELINES, build_baseline
 from fusekit.errors import FusekitError
 
 CARDS = [5, 9, 3, 7]

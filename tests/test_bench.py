@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from cli.main import main
-from fusekit.baselines import BASELINES
+from fusekit.cli.main import main
+from fusekit.models.baselines import BASELINES
 from fusekit.bench import run_bench
-from fusekit.bench.runner import default_models_dir
 from fusekit.errors import FusekitError
 
 TASKS2 = ["income", "never_married"]
@@ -28,10 +27,6 @@ def _check_auc(value) -> None:
 
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory):
-    for tasks in (TASKS2, TASKS3):
-        folder = default_models_dir(tasks)
-        if len(list(folder.glob("*.onnx"))) < 2 * len(tasks):
-            pytest.skip(f"the bundled sample models in {folder} are not built; run sample_models/make_pool.py")
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("bench") / "out"
     result = run_bench("census-income", TASKS2, 1, True, out, three_tasks=TASKS3)
@@ -138,8 +133,6 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, capsys):
 @pytest.mark.slow
 def test_full_path_fuses_through_fuse_and_scores_fused_onnx(tmp_path):
     """The non-quick path: the EMM row comes from ``fusekit.fuse.fuse`` (all rows, 1 epoch here)."""
-    if len(list(default_models_dir(TASKS2).glob("*.onnx"))) < 4:
-        pytest.skip("the bundled sample models are not built; run sample_models/make_pool.py")
     out = tmp_path / "out"
     result = run_bench("census-income", TASKS2, [0], False, out, methods=["average", "emm"], three_tasks=None,
                        max_epochs=1, patience=1)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from cli.main import main
+from fusekit.cli.main import main
 from fusekit.bench import run_bench
 from fusekit.bench.merge import load_result, merge_results
 from fusekit.errors import FusekitError

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cli.main import main
+from fusekit.cli.main import main
 from tests.fusion_pool import LABELS, TASKS
 
 
@@ -106,7 +106,7 @@ def test_predict_writes_one_probability_column_per_task(fused, pool, tmp_path, c
     np.testing.assert_allclose(pd.read_csv(tmp_path / "p1.csv").to_numpy()[0], pred.to_numpy()[7], atol=1e-6)
     # Already-encoded inputs (.npz, arrays named after the model inputs) give the same predictions.
     from fusekit.data import FeatureSpec
-    from fusekit.evaluate import model_info
+    from fusekit.deploy.evaluate import model_info
 
     spec = FeatureSpec.from_json(model_info(fused["out"] / "fused.onnx").spec_json)
     cat, dense = spec.encode(pd.read_csv(raw, dtype=str, keep_default_na=False))

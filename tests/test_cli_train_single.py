@@ -8,9 +8,9 @@ import onnx
 import pandas as pd
 import pytest
 
-from cli.main import main
+from fusekit.cli.main import main
 from fusekit.data import FeatureSpec
-from fusekit.single import onnx_probabilities
+from fusekit.models.single import onnx_probabilities
 from fusekit.data import load_dataset
 from fusekit.metrics import roc_auc
 

@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from fusekit.components import FrozenComponent, load_component
+from fusekit.onnxio.interpreter import FrozenComponent, load_component
 from fusekit.errors import FusekitError
 from tests import onnx_fixtures as fx
 

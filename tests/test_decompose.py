@@ -9,10 +9,10 @@ import pytest
 import torch
 from onnx import helper
 
-from fusekit.decompose import decompose
+from fusekit.decompose.pipeline import decompose
 from fusekit.errors import FusekitError
 from fusekit.io import sha256_file
-from fusekit.manifest import load_manifest
+from fusekit.decompose.manifest import load_manifest
 from tests import onnx_fixtures as F
 
 CENSUS = {"income_a": (64, 32, 16), "income_b": (64, 64, 32, 16), "married_a": (64, 32, 16),

@@ -16,9 +16,9 @@ from tests.fusion_pool import TASKS
 def exported(pool, tmp_path_factory):
     """A paper-mode model whose components are re-initialised and trained from scratch (the hardest
     case for the exporter: trainable weights living inside frozen components), after one update."""
-    from fusekit.export import export_fused
-    from fusekit.fuse import build_model, read_parts
-    from fusekit.model import FusionOptions
+    from fusekit.fusion.export import export_fused
+    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.model import FusionOptions
 
     model = build_model(pool["parts"], read_parts(pool["parts"]), TASKS,
                         FusionOptions(mode="paper", pretrained=False, seed=3))
@@ -50,7 +50,7 @@ def test_exported_model_has_named_inputs_one_probability_per_task_and_metadata(e
 
 @pytest.mark.parametrize("batch", [1, 7, 1000])
 def test_onnxruntime_matches_torch_at_any_batch_size(exported, pool, batch):
-    from fusekit.export import check_parity
+    from fusekit.fusion.export import check_parity
 
     model, path = exported
     test = pool["ds"].test.head(batch)
@@ -59,7 +59,7 @@ def test_onnxruntime_matches_torch_at_any_batch_size(exported, pool, batch):
 
 
 def test_parity_check_fails_loudly_when_the_file_and_the_model_disagree(exported, pool):
-    from fusekit.export import check_parity
+    from fusekit.fusion.export import check_parity
 
     model, path = exported
     test = pool["ds"].test.head(50)

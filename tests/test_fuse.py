@@ -16,8 +16,8 @@ from tests.fusion_pool import LABELS, TASKS, load_sample
 
 def quick_options(**kw):
     """Small, fast fuse options (2 epochs, no progress bar, CPU)."""
-    from fusekit.fuse import FuseOptions
-    from fusekit.model import FusionOptions
+    from fusekit.fusion.fuse import FuseOptions
+    from fusekit.fusion.model import FusionOptions
     from fusekit.train import TrainConfig
 
     fusion = FusionOptions(**{k: kw.pop(k) for k in list(kw) if k in FusionOptions.__dataclass_fields__})
@@ -29,9 +29,9 @@ def quick_options(**kw):
 
 # -- tests ----------------------------------------------------------------------------------------
 def test_residual_model_over_real_parts_starts_at_the_source_ensemble(pool):
-    from fusekit.fuse import build_model, read_parts
-    from fusekit.model import FusionOptions, ProbabilityOutputs
-    from fusekit.runtime import run, session
+    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.model import FusionOptions, ProbabilityOutputs
+    from fusekit.onnxio.sessions import run, session
 
     manifest = read_parts(pool["parts"])
     model = build_model(pool["parts"], manifest, TASKS, FusionOptions(mode="residual")).eval()
@@ -45,7 +45,7 @@ def test_residual_model_over_real_parts_starts_at_the_source_ensemble(pool):
 
 
 def test_interrupted_fuse_resumes_from_the_saved_epoch(pool, tmp_path):
-    from fusekit.fuse import fuse, work_dir_for
+    from fusekit.fusion.fuse import fuse, work_dir_for
 
     out = tmp_path / "fused"
     seen = []
@@ -70,7 +70,7 @@ def test_interrupted_fuse_resumes_from_the_saved_epoch(pool, tmp_path):
 
 
 def test_fuse_refuses_data_encoded_with_another_feature_specification(pool, tmp_path):
-    from fusekit.fuse import fuse
+    from fusekit.fusion.fuse import fuse
 
     other = load_sample(pool["csv"], spec=pool["ds"].spec)
     other.spec = load_sample(pool["csv"], holdout=0.0).spec  # refit encoding...
@@ -81,8 +81,8 @@ def test_fuse_refuses_data_encoded_with_another_feature_specification(pool, tmp_
 
 
 def test_from_scratch_components_are_trainable_copies_with_fresh_weights(pool):
-    from fusekit.fuse import build_model, read_parts
-    from fusekit.model import FusionOptions
+    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.model import FusionOptions
 
     manifest = read_parts(pool["parts"])
     pretrained = build_model(pool["parts"], manifest, TASKS, FusionOptions(mode="paper")).eval()
@@ -100,8 +100,8 @@ def test_from_scratch_components_are_trainable_copies_with_fresh_weights(pool):
 
 @pytest.mark.parametrize("finetune", ["heads", "last", "all"])
 def test_finetuning_trains_the_chosen_source_weights_slower_and_starts_at_the_ensemble(pool, finetune):
-    from fusekit.fuse import build_model, read_parts
-    from fusekit.model import FusionOptions, ProbabilityOutputs
+    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.model import FusionOptions, ProbabilityOutputs
     from fusekit.train import TrainConfig, fit
 
     manifest = read_parts(pool["parts"])
@@ -129,7 +129,7 @@ def test_finetuning_trains_the_chosen_source_weights_slower_and_starts_at_the_en
 
 
 def test_train_rows_all_trains_on_every_training_row(pool, tmp_path):
-    from fusekit.fuse import fuse
+    from fusekit.fusion.fuse import fuse
 
     result = fuse(pool["parts"], TASKS, pool["csv"], tmp_path / "out", quick_options(max_epochs=1, train_rows="all"))
     rows = result.metrics["rows"]
@@ -140,8 +140,8 @@ def test_train_rows_all_trains_on_every_training_row(pool, tmp_path):
 
 
 def test_parameter_count_is_the_sources_weights_plus_the_fusion_network(pool):
-    from fusekit.fuse import build_model, read_parts
-    from fusekit.model import FusionOptions
+    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.model import FusionOptions
 
     manifest = read_parts(pool["parts"])
     models = {kw: build_model(pool["parts"], manifest, TASKS, FusionOptions(**dict([kw] if kw else [])))
@@ -158,15 +158,15 @@ def test_parameter_count_is_the_sources_weights_plus_the_fusion_network(pool):
 
 
 def test_finetuning_heads_needs_the_residual_mode(pool):
-    from fusekit.fuse import build_model, read_parts
-    from fusekit.model import FusionOptions
+    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.model import FusionOptions
 
     with pytest.raises(FusekitError, match="residual"):
         build_model(pool["parts"], read_parts(pool["parts"]), TASKS, FusionOptions(mode="paper", finetune="heads"))
 
 
 def test_a_loss_that_becomes_nan_stops_training_and_writes_no_output(pool, tmp_path):
-    from fusekit.fuse import fuse, work_dir_for
+    from fusekit.fusion.fuse import fuse, work_dir_for
 
     out = tmp_path / "fused"
     with pytest.raises(FusekitError, match="loss became"):

@@ -10,7 +10,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from fusekit.errors import FusekitError
-from fusekit.graph import load_graph
+from fusekit.decompose.graph import load_graph
 from tests import onnx_fixtures as F
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from fusekit.align import analyse
-from fusekit.graph import load_graph
+from fusekit.decompose.align import analyse
+from fusekit.decompose.graph import load_graph
 from tests import onnx_fixtures as F
 
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from fusekit.errors import FusekitError
-from fusekit.fuse import level_dims
-from fusekit.model import FusedModel, FusionOptions, ProbabilityOutputs, SourceModel
+from fusekit.fusion.fuse import level_dims
+from fusekit.fusion.model import FusedModel, FusionOptions, ProbabilityOutputs, SourceModel
 
 
 TASKS = {"a": ["a1", "a2"], "b": ["b1"], "c": ["c1", "c.v2"]}  # "." is not allowed in torch module keys

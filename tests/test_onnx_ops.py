@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from fusekit.components import load_component
+from fusekit.onnxio.interpreter import load_component
 
 TOL = 1e-5
 _rng = np.random.default_rng(0)

@@ -7,8 +7,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import pytest
 
-from fusekit.optimize import drop_index_wraparound, merge_shared_gathers, optimize_for_serving
-from fusekit.runtime import session
+from fusekit.onnxio.serving import drop_index_wraparound, merge_shared_gathers, optimize_for_serving
+from fusekit.onnxio.sessions import session
 
 
 def _lookup_graph() -> onnx.ModelProto:

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 
 from fusekit.errors import FusekitError
-from fusekit.runtime import CPU, CUDA, run, session
+from fusekit.onnxio.sessions import CPU, CUDA, run, session
 
 
 

@@ -9,7 +9,7 @@ import torch
 from fusekit.data import FeatureSpec, load_dataset
 from fusekit.errors import FusekitError
 from fusekit.metrics import roc_auc
-from fusekit.single import Architecture, SingleTaskModel, export_onnx, onnx_probabilities, train_on_dataset
+from fusekit.models.single import Architecture, SingleTaskModel, export_onnx, onnx_probabilities, train_on_dataset
 from fusekit.train import TrainConfig, predict
 
 ROWS = 4000

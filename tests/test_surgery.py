@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fusekit.align import analyse
+from fusekit.decompose.align import analyse
 from fusekit.errors import FusekitError
-from fusekit.graph import load_graph
-from fusekit.surgery import cut_component, verify_chain
+from fusekit.decompose.graph import load_graph
+from fusekit.decompose.surgery import cut_component, verify_chain
 from tests import onnx_fixtures as F
 
 CASES = {

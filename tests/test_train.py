@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from fusekit.errors import FusekitError
-from fusekit.tabular_input import TabularInput
+from fusekit.models.tabular_input import TabularInput
 from fusekit.train import CHECKPOINT_NAME, TrainConfig, evaluate, fit, resolve_device
 
 TASKS = ["income", "never_married"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .results import BenchResult
+from fusekit.bench.results import BenchResult
 
 
 def write_chart(result: BenchResult, path: Path) -> Path:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import FusekitError
-from ..io import atomic_dir
-from .results import BenchResult, Row, TaskSetResult
+from fusekit.errors import FusekitError
+from fusekit.io import atomic_dir
+from fusekit.bench.results import BenchResult, Row, TaskSetResult
 
 
 def _rows(items: list[dict]) -> list[Row]:
@@ -50,8 +50,8 @@ def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
             target.sources = target.sources or task_set.sources
             target.data = target.data or task_set.data
     # Rows in the order a single run writes them, whichever run each came from.
-    from ..baselines import BASELINES
-    from .runner import EMM_METHODS
+    from fusekit.models.baselines import BASELINES
+    from fusekit.bench.runner import EMM_METHODS
 
     kinds = {"single": 0, "ensemble": 1, "baseline": 2, "emm": 3}
     within = {name: i for i, name in enumerate(list(BASELINES) + EMM_METHODS)}
@@ -63,8 +63,8 @@ def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
 
 def write_merged(run_dirs: list[Path], out_dir: Path, force: bool = False) -> BenchResult:
     """Merge bench output directories and write results.json, tables.md and auc.png to ``out_dir``."""
-    from .chart import write_chart
-    from .tables import render_markdown
+    from fusekit.bench.chart import write_chart
+    from fusekit.bench.tables import render_markdown
 
     result = merge_results([load_result(d) for d in run_dirs], out_dir)
     with atomic_dir(Path(out_dir), force=force) as tmp:

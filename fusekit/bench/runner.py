@@ -28,13 +28,13 @@ from typing import Callable
 
 import numpy as np
 
-from .. import __version__
-from ..baselines import BASELINES, build_baseline
-from ..errors import FusekitError
-from ..io import atomic_dir, check_output_dir
-from ..metrics import roc_auc
-from .results import BenchResult, Row, TaskSetResult
-from .sources import describe, find_sources, onnx_probabilities, shared_spec, spec_summary
+from fusekit import __version__
+from fusekit.models.baselines import BASELINES, build_baseline
+from fusekit.errors import FusekitError
+from fusekit.io import atomic_dir, check_output_dir
+from fusekit.metrics import roc_auc
+from fusekit.bench.results import BenchResult, Row, TaskSetResult
+from fusekit.bench.sources import describe, find_sources, onnx_probabilities, shared_spec, spec_summary
 
 DEFAULT_TASKS = ["income", "never_married"]
 THREE_TASKS = ["income", "never_married", "education"]
@@ -76,7 +76,7 @@ class Budget:
 
     def train_config(self, seed: int, progress: bool = False):
         """The TrainConfig of one training run under this budget."""
-        from ..train import TrainConfig
+        from fusekit.train import TrainConfig
 
         return TrainConfig(lr=self.lr, batch_size=self.batch_size, weight_decay=self.weight_decay,
                            max_epochs=self.max_epochs, patience=self.patience, seed=seed, device=self.device,
@@ -99,8 +99,10 @@ class Budget:
 
 
 def default_models_dir(tasks: list[str]) -> Path:
-    """The bundled sample models for a task set: ``sample_models/census<number of tasks>``."""
-    return Path(__file__).resolve().parents[2] / "sample_models" / f"census{len(tasks)}"
+    """The bundled sample pool whose tasks are ``tasks``."""
+    from fusekit.sample_models import pool_for_tasks
+
+    return pool_for_tasks(tasks).folder
 
 
 def _auc(split, probs: dict[str, np.ndarray], tasks: list[str]) -> dict[str, float]:
@@ -118,15 +120,15 @@ def _check_methods(methods: list[str] | None) -> list[str]:
 
 
 def _load(dataset: str, tasks: list[str], spec):
-    from ..data import load_dataset
+    from fusekit.data import load_dataset
 
     return load_dataset(dataset, tasks, spec=spec, seed=0)
 
 
 def _train_baseline(name: str, spec_sizes: tuple[list[int], int], tasks: list[str], train, val, test,
                     seeds: list[int], budget: Budget, progress: bool, log: Callable[[str], None]) -> Row:
-    from ..seeding import seed_everything
-    from ..train import evaluate, fit
+    from fusekit.seeding import seed_everything
+    from fusekit.train import evaluate, fit
 
     cardinalities, n_dense = spec_sizes
     row = Row(name, "baseline", {t: [] for t in tasks}, label=BASELINES[name].description.split(":")[0])
@@ -148,7 +150,7 @@ def _train_baseline(name: str, spec_sizes: tuple[list[int], int], tasks: list[st
 
 
 def _decompose(sources, parts_dir: Path) -> None:
-    from ..decompose import decompose
+    from fusekit.decompose.pipeline import decompose
 
     decompose([s.path for s in sources], parts_dir, names=[s.name for s in sources])
 
@@ -156,8 +158,8 @@ def _decompose(sources, parts_dir: Path) -> None:
 def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, sources, ds, test, tasks: list[str],
                   seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
                   log: Callable[[str], None]) -> tuple[Row, dict]:
-    from ..fuse import FuseOptions, fuse
-    from ..model import FusionOptions
+    from fusekit.fusion.fuse import FuseOptions, fuse
+    from fusekit.fusion.model import FusionOptions
 
     task_models = {t: [s.name for s in sources if s.task == t] for t in tasks}
     row = Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw})
@@ -198,10 +200,10 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, sou
     ``fuse`` also exports and checks fused.onnx, which takes longer than a quick run's training;
     the full benchmark goes through ``fuse`` itself (``_fuse_variant``).
     """
-    from ..fuse import build_model, check_tasks, read_parts
-    from ..model import FusionOptions
-    from ..report import gate_statistics
-    from ..train import evaluate, fit
+    from fusekit.fusion.fuse import build_model, check_tasks, read_parts
+    from fusekit.fusion.model import FusionOptions
+    from fusekit.fusion.report import gate_statistics
+    from fusekit.train import evaluate, fit
 
     task_models = {t: [s.name for s in sources if s.task == t] for t in tasks}
     manifest = read_parts(parts_dir)
@@ -326,8 +328,8 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     subsample (a smoke test: its numbers mean nothing). ``out_dir`` gets ``results.json``,
     ``tables.md`` and ``auc.png``, atomically. FusekitError on bad input before any training.
     """
-    from .chart import write_chart
-    from .tables import render_markdown
+    from fusekit.bench.chart import write_chart
+    from fusekit.bench.tables import render_markdown
 
     started = time.perf_counter()
     tasks = list(tasks or DEFAULT_TASKS)

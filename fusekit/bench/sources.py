@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.dataset import Split
-from ..errors import FusekitError
+from fusekit.data.dataset import Split
+from fusekit.errors import FusekitError
 
 
 @dataclass
@@ -55,7 +55,7 @@ def find_sources(models_dir: Path, tasks: list[str]) -> list[SourceModel]:
 
 def shared_spec(sources: list[SourceModel]):
     """The feature specification all sources carry (None when none does); FusekitError on a mismatch."""
-    from ..data.features import FeatureSpec
+    from fusekit.data.features import FeatureSpec
 
     specs = [(s.name, FeatureSpec.from_json(s.spec_json)) for s in sources if s.spec_json]
     if not specs:
@@ -72,7 +72,7 @@ def shared_spec(sources: list[SourceModel]):
 
 def onnx_probabilities(path: Path, split: Split, tasks: list[str]) -> dict[str, np.ndarray]:
     """Probabilities per task (outputs named after tasks) of the ONNX model at ``path`` on ``split``."""
-    from ..runtime import run, session
+    from fusekit.onnxio.sessions import run, session
 
     sess, _ = session(path, device="cpu", threads=1)
     outputs = run(sess, split)

@@ -1,7 +1,7 @@
 """Markdown tables of a benchmark: Table I per task set, Table II, fusion-gate statistics."""
 from __future__ import annotations
 
-from .results import BenchResult, Row, TaskSetResult
+from fusekit.bench.results import BenchResult, Row, TaskSetResult
 
 # The EMM paper's Census-Income figures (Table I and Table II; income / never married).
 PAPER_TABLE1 = {

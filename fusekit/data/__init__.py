@@ -1,6 +1,6 @@
-"""Datasets and feature encoding: Census-Income, generic CSV/Parquet, FeatureSpec, splits."""
-from .dataset import Split
-from .features import CategoricalFeature, DenseFeature, FeatureSpec
-from .tabular import TabularDataset, load_dataset
+"""Datasets and feature encoding: the dataset registry, CSV/Parquet, FeatureSpec, splits."""
+from fusekit.data.dataset import Split, TabularDataset
+from fusekit.data.features import CategoricalFeature, DenseFeature, FeatureSpec
+from fusekit.data.registry import DATASETS, load_dataset
 
-__all__ = ["CategoricalFeature", "DenseFeature", "FeatureSpec", "Split", "TabularDataset", "load_dataset"]
+__all__ = ["CategoricalFeature", "DATASETS", "DenseFeature", "FeatureSpec", "Split", "TabularDataset", "load_dataset"]

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import FusekitError
-from ..io import atomic_file, sha256_file
+from fusekit.errors import FusekitError
+from fusekit.io import atomic_file, sha256_file
 
 # The 42 fields of a row (40 attributes, the instance weight, the label), in file order.
 COLUMNS = [
@@ -279,10 +279,10 @@ def load_census(
     Inputs exclude the instance weight, the income label and the source columns of ``tasks`` and
     ``exclude_tasks`` — a pool's models must share inputs, so pass the whole pool's tasks.
     """
-    from .dataset import Split
-    from .features import FeatureSpec, fit_spec
-    from .splits import stratified_halves
-    from .tabular import TabularDataset, holdout_dict
+    from fusekit.data.dataset import Split
+    from fusekit.data.features import FeatureSpec, fit_spec
+    from fusekit.data.splits import stratified_halves
+    from fusekit.data.dataset import TabularDataset, holdout_dict
 
     excluded = excluded_columns(list(tasks) + list(exclude_tasks or []))
     train_df, test_df = read_census(data_dir)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..errors import FusekitError
+from fusekit.errors import FusekitError
 
 SPEC_VERSION = 1
 

@@ -19,86 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import FusekitError
-from .dataset import Split
-from .features import FeatureSpec, fit_spec
-from .splits import holdout_partition, stratified_halves, stratified_split
-
-
-@dataclass
-class TabularDataset:
-    """An encoded dataset: the spec, the task names and the three splits."""
-
-    spec: FeatureSpec
-    tasks: list[str]
-    train: Split
-    val: Split
-    test: Split
-
-    def holdout_indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """(source rows, holdout rows) of the training split; no holdout -> (all rows, all rows)."""
-        n = len(self.train)
-        if not self.spec.holdout or float(self.spec.holdout.get("fraction", 0.0)) <= 0.0:
-            everything = np.arange(n)
-            return everything, everything
-        return holdout_partition(n, float(self.spec.holdout["fraction"]), int(self.spec.holdout["seed"]))
-
-    def source_rows(self) -> Split:
-        """Training rows the single-task models learn from (all of train when there is no holdout)."""
-        src, _ = self.holdout_indices()
-        return self.train if len(src) == len(self.train) else self.train.subset(src)
-
-    def fusion_rows(self) -> Split:
-        """Training rows kept out of single-task training (all of train when there is no holdout)."""
-        _, hold = self.holdout_indices()
-        return self.train if len(hold) == len(self.train) else self.train.subset(hold)
-
-
-def load_dataset(
-    source: str | Path,
-    tasks: list[str],
-    *,
-    labels: dict[str, str] | None = None,
-    spec: FeatureSpec | None = None,
-    data_dir: Path | None = None,
-    seed: int = 0,
-    exclude_tasks: list[str] | None = None,
-    holdout: float = 0.0,
-    holdout_seed: int = 0,
-    categorical: list[str] | None = None,
-    dense: list[str] | None = None,
-    exclude: list[str] | None = None,
-) -> TabularDataset:
-    """Load and encode ``"census-income"`` or a CSV/Parquet file for ``tasks``.
-
-    With ``spec`` given, data is encoded with it (its holdout is used); otherwise encoders are
-    fit on the training split. Census: the source columns of ``tasks`` and ``exclude_tasks``
-    are removed from the inputs. Files: ``labels`` maps task -> label column (default: same
-    name); ``categorical``/``dense`` name the feature columns (default: inferred), ``exclude``
-    drops columns. ``holdout`` (fraction, seeded by ``holdout_seed``) is recorded in the spec.
-    """
-    if not tasks:
-        raise FusekitError("no task given; name at least one task")
-    if len(set(tasks)) != len(tasks):
-        raise FusekitError(f"task names repeat in {tasks}; give each task once")
-    if str(source) == "census-income":
-        from .census import load_census
-
-        return load_census(
-            list(tasks), exclude_tasks=list(exclude_tasks or []), spec=spec, data_dir=data_dir,
-            seed=seed, holdout=holdout, holdout_seed=holdout_seed,
-        )
-    return load_tabular(
-        Path(source), list(tasks), labels=labels, spec=spec, seed=seed, holdout=holdout,
-        holdout_seed=holdout_seed, categorical=categorical, dense=dense, exclude=exclude,
-    )
-
-
-def holdout_dict(fraction: float, seed: int) -> dict | None:
-    """The spec's ``holdout`` field for a fraction (None for no holdout)."""
-    if not 0.0 <= fraction < 1.0:
-        raise FusekitError(f"--holdout must be in [0, 1), got {fraction}")
-    return {"fraction": float(fraction), "seed": int(seed)} if fraction > 0 else None
+from fusekit.errors import FusekitError
+from fusekit.data.dataset import Split, TabularDataset, holdout_dict
+from fusekit.data.features import FeatureSpec, fit_spec
+from fusekit.data.splits import holdout_partition, stratified_halves, stratified_split
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -1,0 +1,48 @@
+"""``fusekit decompose A.onnx B.onnx [...] -o PARTS/``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fusekit.decompose.pipeline import decompose, result_json
+from fusekit.errors import FusekitError
+
+
+def _levels(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'all', not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a positive number or 'all'")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``decompose`` command."""
+    parser = subparsers.add_parser(
+        "decompose", help="cut trained ONNX models into aligned components",
+        description="Find the layers all models share in the same order, cut every model there and write "
+                    "one ONNX file per model and level plus manifest.json. By default there are "
+                    "min(3, common layers) levels, balanced, the last ending at the last common layer.")
+    parser.add_argument("models", nargs="+", type=Path, help="two or more ONNX models with the same inputs")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="parts directory to write")
+    parser.add_argument("--levels", type=_levels, default=None,
+                        help="number of levels, or 'all' for every common layer (default: min(3, common))")
+    parser.add_argument("--names", nargs="+", default=None, help="model names (default: file names without .onnx)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the components")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Decompose and print the table (or JSON)."""
+    if len(args.models) < 2:
+        raise FusekitError("decompose needs at least two models; pass two or more ONNX files")
+    result = decompose(args.models, args.output, levels=args.levels, force=args.force,
+                       verify=not args.no_verify, names=args.names)
+    print(result_json(result) if args.json else result.table())
+    return 0

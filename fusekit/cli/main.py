@@ -1,0 +1,59 @@
+"""Entry point of the ``fusekit`` command."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fusekit import __version__
+from fusekit.errors import FusekitError, TrainingInterrupted
+
+# One module per command in this package; each defines register(subparsers).
+COMMANDS = [
+    "decompose",
+    "inspect_cmd",
+    "train_single",
+    "data_cmd",
+    "fuse",
+    "eval_cmd",
+    "predict",
+    "bench",
+    "demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every command registered."""
+    parser = argparse.ArgumentParser(
+        prog="fusekit",
+        description="Fuse trained single-task ONNX models into one multi-task ONNX model (EMM).",
+    )
+    parser.add_argument("--version", action="version", version=f"fusekit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"fusekit.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors print one line and return 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except TrainingInterrupted as exc:
+        print(f"fusekit: {exc}", file=sys.stderr)
+        return 130
+    except FusekitError as exc:
+        print(f"fusekit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fusekit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

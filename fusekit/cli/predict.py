@@ -1,0 +1,27 @@
+"""``fusekit predict MODEL.onnx INPUT -o OUT.csv``: one probability column per task."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``predict`` command."""
+    p = subparsers.add_parser("predict", help="write an ONNX model's predictions for a CSV/Parquet file")
+    p.add_argument("model", type=Path, help="ONNX model written by fusekit")
+    p.add_argument("input", type=Path, help="CSV/Parquet with the raw feature columns, or .npz of encoded inputs")
+    p.add_argument("-o", "--output", type=Path, required=True, help="CSV to write")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=65536)
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict and say where the file went."""
+    from fusekit.deploy.evaluate import predict_onnx
+
+    rows, provider = predict_onnx(args.model, args.input, args.output, device=args.device,
+                                  batch_size=args.batch_size, force=args.force)
+    print(f"wrote {rows} rows of predictions to {args.output} (onnxruntime, {provider})")
+    return 0

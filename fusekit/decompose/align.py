@@ -1,0 +1,227 @@
+"""Cut points, the layers all models share in the same order, and the choice of levels.
+
+Cut points are the dominators of the model outputs seen from a virtual source that feeds every
+input: tensors that every data path passes through. In a DAG, a tensor dominates the outputs
+exactly when it is the only data value alive at some point of a topological order (every node
+before it is its ancestor, every node after it its descendant), so one sweep over the live
+intervals finds them all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusekit.decompose.graph import ModelGraph
+from fusekit.decompose.layers import Layer, group_layers
+
+
+@dataclass
+class Analysis:
+    """One model's data-path order, cut points and layers."""
+
+    graph: ModelGraph
+    order: list[int]  # live data nodes, topological
+    cuts: list[tuple[int, str]]  # (gap, tensor), sorted by gap
+    layers: list[Layer]
+    candidates: list[Layer] = field(default_factory=list)  # the layers a model can be cut after
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            self.candidates = [layer for layer in self.layers if layer.cuttable]
+
+
+def live_data_nodes(graph: ModelGraph) -> list[int]:
+    """Data nodes that contribute to a data output, in topological order."""
+    needed = {name for name in graph.outputs if graph.tensors[name].kind == "data"}
+    live: list[int] = []
+    for i in range(len(graph.nodes) - 1, -1, -1):
+        if graph.node_kind[i] != "data" or not any(o in needed for o in graph.nodes[i].output):
+            continue
+        live.append(i)
+        needed.update(n for n in graph.node_inputs[i] if n and graph.tensors[n].kind == "data")
+    live.reverse()
+    return live
+
+
+def cut_points(graph: ModelGraph, order: list[int]) -> list[tuple[int, str]]:
+    """(gap, tensor) for every tensor that all input-to-output data paths pass through."""
+    n = len(order)
+    pos = {node: p for p, node in enumerate(order)}
+    names: list[str] = []
+    births: list[int] = []
+    deaths: list[int] = []
+    outputs = set(graph.outputs)
+    candidates = [(name, -1) for name in graph.inputs]
+    for p, node in enumerate(order):
+        candidates += [(o, p) for o in graph.nodes[node].output if o]
+    for name, birth in candidates:
+        uses = [pos[c] for c, _ in graph.tensors[name].consumers if c in pos]
+        death = n if name in outputs else (max(uses) if uses else None)
+        if death is None or death <= birth:
+            continue
+        names.append(name)
+        births.append(birth)
+        deaths.append(death)
+    if not names:
+        return []
+    b = np.asarray(births) + 1  # shift so gap -1 is index 0
+    d = np.asarray(deaths) + 1
+    ids = np.arange(1, len(names) + 1, dtype=np.int64)
+    count = np.zeros(n + 2, dtype=np.int64)
+    idsum = np.zeros(n + 2, dtype=np.int64)
+    np.add.at(count, b, 1)
+    np.add.at(count, d, -1)
+    np.add.at(idsum, b, ids)
+    np.add.at(idsum, d, -ids)
+    count = np.cumsum(count)[: n + 1]
+    idsum = np.cumsum(idsum)[: n + 1]
+    gaps = np.nonzero(count == 1)[0]
+    cuts: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for s in gaps.tolist():
+        name = names[int(idsum[s]) - 1]
+        if name not in seen:
+            seen.add(name)
+            cuts.append((s - 1, name))
+    return cuts
+
+
+def _shape_crossings(graph: ModelGraph, order: list[int]) -> list[tuple[int, int, str]]:
+    """(p, q, tensor) for each Shape/Size read of a data tensor produced at position p whose
+    result is used by data ops up to position q: cuts in between must rebuild that shape."""
+    pos = {node: p for p, node in enumerate(order)}
+    n = len(order)
+    last_use: dict[int, int] = {}
+    outputs = set(graph.outputs)
+    for i in range(len(graph.nodes) - 1, -1, -1):
+        if graph.node_kind[i] != "shape":
+            continue
+        q = -1
+        for o in graph.nodes[i].output:
+            if not o:
+                continue
+            if o in outputs:
+                q = n
+            for c, _ in graph.tensors[o].consumers:
+                if c in pos:
+                    q = max(q, pos[c])
+                elif graph.node_kind[c] == "shape":
+                    q = max(q, last_use.get(c, -1))
+        last_use[i] = q
+    crossings = []
+    for i, q in last_use.items():
+        node = graph.nodes[i]
+        if node.op_type not in ("Shape", "Size") or q < 0:
+            continue
+        src = node.input[0]
+        producer = graph.tensors[src].producer
+        p = pos.get(producer, -1) if producer is not None else -1
+        crossings.append((p, q, src))
+    return crossings
+
+
+def analyse(graph: ModelGraph) -> Analysis:
+    """Cut points and layers of one model, with the layers it cannot be cut after marked."""
+    order = live_data_nodes(graph)
+    cuts = cut_points(graph, order)
+    layers = group_layers(graph, order, cuts)
+    for p, q, src in _shape_crossings(graph, order):
+        src_shape = graph.tensors[src].shape
+        for layer in layers:
+            g = layer.end_gap
+            if not layer.cuttable or not (p <= g < q) or src == layer.end:
+                continue
+            cut_dims = {d for d in graph.tensors[layer.end].shape or () if isinstance(d, str)}
+            if src_shape is None or any(d is None or (isinstance(d, str) and d not in cut_dims) for d in src_shape):
+                layer.cuttable = False
+                layer.why_not = f"a shape read from {src!r} is used after it and cannot be rebuilt from the cut"
+    return Analysis(graph=graph, order=order, cuts=cuts, layers=layers)
+
+
+def lcs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs of a longest common subsequence of two int arrays (numpy row DP)."""
+    # Common prefix and suffix need no DP; most aligned models share long runs.
+    n, m = len(a), len(b)
+    pre = 0
+    while pre < min(n, m) and a[pre] == b[pre]:
+        pre += 1
+    suf = 0
+    while suf < min(n, m) - pre and a[n - 1 - suf] == b[m - 1 - suf]:
+        suf += 1
+    ia = list(range(pre))
+    ib = list(range(pre))
+    core_a, core_b = a[pre: n - suf], b[pre: m - suf]
+    # Symbols missing from the other sequence can never match: drop them before the DP.
+    keep_a = np.nonzero(np.isin(core_a, core_b))[0]
+    keep_b = np.nonzero(np.isin(core_b, core_a))[0]
+    if len(keep_a) and len(keep_b):
+        x, y = core_a[keep_a], core_b[keep_b]
+        dtype = np.uint16 if min(len(x), len(y)) < 65535 else np.uint32
+        table = np.zeros((len(x) + 1, len(y) + 1), dtype=dtype)
+        one = dtype(1)
+        for i in range(1, len(x) + 1):
+            prev = table[i - 1]
+            cand = np.maximum(prev[1:], prev[:-1] + (y == x[i - 1]).astype(dtype) * one)
+            np.maximum.accumulate(cand, out=table[i, 1:])
+        i, j = len(x), len(y)
+        pairs = []
+        while i > 0 and j > 0:
+            if x[i - 1] == y[j - 1] and table[i, j] == table[i - 1, j - 1] + 1:
+                pairs.append((i - 1, j - 1))
+                i -= 1
+                j -= 1
+            elif table[i - 1, j] >= table[i, j - 1]:
+                i -= 1
+            else:
+                j -= 1
+        pairs.reverse()
+        ia += [pre + int(keep_a[p]) for p, _ in pairs]
+        ib += [pre + int(keep_b[q]) for _, q in pairs]
+    ia += list(range(n - suf, n))
+    ib += list(range(m - suf, m))
+    return np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
+
+
+def common_layers(sequences: list[list[str]]) -> np.ndarray:
+    """Order-preserving common subsequence of N signature sequences, by progressive pairwise LCS.
+
+    Returns an int array [n_common, N]: for each common element, its index in each sequence.
+    """
+    codes: dict[str, int] = {}
+    arrays = [np.asarray([codes.setdefault(s, len(codes)) for s in seq], dtype=np.int64) for seq in sequences]
+    current = arrays[0]
+    index = np.arange(len(current), dtype=np.int64)[:, None]
+    for arr in arrays[1:]:
+        ia, ib = lcs(current, arr)
+        current = current[ia]
+        index = np.concatenate([index[ia], ib[:, None]], axis=1)
+    return index.reshape(len(current), len(sequences))
+
+
+def choose_levels(positions: np.ndarray, requested: int | None) -> tuple[list[int], str]:
+    """Pick which common layers end the levels; the last common layer always ends the last level.
+
+    ``positions`` [n_common, N]: each common layer's index among each model's layers. With
+    ``requested`` None the default is ``min(3, n_common)`` (the EMM paper uses 3 components).
+    Levels are balanced: the cuts sit nearest to equal fractions of the models' mean depth.
+    """
+    n = len(positions)
+    k = min(3, n) if requested is None else requested
+    depth = positions.mean(axis=1) + 1.0  # layers covered up to and including each common layer
+    if k >= n:
+        return list(range(n)), "every common layer"
+    chosen = [n - 1]
+    lo = 0
+    total = depth[-1]
+    picks: list[int] = []
+    for level in range(1, k):
+        target = total * level / k
+        hi = n - 1 - (k - level)  # leave room for the remaining levels
+        window = np.arange(lo, hi + 1)
+        # Ties go to the later layer so early levels are not left nearly empty.
+        best = window[np.argmin(np.abs(depth[window] - target) - 1e-9 * window)]
+        picks.append(int(best))
+        lo = int(best) + 1
+    chosen = picks + chosen
+    return chosen, "balanced: cuts nearest to equal shares of the models' mean depth"

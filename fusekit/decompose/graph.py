@@ -1,0 +1,282 @@
+"""ONNX model -> data-flow graph: tensors, their producers and consumers, and what is constant.
+
+Every tensor gets a kind:
+- ``const``: initializers, Constant nodes, and whatever ops compute from constants only
+  (for example ConstantOfShape of a constant shape): the model's weights;
+- ``shape``: values that depend on data only through Shape/Size (shape computations);
+- ``data``: everything else, the values that flow from the model inputs to its outputs.
+Cut points and layers are defined on the data part; the other two are support that each
+component re-creates for itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import helper
+
+from fusekit.errors import FusekitError
+
+MIN_OPSET = 13
+_SHAPE_OPS = {"Shape", "Size"}
+# Ops whose outputs are not a function of their inputs: never constant-folded in our analysis.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+Dim = int | str | None
+
+
+@dataclass
+class Tensor:
+    """One tensor of the graph: kind, static type and where it comes from and goes to."""
+
+    name: str
+    kind: str  # "data", "const" or "shape"
+    dtype: str | None
+    shape: tuple[Dim, ...] | None
+    producer: int | None = None  # node index; None for graph inputs and initializers
+    consumers: list[tuple[int, int]] = field(default_factory=list)  # (node index, input slot)
+
+
+@dataclass
+class ModelGraph:
+    """A loaded, shape-inferred ONNX model and its data-flow graph."""
+
+    path: Path
+    model: onnx.ModelProto
+    tensors: dict[str, Tensor]
+    nodes: list[onnx.NodeProto]
+    node_inputs: list[list[str]]  # explicit inputs plus outer-scope names used by subgraphs
+    node_kind: list[str]  # kind of each node's outputs
+    inputs: list[str]  # data inputs (graph inputs that are not initializers)
+    outputs: list[str]
+    opset: int
+    initializers: dict[str, onnx.TensorProto]
+    dim_names: dict[str, str]  # symbolic dim in this model -> canonical name ("batch", "dim1", ...)
+
+    @property
+    def data_nodes(self) -> list[int]:
+        """Indices of the nodes on the data path, in topological order."""
+        return [i for i, kind in enumerate(self.node_kind) if kind == "data"]
+
+    def canonical_shape(self, name: str) -> tuple[Dim, ...] | None:
+        """The tensor's shape with input dims renamed canonically (``batch`` first), others ``?``."""
+        shape = self.tensors[name].shape
+        if shape is None:
+            return None
+        # Dims that shape inference invented (unk__N) differ between models: unknown, "?".
+        return tuple(d if isinstance(d, int) else self.dim_names.get(d, "?") if d else "?" for d in shape)
+
+    def to_networkx(self) -> nx.DiGraph:
+        """The data-flow graph: op nodes ``("op", i)`` and tensor nodes ``("tensor", name)``."""
+        graph = nx.DiGraph()
+        for name, tensor in self.tensors.items():
+            graph.add_node(("tensor", name), kind=tensor.kind, dtype=tensor.dtype, shape=tensor.shape)
+        for i, node in enumerate(self.nodes):
+            graph.add_node(("op", i), op_type=node.op_type, kind=self.node_kind[i])
+            for slot, name in enumerate(self.node_inputs[i]):
+                if name:
+                    graph.add_edge(("tensor", name), ("op", i), slot=slot)
+            for name in node.output:
+                if name:
+                    graph.add_edge(("op", i), ("tensor", name))
+        return graph
+
+
+@lru_cache(maxsize=None)
+def _np_ok(elem_type: int) -> bool:
+    try:
+        helper.tensor_dtype_to_np_dtype(elem_type)
+        return True
+    except Exception:  # noqa: BLE001 - some ONNX types have no numpy equivalent
+        return False
+
+
+@lru_cache(maxsize=None)
+def dtype_name(elem_type: int) -> str:
+    """A readable name of an ONNX element type (numpy's name when there is one)."""
+    if elem_type == onnx.TensorProto.STRING:
+        return "string"
+    if _np_ok(elem_type):
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _type_of(value_info: onnx.ValueInfoProto) -> tuple[str | None, tuple[Dim, ...] | None]:
+    ttype = value_info.type.tensor_type
+    if not value_info.type.HasField("tensor_type"):
+        return None, None
+    dtype = dtype_name(ttype.elem_type) if ttype.elem_type else None
+    if not ttype.HasField("shape"):
+        return dtype, None
+    dims: list[Dim] = []
+    for d in ttype.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dtype, tuple(dims)
+
+
+def _outer_names(graph: onnx.GraphProto) -> list[str]:
+    """Names a subgraph reads from enclosing scopes (implicit inputs of If/Loop/Scan)."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    used: list[str] = []
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in defined and name not in used:
+                used.append(name)
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                for name in _outer_names(sub):
+                    if name not in defined and name not in used:
+                        used.append(name)
+        defined.update(o for o in node.output if o)
+    return used
+
+
+def read_model(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file (external data allowed); FusekitError when it is unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise FusekitError(f"model file {path} does not exist; check the path")
+    if not path.is_file():
+        raise FusekitError(f"{path} is not a file; pass an .onnx model file")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except FileNotFoundError as exc:
+        raise FusekitError(f"{path}: external data file missing ({exc.filename}); keep the weights file "
+                           f"beside the model") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for bad bytes
+        raise FusekitError(f"{path} is not a valid ONNX model (not ONNX or truncated: "
+                           f"{type(exc).__name__}); re-export or re-download it") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise FusekitError(f"{path} is not a valid ONNX model (no graph or no nodes); re-export it")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - checker raises ValidationError and C++ errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FusekitError(f"{path} fails onnx.checker ({first}); re-export a valid model") from None
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise FusekitError(f"{path} uses opset {opset}; fusekit needs opset {MIN_OPSET} or newer "
+                           f"(re-export with a newer opset or convert with onnx.version_converter)")
+    if model.functions:
+        model = onnx.inliner.inline_local_functions(model)
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """Strict ONNX shape inference with data propagation; FusekitError naming the op it fails on."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - InferenceError and friends
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        detail = lines[0] if lines else type(exc).__name__
+        raise FusekitError(f"{path}: ONNX shape inference fails ({detail[:200]}); replace or remove "
+                           f"that op, or re-export the model with standard ONNX ops") from None
+
+
+def _canonical_dims(model: onnx.ModelProto, inputs: list[str]) -> dict[str, str]:
+    """Symbolic input dims in order of appearance: the first is ``batch``, then ``dim1``, ..."""
+    names: dict[str, str] = {}
+    by_name = {v.name: v for v in model.graph.input}
+    for name in inputs:
+        _, shape = _type_of(by_name[name])
+        for d in shape or ():
+            if isinstance(d, str) and d not in names:
+                names[d] = "batch" if not names else f"dim{len(names)}"
+    return names
+
+
+def load_graph(path: Path) -> ModelGraph:
+    """Read, check and shape-infer ``path``; classify every tensor as data, const or shape."""
+    path = Path(path)
+    model = infer_shapes(read_model(path), path)
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    initializers = {t.name: t for t in graph.initializer}
+    tensors: dict[str, Tensor] = {}
+    for t in graph.initializer:
+        tensors[t.name] = Tensor(t.name, "const", dtype_name(t.data_type), tuple(int(d) for d in t.dims))
+    for sp in graph.sparse_initializer:
+        tensors[sp.values.name] = Tensor(sp.values.name, "const", dtype_name(sp.values.data_type),
+                                         tuple(int(d) for d in sp.dims))
+    inputs: list[str] = []
+    for v in graph.input:
+        if v.name in tensors:
+            continue
+        dtype, shape = _type_of(v)
+        tensors[v.name] = Tensor(v.name, "data", dtype, shape)
+        inputs.append(v.name)
+    types = {v.name: _type_of(v) for v in list(graph.value_info) + list(graph.output)}
+    nodes = list(graph.node)
+    node_inputs: list[list[str]] = []
+    node_kind: list[str] = []
+    for i, node in enumerate(nodes):
+        ins = list(node.input)
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                ins += [n for n in _outer_names(sub) if n not in ins]
+        node_inputs.append(ins)
+        kinds = set()
+        for slot, name in enumerate(ins):
+            if not name:
+                continue
+            if name not in tensors:
+                raise FusekitError(f"{path}: node {node.name or node.op_type} reads {name!r}, which nothing "
+                                   f"produces; re-export a valid model")
+            tensors[name].consumers.append((i, slot))
+            kinds.add(tensors[name].kind)
+        if node.op_type in _SHAPE_OPS and node.domain in ("", "ai.onnx"):
+            kind = "const" if kinds <= {"const"} else "shape"
+        elif "data" in kinds:
+            kind = "data"
+        elif "shape" in kinds:
+            kind = "shape"
+        elif node.op_type in _NONDETERMINISTIC:
+            kind = "data"
+        else:
+            kind = "const"
+        node_kind.append(kind)
+        for name in node.output:
+            if not name:
+                continue
+            dtype, shape = types.get(name, (None, None))
+            if kind == "const" and node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        dtype, shape = dtype_name(attr.t.data_type), tuple(int(d) for d in attr.t.dims)
+            tensors[name] = Tensor(name, kind, dtype, shape, producer=i)
+    outputs = [o.name for o in graph.output]
+    for name in outputs:
+        if name not in tensors:
+            raise FusekitError(f"{path}: graph output {name!r} is not produced by any node; re-export the model")
+        dtype, shape = types.get(name, (None, None))
+        if tensors[name].shape is None:
+            tensors[name].dtype, tensors[name].shape = dtype, shape
+    _check_typed(path, nodes, node_kind, tensors)
+    return ModelGraph(path=path, model=model, tensors=tensors, nodes=nodes, node_inputs=node_inputs,
+                      node_kind=node_kind, inputs=inputs, outputs=outputs, opset=opset,
+                      initializers=initializers, dim_names=_canonical_dims(model, inputs))
+
+
+def _check_typed(path: Path, nodes: list[onnx.NodeProto], node_kind: list[str],
+                 tensors: dict[str, Tensor]) -> None:
+    """Every data tensor needs an inferred type and rank; name the first op where inference stopped."""
+    for i, node in enumerate(nodes):
+        if node_kind[i] != "data":
+            continue
+        for name in node.output:
+            if name and (tensors[name].dtype is None or tensors[name].shape is None):
+                op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+                raise FusekitError(f"{path}: ONNX shape inference cannot handle op {op} (node "
+                                   f"{node.name or i}); replace it with standard ONNX ops or re-export the model")

@@ -1,0 +1,69 @@
+"""``fusekit inspect``: a model's layers, their signatures and its cut points."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusekit.decompose.align import Analysis, analyse
+from fusekit.decompose.graph import load_graph
+
+
+@dataclass
+class InspectResult:
+    """One model's analysis, ready to print."""
+
+    path: Path
+    analysis: Analysis
+
+    def to_json(self) -> dict:
+        """JSON-serialisable form (what ``--json`` prints)."""
+        g = self.analysis.graph
+        return {
+            "path": str(self.path),
+            "opset": g.opset,
+            "nodes": len(g.nodes),
+            "data_nodes": len(self.analysis.order),
+            "inputs": [{"name": n, "shape": list(g.canonical_shape(n) or ()), "dtype": g.tensors[n].dtype}
+                       for n in g.inputs],
+            "outputs": [{"name": n, "shape": list(g.canonical_shape(n) or ()), "dtype": g.tensors[n].dtype}
+                        for n in g.outputs],
+            "cut_points": [{"position": gap, "tensor": t, "shape": list(g.canonical_shape(t) or ())}
+                           for gap, t in self.analysis.cuts],
+            "layers": [{"index": layer.index, "summary": layer.summary, "kind": layer.kind,
+                        "signature": layer.signature, "ops": [g.nodes[i].op_type for i in layer.nodes],
+                        "end": layer.end, "shape": list(layer.shape) if layer.shape is not None else None,
+                        "dtype": layer.dtype, "cuttable": layer.cuttable, "why_not": layer.why_not}
+                       for layer in self.analysis.layers],
+        }
+
+    def table(self) -> str:
+        """Readable listing of layers and cut points."""
+        data = self.to_json()
+        lines = [f"{self.path}: opset {data['opset']}, {data['nodes']} nodes ({data['data_nodes']} on the data path)",
+                 "inputs: " + ", ".join(f"{i['name']} {i['dtype']} [{','.join(map(str, i['shape']))}]"
+                                        for i in data["inputs"]),
+                 "outputs: " + ", ".join(f"{o['name']} {o['dtype']} [{','.join(map(str, o['shape']))}]"
+                                         for o in data["outputs"]),
+                 "", f"{'#':>3}  {'layer':<44} {'output':<22} {'signature':<17} cut"]
+        for layer in self.analysis.layers:
+            summary = layer.summary if len(layer.summary) <= 44 else layer.summary[:41] + "..."
+            cut = "yes" if layer.cuttable else f"no: {layer.why_not}"
+            lines.append(f"{layer.index:>3}  {summary:<44} {layer.describe_output():<22} {layer.signature:<17} {cut}")
+        lines.append("")
+        lines.append(f"{len(self.analysis.cuts)} cut points (tensors every input-to-output path passes through):")
+        for gap, t in self.analysis.cuts:
+            shape = self.analysis.graph.canonical_shape(t)
+            lines.append(f"  after op {gap:>4}: {t} [{','.join(map(str, shape or ()))}]")
+        return "\n".join(lines)
+
+
+def inspect_model(path: Path) -> InspectResult:
+    """Load, check and analyse one model (FusekitError when it is unusable)."""
+    path = Path(path)
+    return InspectResult(path=path, analysis=analyse(load_graph(path)))
+
+
+def result_json(result: InspectResult) -> str:
+    """``--json`` text."""
+    return json.dumps(result.to_json(), indent=2)

@@ -1,0 +1,298 @@
+"""``fusekit decompose``: cut N trained models into aligned components (EMM Algorithm 1)."""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from fusekit import __version__
+from fusekit.decompose.align import Analysis, analyse, choose_levels, common_layers
+from fusekit.errors import FusekitError
+from fusekit.decompose.graph import ModelGraph, load_graph
+from fusekit.io import atomic_dir, check_output_dir, sha256_file
+from fusekit.decompose.manifest import write_manifest
+from fusekit.decompose.surgery import cut_component, verify_chain
+
+
+@dataclass
+class CommonLayer:
+    """A layer every model has, in the same order."""
+
+    summary: str
+    signature: str
+    shape: list
+    dtype: str
+    indices: list[int]  # index among each model's layers
+
+
+@dataclass
+class DecomposeResult:
+    """What decompose found and wrote."""
+
+    out_dir: Path
+    names: list[str]
+    paths: list[Path]
+    layer_counts: list[int]
+    inputs: list[dict]
+    common: list[CommonLayer]
+    chosen: list[int]  # indices into ``common`` that end the levels
+    reason: str
+    requested: int | str | None
+    worst_diff: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def levels(self) -> int:
+        """Number of levels written."""
+        return len(self.chosen)
+
+    def to_json(self) -> dict:
+        """The result as a JSON-serialisable dict (what ``--json`` prints)."""
+        return {
+            "out_dir": str(self.out_dir),
+            "models": [{"name": n, "path": str(p), "layers": c}
+                       for n, p, c in zip(self.names, self.paths, self.layer_counts)],
+            "inputs": self.inputs,
+            "candidates": len(self.common),
+            "common_layers": [{"summary": c.summary, "signature": c.signature, "shape": c.shape, "dtype": c.dtype,
+                               "indices": dict(zip(self.names, c.indices)), "chosen": k in self.chosen}
+                              for k, c in enumerate(self.common)],
+            "levels": self.levels,
+            "level_choice": self.reason,
+            "boundaries": [{"level": lv + 1, "common_layer": k, "shape": self.common[k].shape,
+                            "dtype": self.common[k].dtype} for lv, k in enumerate(self.chosen)],
+            "verification": {"max_abs_diff": self.worst_diff, "tolerance": 1e-5} if self.worst_diff else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def table(self) -> str:
+        """A readable report: models, common layers with their index in each model, levels, shapes."""
+        lines = [f"models: {', '.join(f'{n} ({c} layers)' for n, c in zip(self.names, self.layer_counts))}",
+                 "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}" for i in self.inputs), ""]
+        width = max(8, *(len(n) for n in self.names))
+        header = f"{'#':>3}  {'common layer':<36} {'output':<22}" + "".join(f" {n:>{width}}" for n in self.names)
+        lines += [f"{len(self.common)} common cuttable layers (index of the layer in each model; the layer "
+                  f"giving a model's outputs is its head, never a cut):", header]
+        for k, c in enumerate(self.common):
+            mark = f"L{self.chosen.index(k) + 1}" if k in self.chosen else ""
+            summary = c.summary if len(c.summary) <= 36 else c.summary[:33] + "..."
+            lines.append(f"{k + 1:>3}  {summary:<36} {_fmt(c.shape) + ' ' + c.dtype:<22}"
+                         + "".join(f" {i:>{width}}" for i in c.indices) + (f"  <- end of level {mark[1:]}" if mark else ""))
+        lines.append("")
+        lines.append(f"levels: {self.levels} ({self.reason})")
+        for lv, k in enumerate(self.chosen):
+            c = self.common[k]
+            start = "model inputs" if lv == 0 else _fmt(self.common[self.chosen[lv - 1]].shape)
+            lines.append(f"  level {lv + 1}: {start} -> {_fmt(c.shape)} {c.dtype}")
+        lines.append("  head: last cut -> model outputs (each model keeps its own)")
+        if self.worst_diff:
+            worst = max(self.worst_diff.values())
+            lines.append(f"verified: components chained in onnxruntime reproduce every model, worst max abs "
+                         f"difference {worst:.2e} (tolerance 1e-5)")
+        else:
+            lines.append("not verified (--no-verify)")
+        lines.append(f"wrote {self.out_dir}/manifest.json and {len(self.names) * (self.levels + 1)} component "
+                     f"files in {self.seconds:.2f} s")
+        return "\n".join(lines)
+
+
+def _fmt(shape: list | tuple | None) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]" if shape is not None else "?"
+
+
+def _input_specs(graph: ModelGraph) -> list[dict]:
+    return [{"name": n, "shape": list(graph.canonical_shape(n) or ()), "dtype": graph.tensors[n].dtype}
+            for n in graph.inputs]
+
+
+def _check_inputs(names: list[str], graphs: list[ModelGraph]) -> list[dict]:
+    specs = [_input_specs(g) for g in graphs]
+    for name, spec in zip(names[1:], specs[1:]):
+        if spec != specs[0]:
+            def show(s: list[dict]) -> str:
+                return ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}" for i in s) or "none"
+            raise FusekitError(f"models have different inputs: {names[0]} takes {show(specs[0])} but {name} "
+                               f"takes {show(spec)}; decompose models that share the same inputs")
+    return specs[0]
+
+
+def _no_common_message(names: list[str], analyses: list[Analysis]) -> str:
+    kinds = []
+    for name, a in zip(names, analyses):
+        cands = a.candidates
+        shown = ", ".join(f"{layer.summary}->{_fmt(layer.shape)}" for layer in cands[:6])
+        if len(cands) > 6:
+            shown += ", ..."
+        kinds.append(f"{name} has {len(cands)} cuttable layers [{shown or 'none'}]")
+    nearest = ""
+    first = analyses[0].candidates
+    for name, a in zip(names[1:], analyses[1:]):
+        for same, why in ((lambda x, y: x.kind == y.kind, "same kind, different shapes"),
+                          (lambda x, y: x.shape == y.shape, "same output shape, different structure")):
+            pair = next(((x, y) for x in first for y in a.candidates if x.signature != y.signature and same(x, y)),
+                        None)
+            if pair:
+                x, y = pair
+                nearest = (f"; nearest candidates: {names[0]} layer {x.index} {x.summary}->{_fmt(x.shape)} vs "
+                           f"{name} layer {y.index} {y.summary}->{_fmt(y.shape)} ({why})")
+                break
+        if nearest:
+            break
+    return ("no layer is common to all models (the output layer is never cut: it is each model's head): "
+            + "; ".join(kinds) + nearest + "; decompose models that share at least one identical layer")
+
+
+def analyse_models(paths: list[Path], names: list[str] | None = None) -> tuple[list[str], list[ModelGraph],
+                                                                                list[Analysis], list[dict]]:
+    """Load, check and analyse the models; FusekitError for every problem the user can fix."""
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise FusekitError("decompose needs at least two models; pass two or more ONNX files")
+    names = list(names) if names else [p.stem for p in paths]
+    if len(names) != len(paths):
+        raise FusekitError(f"got {len(names)} names for {len(paths)} models; give one name per model")
+    bad = [n for n in names if not n or n in (".", "..", "manifest.json") or "/" in n or "\\" in n]
+    if bad:
+        raise FusekitError(f"model name {bad[0]!r} cannot be a folder name; pass plain names with --names")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise FusekitError(f"two models are named {dupes[0]!r} (from their file names); give distinct names "
+                           f"(rename the files or pass --names)")
+    graphs = [load_graph(p) for p in paths]
+    inputs = _check_inputs(names, graphs)
+    analyses = [analyse(g) for g in graphs]
+    return names, graphs, analyses, inputs
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: analysing a large model makes many small objects, and
+    the collector rescanning the growing heap made the analysis superlinear in model size."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None = None, force: bool = False,
+              verify: bool = True, names: list[str] | None = None) -> DecomposeResult:
+    """Cut the models at their common layers and write components and manifest.json to ``out_dir``.
+
+    ``levels``: None for the default (``min(3, common layers)``, balanced), an int, or ``"all"``.
+    Written atomically: on any error nothing is left behind.
+    """
+    with _gc_paused():
+        return _decompose(model_paths, out_dir, levels, force, verify, names)
+
+
+def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None, force: bool, verify: bool,
+               names: list[str] | None) -> DecomposeResult:
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, force)
+    names, graphs, analyses, inputs = analyse_models(model_paths, names)
+    sequences = [[layer.signature for layer in a.candidates] for a in analyses]
+    index = common_layers(sequences)
+    if len(index) == 0:
+        raise FusekitError(_no_common_message(names, analyses))
+    n_common = len(index)
+    if isinstance(levels, str):
+        if levels != "all":
+            raise FusekitError(f"--levels must be a positive number or 'all', not {levels!r}")
+        requested: int | None = n_common
+    else:
+        requested = levels
+    if requested is not None and requested < 1:
+        raise FusekitError(f"--levels must be at least 1 (got {requested})")
+    if requested is not None and requested > n_common:
+        raise FusekitError(f"--levels {requested} asks for more levels than the {n_common} common layers the models "
+                           f"share; use --levels {n_common} or fewer")
+    # layer index (among all layers) of each common layer in each model
+    layer_idx = np.array([[analyses[m].candidates[index[k, m]].index for m in range(len(names))]
+                          for k in range(n_common)], dtype=np.int64)
+    chosen, reason = choose_levels(layer_idx, requested)
+    if levels is None:
+        reason = f"default min(3, {n_common} common layers) = {len(chosen)}; {reason}"
+    elif levels == "all":
+        reason = f"--levels all: {reason}"
+    else:
+        reason = f"--levels {levels}; {reason}"
+    common = []
+    for k in range(n_common):
+        layer = analyses[0].candidates[index[k, 0]]
+        common.append(CommonLayer(summary=layer.summary, signature=layer.signature, shape=list(layer.shape),
+                                  dtype=layer.dtype, indices=layer_idx[k].tolist()))
+    result = DecomposeResult(out_dir=out_dir, names=names, paths=[Path(p).resolve() for p in model_paths],
+                             layer_counts=[len(a.layers) for a in analyses], inputs=inputs, common=common,
+                             chosen=chosen, reason=reason, requested=levels)
+    with atomic_dir(out_dir, force=force) as tmp:
+        entries = []
+        for m, (name, graph, a) in enumerate(zip(names, graphs, analyses)):
+            cut_layers = [a.candidates[index[k, m]] for k in chosen]
+            entries.append(_write_model(tmp, name, graph, a, cut_layers, verify, result))
+        manifest = {
+            "fusekit_version": __version__,
+            "levels": len(chosen),
+            "inputs": inputs,
+            "boundaries": [{"level": lv + 1, "shape": common[k].shape, "dtype": common[k].dtype,
+                            "signature": common[k].signature, "layer": common[k].summary}
+                           for lv, k in enumerate(chosen)],
+            "common_layers": [{"signature": c.signature, "summary": c.summary, "shape": c.shape, "dtype": c.dtype,
+                               "layer_indices": dict(zip(names, c.indices))} for c in common],
+            "level_choice": reason,
+            "models": entries,
+        }
+        write_manifest(tmp, manifest)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _write_model(root: Path, name: str, graph: ModelGraph, a: Analysis, cut_layers: list, verify: bool,
+                 result: DecomposeResult) -> dict:
+    """Write one model's components and head; verify the chain; return its manifest entry."""
+    folder = root / name
+    folder.mkdir()
+    files: list[Path] = []
+    boundaries = [layer.end for layer in cut_layers]
+    start = -1
+    for lv, layer in enumerate(cut_layers):
+        nodes = a.order[start + 1: layer.end_gap + 1]
+        inputs = list(graph.inputs) if lv == 0 else [boundaries[lv - 1]]
+        input_names = list(graph.inputs) if lv == 0 else ["x"]
+        model = cut_component(graph, nodes, inputs, [layer.end], input_names, ["y"], f"{name}/level{lv + 1}")
+        path = folder / f"level{lv + 1}.onnx"
+        onnx.save(model, str(path))
+        files.append(path)
+        start = layer.end_gap
+    head_model = cut_component(graph, a.order[start + 1:], [boundaries[-1]], list(graph.outputs), ["x"],
+                               list(graph.outputs), f"{name}/head")
+    head = folder / "head.onnx"
+    onnx.save(head_model, str(head))
+    if verify:
+        result.worst_diff[name] = verify_chain(graph, files, head, boundaries)
+    metadata = {p.key: p.value for p in graph.model.metadata_props}
+    return {
+        "name": name, "path": str(Path(graph.path).resolve()), "sha256": sha256_file(graph.path),
+        "inputs": list(graph.inputs), "outputs": list(graph.outputs),
+        "components": [f"{name}/{p.name}" for p in files],
+        "component_sha256": [sha256_file(p) for p in files],
+        "head": f"{name}/head.onnx", "head_sha256": sha256_file(head),
+        "boundary_tensors": boundaries,
+        "layer_indices": [layer.index for layer in cut_layers],
+        "metadata": metadata,
+    }
+
+
+def result_json(result: DecomposeResult) -> str:
+    """``--json`` text."""
+    return json.dumps(result.to_json(), indent=2)

@@ -1,0 +1,308 @@
+"""Cutting components out of a model, and checking that chained components reproduce it.
+
+A component holds the data ops between two cut points plus the constant and shape subgraphs
+they read. A shape read from a tensor before the component's input (for example the batch
+size taken from the model input and used much later) is rebuilt from the component's own
+input: static dims become constants and symbolic dims are read with Shape/Gather from the
+input, which carries the same symbolic dims (``align.analyse`` refuses cuts where it does not).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from fusekit import __version__
+from fusekit.errors import FusekitError
+from fusekit.decompose.graph import ModelGraph
+
+TOLERANCE = 1e-5
+
+
+def _elem_type(dtype: str) -> int:
+    if dtype == "string":
+        return onnx.TensorProto.STRING
+    return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+
+def value_info(graph: ModelGraph, tensor: str, name: str) -> onnx.ValueInfoProto:
+    """A graph input/output declaration for ``tensor`` under ``name``, canonical dim names."""
+    t = graph.tensors[tensor]
+    shape = graph.canonical_shape(tensor)
+    dims = None if shape is None else [None if d == "?" else d for d in shape]
+    return helper.make_tensor_value_info(name, _elem_type(t.dtype or "float32"), dims)
+
+
+class _Builder:
+    """Collects the nodes and initializers of one component."""
+
+    def __init__(self, graph: ModelGraph, data_nodes: list[int], inputs: list[str]):
+        self.graph = graph
+        self.data_nodes = data_nodes
+        self.inputs = inputs
+        self.available = set(inputs)
+        for i in data_nodes:
+            self.available.update(o for o in graph.nodes[i].output if o)
+        self.support: set[int] = set()
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.extra_nodes: list[onnx.NodeProto] = []
+        self.rewired: dict[int, list[onnx.NodeProto]] = {}
+        self._input_shape: str | None = None
+
+    def need(self, names: list[str]) -> None:
+        """Pull in the constant and shape subgraphs producing ``names``."""
+        stack = [n for n in names if n]
+        while stack:
+            name = stack.pop()
+            if name in self.available or name in self.initializers:
+                continue
+            tensor = self.graph.tensors[name]
+            if tensor.producer is None:
+                if name in self.graph.initializers:
+                    self.initializers[name] = self.graph.initializers[name]
+                    continue
+                raise FusekitError(f"{self.graph.path}: component needs {name!r}, which is not available; "
+                                   f"this cut cannot be made")
+            j = tensor.producer
+            if j in self.support:
+                continue
+            node = self.graph.nodes[j]
+            src = node.input[0] if node.input else ""
+            if (node.op_type in ("Shape", "Size") and src and self.graph.tensors[src].kind == "data"
+                    and src not in self.available):
+                self.support.add(j)
+                self.rewired[j] = self._rebuild_shape(node)
+                self.available.update(node.output)
+                continue
+            self.support.add(j)
+            self.available.update(o for o in node.output if o)
+            stack.extend(n for n in self.graph.node_inputs[j] if n)
+
+    def _rebuild_shape(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """Shape/Size of an earlier tensor, recomputed from the component's input."""
+        g = self.graph
+        src = g.tensors[node.input[0]]
+        x = self.inputs[0]
+        x_shape = list(g.tensors[x].shape or ())
+        dims = list(src.shape or ())
+        if node.op_type == "Shape":
+            attrs = {a.name: a.i for a in node.attribute}
+            rank = len(dims)
+            start, end = attrs.get("start", 0), attrs.get("end", rank)
+            dims = dims[slice(start, end)]
+        prefix = f"fusekit_shape_{len(self.rewired)}"
+        nodes: list[onnx.NodeProto] = []
+        pieces: list[str] = []
+        static: list[int] = []
+
+        def flush() -> None:
+            if static:
+                cname = f"{prefix}_c{len(pieces)}"
+                self.initializers[cname] = numpy_helper.from_array(np.asarray(static, dtype=np.int64), cname)
+                pieces.append(cname)
+                static.clear()
+
+        for d in dims:
+            if isinstance(d, int):
+                static.append(d)
+                continue
+            if not isinstance(d, str) or d not in x_shape:
+                raise FusekitError(f"{g.path}: cannot rebuild the shape of {node.input[0]!r} from the cut; "
+                                   f"choose other levels")
+            flush()
+            if self._input_shape is None:
+                self._input_shape = f"{prefix}_input_shape"
+                nodes.append(helper.make_node("Shape", [x], [self._input_shape]))
+            iname = f"{prefix}_i{len(pieces)}"
+            self.initializers[iname] = numpy_helper.from_array(np.asarray([x_shape.index(d)], dtype=np.int64), iname)
+            out = f"{prefix}_d{len(pieces)}"
+            nodes.append(helper.make_node("Gather", [self._input_shape, iname], [out], axis=0))
+            pieces.append(out)
+        flush()
+        if not pieces:
+            cname = f"{prefix}_empty"
+            self.initializers[cname] = numpy_helper.from_array(np.zeros(0, dtype=np.int64), cname)
+            pieces.append(cname)
+        shape_name = node.output[0] if node.op_type == "Shape" else f"{prefix}_shape"
+        if len(pieces) == 1 and node.op_type == "Shape":
+            nodes.append(helper.make_node("Identity", pieces, [shape_name]))
+        else:
+            nodes.append(helper.make_node("Concat", pieces, [shape_name], axis=0))
+        if node.op_type == "Size":
+            nodes.append(helper.make_node("ReduceProd", [shape_name], [node.output[0]], keepdims=0))
+        return nodes
+
+    def nodes(self) -> list[onnx.NodeProto]:
+        """All nodes in the original topological order (rebuilt shapes in place of their Shape op)."""
+        chosen = sorted(self.support | set(self.data_nodes))
+        out: list[onnx.NodeProto] = []
+        for j in chosen:
+            if j in self.rewired:
+                out.extend(self.rewired[j])
+            else:
+                out.append(self.graph.nodes[j])
+        return out
+
+
+def _rename(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], mapping: dict[str, str],
+            reserved: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Copy nodes and initializers with tensors renamed; other tensors that clash with the new
+    names move aside."""
+    names = {n for node in nodes for n in list(node.input) + list(node.output) if n} | set(inits)
+    full = dict(mapping)
+    for name in names:
+        if name in reserved and name not in mapping:
+            alt = f"{name}__orig"
+            while alt in names:
+                alt += "_"
+            full[name] = alt
+    copies = []
+    for node in nodes:
+        if not any(n in full for n in node.input) and not any(n in full for n in node.output):
+            copies.append(node)  # make_graph copies it anyway
+            continue
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        for k, n in enumerate(new.input):
+            if n in full:
+                new.input[k] = full[n]
+        for k, n in enumerate(new.output):
+            if n in full:
+                new.output[k] = full[n]
+        copies.append(new)
+    tensors = []
+    for name, t in inits.items():
+        if name not in full:
+            tensors.append(t)
+            continue
+        new_t = onnx.TensorProto()
+        new_t.CopyFrom(t)
+        new_t.name = full[name]
+        tensors.append(new_t)
+    return copies, tensors
+
+
+def cut_component(graph: ModelGraph, data_nodes: list[int], inputs: list[str], outputs: list[str],
+                  input_names: list[str], output_names: list[str], label: str) -> onnx.ModelProto:
+    """The sub-model computing ``outputs`` from ``inputs`` with the given data nodes, renamed."""
+    builder = _Builder(graph, data_nodes, inputs)
+    for i in data_nodes:
+        builder.need([n for n in graph.node_inputs[i] if n and graph.tensors[n].kind != "data"])
+    builder.need([o for o in outputs if graph.tensors[o].kind != "data"])
+    mapping = {old: new for old, new in zip(inputs + outputs, input_names + output_names)}
+    if len(set(input_names + output_names)) != len(input_names + output_names):
+        raise FusekitError(f"{graph.path}: component {label} would have clashing input/output names; "
+                           f"rename the model's inputs or outputs")
+    nodes, inits = _rename(builder.nodes(), builder.initializers, mapping, set(input_names + output_names))
+    if not nodes:
+        nodes = [helper.make_node("Identity", [input_names[0]], [output_names[0]])]
+    src = graph.model
+    g = helper.make_graph(
+        nodes, f"{label}",
+        [value_info(graph, t, n) for t, n in zip(inputs, input_names)],
+        [value_info(graph, t, n) for t, n in zip(outputs, output_names)],
+        initializer=inits,
+    )
+    model = helper.make_model(g, opset_imports=list(src.opset_import), producer_name="fusekit",
+                              producer_version=__version__)
+    model.ir_version = src.ir_version
+    helper.set_model_props(model, {"fusekit.version": __version__, "fusekit.component": label})
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FusekitError(f"{graph.path}: component {label} fails onnx.checker ({first[:200]}); "
+                           f"choose other levels or report this model") from None
+    return model
+
+
+def random_inputs(graph: ModelGraph, batch: int = 3, seed: int = 0, int_high: int = 2) -> dict[str, np.ndarray]:
+    """Seeded random values for the model inputs; symbolic dims get ``batch``.
+
+    Integer inputs are usually ids into embedding tables whose sizes fusekit cannot know, so
+    they stay in [0, int_high).
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name in graph.inputs:
+        t = graph.tensors[name]
+        shape = [d if isinstance(d, int) else batch for d in (t.shape or ())]
+        dtype = np.dtype(t.dtype or "float32")
+        if dtype.kind == "f":
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind in "iu":
+            feeds[name] = rng.integers(0, int_high, size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise FusekitError(f"{graph.path}: cannot make random values for input {name!r} of type {t.dtype}; "
+                               f"pass --no-verify")
+    return feeds
+
+
+def _session(model: onnx.ModelProto | Path):
+    from fusekit.onnxio.sessions import session
+
+    # Unoptimised graphs load several times faster and compute what the file says, op by op.
+    return session(model, "cpu", threads=1, optimize=False, quiet=True)[0]
+
+
+def reference_values(graph: ModelGraph, tensors: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The original model's outputs and the values of ``tensors``, computed by onnxruntime."""
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    present = {o.name for o in model.graph.output}
+    for t in tensors:
+        if t not in present:
+            model.graph.output.append(value_info(graph, t, t))
+    sess = _session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def verify_chain(graph: ModelGraph, components: list[Path], head: Path, boundaries: list[str],
+                 seed: int = 0) -> float:
+    """Chain the components and head in onnxruntime on random inputs; return the worst absolute
+    difference to the original model (at every cut and at the outputs); FusekitError above 1e-5."""
+    feeds = random_inputs(graph, seed=seed)
+    try:
+        ref = reference_values(graph, boundaries, feeds)
+    except Exception:  # noqa: BLE001 - random ids may fall outside a table: retry with id 0
+        feeds = random_inputs(graph, seed=seed, int_high=1)
+        try:
+            ref = reference_values(graph, boundaries, feeds)
+        except Exception as exc:  # noqa: BLE001
+            raise FusekitError(f"{graph.path}: onnxruntime cannot run the model on random inputs "
+                               f"({str(exc).splitlines()[0][:160]}); pass --no-verify") from None
+    worst = 0.0
+    value: dict[str, np.ndarray] = feeds
+    for k, path in enumerate(components):
+        sess = _session(path)
+        (y,) = sess.run(["y"], value)
+        diff = _maxdiff(y, ref[boundaries[k]])
+        worst = max(worst, diff)
+        if diff > TOLERANCE:
+            raise FusekitError(f"{graph.path}: level {k + 1} differs from the model by {diff:.3g} at its cut "
+                               f"(tolerance {TOLERANCE}); report this model")
+        value = {"x": y}
+    sess = _session(head)
+    names = [o.name for o in sess.get_outputs()]
+    for name, out in zip(names, sess.run(names, value)):
+        diff = _maxdiff(out, ref[name])
+        worst = max(worst, diff)
+        if diff > TOLERANCE:
+            raise FusekitError(f"{graph.path}: head output {name!r} differs from the model by {diff:.3g} "
+                               f"(tolerance {TOLERANCE}); report this model")
+    return worst
+
+
+def _maxdiff(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    if a.dtype.kind in "fc":
+        return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    return float(np.max(a != b))

@@ -1,0 +1,1 @@
+"""The deployed file: evaluating and predicting with any ONNX model in onnxruntime."""

@@ -1,0 +1,1 @@
+"""Fusion (EMM III-B, III-C): sources, AKF, the fused model, training and export of fused.onnx."""

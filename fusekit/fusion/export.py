@@ -1,0 +1,54 @@
+"""fused.onnx: the fused torch model through fusekit's one export path, checked on the test data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusekit.errors import FusekitError
+from fusekit.fusion.model import FusedModel, ProbabilityOutputs, deployable_copy
+from fusekit.onnxio.export import export_onnx, max_abs_diff, torch_outputs
+
+
+def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` as ONNX: inputs named as the sources', one probability output per task.
+
+    The batch dimension is dynamic (named ``batch``). ``metadata`` entries are added to the
+    file's metadata_props next to ``fusekit.tasks`` and ``fusekit.version``.
+    """
+    model = deployable_copy(model.cpu().eval()).eval()
+    meta = {"fusekit.tasks": json.dumps(model.task_names), **(metadata or {})}
+    inputs = ", ".join(model.input_names)
+    doc = (f"fusekit fused multi-task model (EMM, {model.options.mode} mode) over source models "
+           f"{', '.join(model.model_names)}: inputs {inputs}; one probability output [batch] per task "
+           f"({', '.join(model.task_names)}).")
+    return export_onnx(ProbabilityOutputs(model).eval(), Path(path), example, model.input_names, model.task_names,
+                       meta, doc, serving=True)
+
+
+def check_parity(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarray], tol: float = 1e-5,
+                 batch_size: int = 8192) -> float:
+    """Max abs difference of probabilities between torch and onnxruntime on ``arrays``.
+
+    Raises FusekitError above ``tol``.
+    """
+    return parity_and_outputs(model, onnx_path, arrays, tol, batch_size)[0]
+
+
+def parity_and_outputs(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarray], tol: float = 1e-5,
+                       batch_size: int = 8192) -> tuple[float, dict[str, np.ndarray]]:
+    """:func:`check_parity`, also returning onnxruntime's probabilities per task (what deployment sees)."""
+    from fusekit.onnxio.sessions import run, session
+
+    sess, _ = session(onnx_path, device="cpu")
+    got = run(sess, arrays, batch_size)
+    model = model.cpu().eval()
+    expected = torch_outputs(ProbabilityOutputs(model), [arrays[n] for n in model.input_names], batch_size)
+    worst = max_abs_diff(expected, [got[t] for t in model.task_names])
+    if not worst <= tol:
+        raise FusekitError(f"fused.onnx differs from the torch model by {worst:.2e} (> {tol:.0e}) on the test data; "
+                           "this is a fusekit bug, please report it")
+    return worst, {task: got[task] for task in model.task_names}

@@ -1,0 +1,390 @@
+"""The fused model: levels of AKF over frozen components, and one output per task.
+
+Two modes:
+
+* ``"paper"`` (EMM III-C): at each level every task runs its own models' components on its
+  own input u_t (u_t = the model inputs at level 1), AKF turns them into z_t, which is u_t
+  of the next level; a new tower per task maps the last z_t to a logit. Source heads unused.
+* ``"residual"`` (default): each source model keeps its own path through its own components
+  and its own head. At each fused level (the last by default, every level with
+  ``fuse_at="all"``) AKF computes z_t from the outputs of task t's paths and adds it to each of
+  those paths through a projection initialised at zero. The task's output is a
+  learned mix (initialised uniform) of its heads' probabilities plus a tower residual on the
+  logit (initialised at zero), so the untrained model is exactly the plain average of the
+  source models' probabilities, and training can only start from that ensemble.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fusekit.fusion.akf import AKFLevel
+from fusekit.errors import FusekitError
+
+MODES = ("paper", "residual")
+FINETUNE = ("none", "heads", "last", "all")
+FUSE_AT = ("auto", "last", "all")
+_EPS = 1e-6
+
+
+@dataclass
+class FusionOptions:
+    """Architecture options of the fusion network (the Table II ablations among them)."""
+
+    mode: str = "residual"
+    use_mtm: bool = True
+    pretrained: bool = True
+    top_k: int = 1
+    tower_hidden: int = 32
+    tower: bool = True  # residual mode: logit correction from the last z_t (paper mode always has towers)
+    activation: str = "relu"
+    seed: int = 0
+    # Source weights trained along with the fusion: none (the paper), the heads (residual mode),
+    # the last level (+ heads) or all components; at finetune_lr times the fusion's learning rate.
+    finetune: str = "none"
+    finetune_lr: float = 0.1
+    # Levels that get an AKF module: every level (the paper) or only the last. "auto": the
+    # last in residual mode (as accurate on Census, a fraction of the serving cost), all in paper mode.
+    fuse_at: str = "auto"
+
+    def fused_levels(self, n_levels: int) -> list[int]:
+        """Indices of the levels with an AKF module."""
+        at = self.fuse_at if self.fuse_at != "auto" else ("last" if self.mode == "residual" else "all")
+        return [n_levels - 1] if at == "last" else list(range(n_levels))
+
+    def to_dict(self) -> dict:
+        """Plain dict for metrics.json."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class SourceModel:
+    """One source model as the fused model sees it."""
+
+    name: str
+    components: list[nn.Module]
+    level1_inputs: list[str]  # the level-1 component's input names, in its call order
+    head: nn.Module | None = None
+    component_paths: list[str] = field(default_factory=list)
+    head_path: str | None = None
+
+
+def _tower(dim: int, hidden: int, zero_last: bool) -> nn.Sequential:
+    last = nn.Linear(hidden, 1)
+    if zero_last:
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), last)
+
+
+def _zero_linear(dim: int) -> nn.Linear:
+    layer = nn.Linear(dim, dim)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class FusedModel(nn.Module):
+    """AKF levels over frozen source components; ``forward(*inputs) -> {task: logit [B]}``.
+
+    ``inputs`` are the source models' inputs in the order of ``input_names``.
+    """
+
+    def __init__(self, tasks: dict[str, list[str]], sources: dict[str, SourceModel], dims: list[int],
+                 input_names: list[str], options: FusionOptions | None = None):
+        super().__init__()
+        options = options or FusionOptions()
+        if options.mode not in MODES:
+            raise FusekitError(f"unknown fusion mode {options.mode!r}; use one of {', '.join(MODES)}")
+        if len(tasks) < 2:
+            raise FusekitError("fusing needs at least two tasks; name two or more with --tasks")
+        if options.finetune not in FINETUNE:
+            raise FusekitError(f"unknown --finetune {options.finetune!r}; use one of {', '.join(FINETUNE)}")
+        if options.fuse_at not in FUSE_AT:
+            raise FusekitError(f"unknown --fuse-at {options.fuse_at!r}; use one of {', '.join(FUSE_AT)}")
+        if options.fuse_at == "last" and options.mode == "paper":
+            raise FusekitError("the paper's network fuses at every level; use --fuse-at all with --mode paper")
+        if options.finetune != "none" and not options.pretrained:
+            raise FusekitError("--finetune trains the source models' own weights; it cannot go with --from-scratch")
+        if options.finetune == "heads" and options.mode != "residual":
+            raise FusekitError("--finetune heads needs --mode residual (the paper's network does not use the heads)")
+        self.options = options
+        self.task_names = list(tasks)
+        self.task_models = {t: list(ms) for t, ms in tasks.items()}
+        self.input_names = list(input_names)
+        self.dims = list(dims)
+        self.n_levels = len(dims)
+        ordered = [m for ms in tasks.values() for m in ms]
+        self.model_names = ordered
+        # Module keys by position: model and task names may hold characters torch forbids in keys (".").
+        self.mkey = {m: f"m{i}" for i, m in enumerate(ordered)}
+        self.tkey = {t: f"t{i}" for i, t in enumerate(self.task_names)}
+        self.level1_inputs = {m: list(sources[m].level1_inputs) for m in ordered}
+        for m in ordered:
+            if len(sources[m].components) != self.n_levels:
+                raise FusekitError(f"model {m} has {len(sources[m].components)} components but the manifest has "
+                                   f"{self.n_levels} levels; decompose the models again")
+            if options.mode == "residual" and sources[m].head is None:
+                raise FusekitError(f"residual mode needs the head of model {m}; decompose again or use --mode paper")
+        # Components live in a ModuleDict per model so checkpoints name them stably.
+        self.components = nn.ModuleDict({self.mkey[m]: nn.ModuleList(sources[m].components) for m in ordered})
+        if options.mode == "residual":
+            self.heads = nn.ModuleDict({self.mkey[m]: sources[m].head for m in ordered})
+        counts = [len(tasks[t]) for t in self.task_names]
+        self.fused_levels = options.fused_levels(self.n_levels)
+        # levels[j] and projections[j] belong to level fused_levels[j].
+        self.levels = nn.ModuleList(
+            AKFLevel(dims[i], counts, use_mtm=options.use_mtm, top_k=options.top_k, activation=options.activation)
+            for i in self.fused_levels)
+        if options.mode == "paper":
+            self.towers = nn.ModuleDict({self.tkey[t]: _tower(dims[-1], options.tower_hidden, False)
+                                         for t in self.task_names})
+        else:
+            self.projections = nn.ModuleList(
+                nn.ModuleDict({self.mkey[m]: _zero_linear(dims[i]) for m in ordered}) for i in self.fused_levels)
+            # Zero logits -> uniform softmax weights over the task's heads.
+            self.head_weights = nn.ParameterDict({self.tkey[t]: nn.Parameter(torch.zeros(len(tasks[t])))
+                                                  for t in self.task_names})
+            if options.tower:
+                self.towers = nn.ModuleDict({self.tkey[t]: _tower(dims[-1], options.tower_hidden, True)
+                                             for t in self.task_names})
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _level1(self, model: str, named: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.components[self.mkey[model]][0](*[named[n] for n in self.level1_inputs[model]])
+
+    @staticmethod
+    def _flat_prob(p: torch.Tensor) -> torch.Tensor:
+        return p.reshape(p.shape[0])
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per task, each ``[B]``."""
+        return self.forward_with_stats(*inputs)[0]
+
+    def forward_with_stats(self, *inputs: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        """Logits per task and, per level, the gate values of this batch."""
+        if len(inputs) != len(self.input_names):
+            raise FusekitError(f"the fused model takes {len(self.input_names)} inputs ({', '.join(self.input_names)})")
+        named = dict(zip(self.input_names, inputs))
+        if self.options.mode == "paper":
+            return self._forward_paper(named)
+        return self._forward_residual(named)
+
+    def _forward_paper(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        stats = []
+        z: list[torch.Tensor] | None = None
+        for level in range(self.n_levels):
+            outputs = []
+            for t, task in enumerate(self.task_names):
+                if level == 0:
+                    outputs.append([self._level1(m, named) for m in self.task_models[task]])
+                else:
+                    outputs.append([self.components[self.mkey[m]][level](z[t]) for m in self.task_models[task]])
+            z, level_stats = self.levels[level](outputs)
+            stats.append(level_stats)
+        logits = {task: self.towers[self.tkey[task]](z[t]).squeeze(-1) for t, task in enumerate(self.task_names)}
+        return logits, stats
+
+    def _forward_residual(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        stats = []
+        paths: dict[str, torch.Tensor] = {}
+        z: list[torch.Tensor] = []
+        for level in range(self.n_levels):
+            for m in self.model_names:
+                paths[m] = self._level1(m, named) if level == 0 else self.components[self.mkey[m]][level](paths[m])
+            if level not in self.fused_levels:
+                continue
+            j = self.fused_levels.index(level)
+            outputs = [[paths[m] for m in self.task_models[task]] for task in self.task_names]
+            z, level_stats = self.levels[j](outputs)
+            stats.append(level_stats)
+            for t, task in enumerate(self.task_names):
+                for m in self.task_models[task]:
+                    paths[m] = paths[m] + self.projections[j][self.mkey[m]](z[t])
+        logits = {}
+        for t, task in enumerate(self.task_names):
+            # Probabilities are mixed in float32: under AMP, log(p) of a half-precision p loses the tails.
+            probs = [self._flat_prob(self.heads[self.mkey[m]](paths[m])).float() for m in self.task_models[task]]
+            weights = torch.softmax(self.head_weights[self.tkey[task]].float(), dim=0)
+            # A sum of scaled vectors, not a stack and a product: fewer ops for one row in onnxruntime.
+            p = sum(w * prob for w, prob in zip(weights, probs)).clamp(_EPS, 1.0 - _EPS)
+            logit = torch.log(p / (1.0 - p))
+            if self.options.tower:
+                logit = logit + self.towers[self.tkey[task]](z[t]).squeeze(-1).float()
+            logits[task] = logit
+        return logits, stats
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters (the components' own only when trained from scratch or fine-tuned)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_count(self) -> int:
+        """Weights the model holds: the source components' and heads' (frozen or not) plus the
+        fusion network's. Constant helper matrices of the AKF code are not weights and not counted."""
+        seen: set[int] = set()
+        total = 0
+        owned = [self.components] + ([self.heads] if hasattr(self, "heads") else [])
+        tensors = list(self.parameters()) + [b for part in owned for b in part.buffers() if b.is_floating_point()]
+        for tensor in tensors:
+            if tensor.data_ptr() not in seen:  # a fine-tuned weight is both a parameter and a component constant
+                seen.add(tensor.data_ptr())
+                total += tensor.numel()
+        return total
+
+    def optimizer_groups(self) -> list[dict]:
+        """Trainable parameters by learning-rate scale: fine-tuned source weights move slower."""
+        if not self.options.pretrained or self.options.finetune == "none":
+            return [{"params": self.fusion_parameters(), "lr_scale": 1.0}]
+        owned = list(self.components.parameters()) + (list(self.heads.parameters()) if hasattr(self, "heads") else [])
+        source_ids = {id(p) for p in owned}
+        fusion = [p for p in self.fusion_parameters() if id(p) not in source_ids]
+        source = [p for p in owned if p.requires_grad]
+        return [{"params": fusion, "lr_scale": 1.0}, {"params": source, "lr_scale": self.options.finetune_lr}]
+
+
+class ProbabilityOutputs(nn.Module):
+    """Wraps a FusedModel for deployment: one probability ``[B]`` per task, in task order."""
+
+    def __init__(self, model: FusedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.model(*inputs)
+        return tuple(torch.sigmoid(logits[t]) for t in self.model.task_names)
+
+
+# -- components trained from scratch (Table II ablation) -------------------------------------------
+_PARAMETRIC = {"Gemm": (1, 2), "MatMul": (0, 1), "Conv": (1, 2), "ConvTranspose": (1, 2), "Gather": (0,)}
+
+
+def _parametric_initializers(onnx_path: str) -> list:
+    """Float initializers feeding Gemm/MatMul/Conv/Gather: the weights a layer learns."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(onnx_path)
+    inits = {i.name: i for i in model.graph.initializer}
+    found = {}
+    produced_by = {out: node.op_type for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        positions = _PARAMETRIC.get(node.op_type, ())
+        if node.op_type == "Add":  # the bias of a MatMul/Conv exported as a separate Add
+            positions = tuple(p for p in (0, 1) if produced_by.get(node.input[1 - p]) in ("MatMul", "Conv"))
+        for pos in positions:
+            if pos < len(node.input) and node.input[pos] in inits:
+                array = numpy_helper.to_array(inits[node.input[pos]])
+                if array.dtype.kind == "f":
+                    found[node.input[pos]] = (node.op_type, array)
+    return list(found.values())
+
+
+class TrainableComponent(nn.Module):
+    """A frozen component whose layer weights are replaced by trainable parameters.
+
+    The component reads its constants from its own buffer dict; the parameters are put there
+    (and put back after every ``.to()``/``.cuda()``, which would otherwise copy them apart).
+    """
+
+    def __init__(self, component: nn.Module, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.component = component
+        self.names = list(weights)
+        self.weights = nn.ParameterList(nn.Parameter(w) for w in weights.values())
+        self._sync()
+
+    def _sync(self) -> None:
+        for name, weight in zip(self.names, self.weights):
+            self.component._buffers[name] = weight
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._sync()
+        return out
+
+    def forward(self, *inputs: torch.Tensor):
+        return self.component(*inputs)
+
+    def frozen(self) -> nn.Module:
+        """The component with the current weights as plain buffers again (for export)."""
+        out = copy.deepcopy(self.component)
+        for name, weight in zip(self.names, self.weights):
+            out._buffers[name] = weight.detach().clone()
+        return out
+
+
+def deployable_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every TrainableComponent frozen back into a plain component.
+
+    The ONNX exporter cannot trace a parameter that sits in another module's buffer dict.
+    """
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, TrainableComponent):
+                # setattr works for ModuleList/ModuleDict children too: both keep them in _modules by name.
+                setattr(module, child_name, child.frozen())
+    return model
+
+
+def _layer_weight_buffers(component: nn.Module, onnx_path: str) -> dict[str, str]:
+    """Names of ``component``'s buffers that hold a layer weight of ``onnx_path``, with the op using it.
+
+    Weight buffers are recognised by value against the ONNX file's Gemm/MatMul/Conv/Gather
+    initializers (possibly transposed), so this works whatever the buffers are called.
+    """
+    import numpy as np
+
+    weights = _parametric_initializers(onnx_path)
+    found: dict[str, str] = {}
+    for name, buf in component._buffers.items():
+        if buf is None or not buf.is_floating_point() or buf.numel() < 1:
+            continue
+        arr = buf.detach().cpu().numpy()
+        for op, w in weights:
+            if (w.shape == arr.shape and np.array_equal(w, arr)) or (
+                    w.ndim == 2 and w.T.shape == arr.shape and np.array_equal(w.T, arr)):
+                found[name] = op
+                break
+    return found
+
+
+def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Module:
+    """A copy of a frozen component whose layer weights are fresh, trainable parameters.
+
+    Other buffers (normalisation statistics, shapes) stay frozen. Biases restart at zero,
+    weight matrices Xavier-uniform, embedding tables N(0, 1e-4).
+    """
+    clone = copy.deepcopy(component)
+    generator = torch.Generator().manual_seed(seed)
+    fresh_weights: dict[str, torch.Tensor] = {}
+    for name, op in _layer_weight_buffers(clone, onnx_path).items():
+        buf = clone._buffers[name]
+        fresh = torch.empty(buf.shape, dtype=buf.dtype)
+        if op == "Gather":
+            fresh.normal_(0.0, 1e-4, generator=generator)  # small embeddings train better (DESIGN.md)
+        elif buf.dim() >= 2:
+            fan = (buf.shape[0] + buf.shape[1]) * (buf[0][0].numel() if buf.dim() > 2 else 1)
+            bound = (6.0 / fan) ** 0.5
+            fresh.uniform_(-bound, bound, generator=generator)
+        else:
+            fresh.zero_()
+        fresh_weights[name] = fresh.to(buf.device)
+    if not fresh_weights:
+        raise FusekitError(f"cannot train {onnx_path} from scratch: no Gemm/MatMul/Conv/Gather weight found in it; "
+                           "drop --from-scratch")
+    return TrainableComponent(clone, fresh_weights)
+
+
+def trainable_copy(component: nn.Module, onnx_path: str) -> nn.Module:
+    """A copy of a frozen component whose trained layer weights become trainable (fine-tuning)."""
+    clone = copy.deepcopy(component)
+    names = _layer_weight_buffers(clone, onnx_path)
+    if not names:
+        raise FusekitError(f"cannot fine-tune {onnx_path}: no Gemm/MatMul/Conv/Gather weight found in it; "
+                           "choose another --finetune")
+    return TrainableComponent(clone, {n: clone._buffers[n].detach().clone() for n in names})

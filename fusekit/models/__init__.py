@@ -1,0 +1,1 @@
+"""Models fusekit trains itself: single-task models and the multi-task baselines."""

@@ -1,0 +1,236 @@
+"""Single-task models: embeddings + MLP + logit, trained by fusekit.train and exported to ONNX.
+
+The exported model has inputs ``categorical`` int64 [batch, C] and ``dense`` float32 [batch, D]
+and one output named after the task, the probability float32 [batch]; its metadata_props carry
+``fusekit.feature_spec``, ``fusekit.task`` and ``fusekit.version``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusekit.data import FeatureSpec, Split, TabularDataset, load_dataset
+from fusekit.errors import FusekitError
+from fusekit.seeding import seed_everything
+from fusekit.models.tabular_input import TabularInput
+from fusekit.train import TrainConfig, TrainResult, evaluate, fit, predict
+
+
+
+@dataclass
+class Architecture:
+    """Shape of a single-task model."""
+
+    hidden: list[int] = field(default_factory=lambda: [64, 32, 16])
+    emb_dim: int = 4
+    batch_norm: bool = False
+    residual: bool = False
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        """FusekitError on impossible settings."""
+        if not self.hidden or any(int(w) < 1 for w in self.hidden):
+            raise FusekitError(f"--hidden needs positive widths, got {self.hidden}")
+        if self.emb_dim < 1:
+            raise FusekitError(f"--emb-dim must be at least 1, got {self.emb_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise FusekitError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+
+class Block(nn.Module):
+    """Linear -> [BatchNorm] -> ReLU -> [Dropout]; with ``residual`` and equal widths, x + block(x)."""
+
+    def __init__(self, d_in: int, d_out: int, batch_norm: bool, dropout: float, residual: bool):
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+        self.norm = nn.BatchNorm1d(d_out) if batch_norm else nn.Identity()
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.residual = residual and d_in == d_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.drop(self.act(self.norm(self.linear(x))))
+        return x + y if self.residual else y
+
+
+class SingleTaskModel(nn.Module):
+    """TabularInput, an MLP of the given widths, and one logit: ``forward(cat, dense) -> {task: [B]}``."""
+
+    def __init__(self, cardinalities: list[int], n_dense: int, task: str, arch: Architecture):
+        super().__init__()
+        arch.validate()
+        self.task = task
+        self.arch = arch
+        self.input = TabularInput(cardinalities, n_dense, emb_dim=arch.emb_dim)
+        widths = [self.input.out_features] + [int(w) for w in arch.hidden]
+        self.blocks = nn.Sequential(*[
+            Block(widths[i], widths[i + 1], arch.batch_norm, arch.dropout, arch.residual) for i in range(len(arch.hidden))
+        ])
+        self.out = nn.Linear(widths[-1], 1)
+
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.task: self.out(self.blocks(self.input(cat, dense))).squeeze(-1)}
+
+
+class _Probability(nn.Module):
+    """The export view: named inputs, the sigmoid probability [batch] as the only output."""
+
+    def __init__(self, model: SingleTaskModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, categorical: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(categorical, dense)[self.model.task])
+
+
+def build_model(spec: FeatureSpec, task: str, arch: Architecture, seed: int = 0) -> SingleTaskModel:
+    """A freshly initialised model for ``spec``'s inputs (seeded)."""
+    seed_everything(seed)
+    return SingleTaskModel(spec.cardinalities, len(spec.dense), task, arch)
+
+
+def export_onnx(model: SingleTaskModel, spec: FeatureSpec, path: Path, sample: Split | None = None,
+                extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` through fusekit's one export path, with its feature specification and task in
+    the metadata; parity with onnxruntime is checked on ``sample``'s first rows."""
+    from fusekit.onnxio.export import export_onnx as write_onnx
+
+    model = model.eval().cpu()
+    if sample is None or len(sample) < 2:
+        sample = Split(np.zeros((4, len(spec.categorical)), np.int64), np.zeros((4, len(spec.dense)), np.float32))
+    rows = sample.head(64)
+    example = (torch.as_tensor(rows.cat, dtype=torch.int64), torch.as_tensor(rows.dense, dtype=torch.float32))
+    meta = {"fusekit.feature_spec": spec.to_json(), "fusekit.task": model.task, **(extra_metadata or {})}
+    doc = (f"fusekit single-task model for task {model.task!r}: inputs categorical int64 [batch, "
+           f"{len(spec.categorical)}] and dense float32 [batch, {len(spec.dense)}] encoded by the feature "
+           f"specification in metadata 'fusekit.feature_spec'; output {model.task!r}, the probability [batch].")
+    return write_onnx(_Probability(model).eval(), Path(path), example, ["categorical", "dense"], [model.task],
+                      meta, doc, serving=False)
+
+
+@dataclass
+class SingleResult:
+    """What train_single did."""
+
+    task: str
+    path: str | None
+    test_auc: float
+    val_auc: float
+    best_epoch: int
+    epochs: int
+    train_rows: int
+    seconds: float
+    rows_per_second: float
+    fingerprint: str
+    n_parameters: int
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, config: TrainConfig,
+                     train_rows: int | None = None) -> tuple[SingleTaskModel, TrainResult, float, int]:
+    """Train one model on ``dataset``'s source rows; returns (model, fit result, test AUC, rows used).
+
+    ``train_rows`` takes a seeded random subset of the source rows (for quick runs).
+    """
+    if task not in dataset.tasks:
+        raise FusekitError(f"task {task!r} is not in the dataset (tasks: {', '.join(dataset.tasks)})")
+    train = dataset.source_rows()
+    if train_rows is not None and train_rows < len(train):
+        if train_rows < 2:
+            raise FusekitError(f"--train-rows must be at least 2, got {train_rows}")
+        pick = np.sort(np.random.default_rng([config.seed, 7]).choice(len(train), train_rows, replace=False))
+        train = train.subset(pick)
+    for name, split in (("training", train), ("validation", dataset.val), ("test", dataset.test)):
+        labels = split.labels[task]
+        if len(labels) == 0 or labels.min() == labels.max():
+            raise FusekitError(f"the {name} rows of task {task!r} hold a single class; a binary task needs both")
+    model = build_model(dataset.spec, task, arch, config.seed)
+    result = fit(model, train, dataset.val, [task], config)
+    test_auc = evaluate(model, dataset.test, [task], "cpu" if result.device == "cpu" else None)[task]
+    return model, result, test_auc, len(train)
+
+
+def train_single(
+    data: str | Path,
+    task: str,
+    out: Path | None,
+    *,
+    label: str | None = None,
+    pool_tasks: list[str] | None = None,
+    arch: Architecture | None = None,
+    holdout: float = 0.0,
+    holdout_seed: int = 0,
+    seed: int = 0,
+    split_seed: int = 0,
+    config: TrainConfig | None = None,
+    data_dir: Path | None = None,
+    train_rows: int | None = None,
+    dataset: TabularDataset | None = None,
+) -> SingleResult:
+    """Load ``data`` (``census-income`` or a CSV/Parquet path), train a model for ``task``, report
+    test AUC and export it to ``out`` (skipped when ``out`` is None).
+
+    Census: ``pool_tasks`` are the tasks of the whole model pool (their source columns are removed
+    from every model's inputs so that the pool shares inputs); default: just ``task``.
+    ``holdout``: fraction of the training split kept out (recorded in the spec with ``holdout_seed``,
+    which is independent of the training ``seed`` so that a whole pool shares one holdout); likewise
+    ``split_seed`` fixes the validation/test split so that the pool's test AUCs are comparable.
+    """
+    arch = arch or Architecture()
+    arch.validate()
+    config = config or TrainConfig(seed=seed)
+    if dataset is None:
+        pool = list(pool_tasks or [task])
+        if task not in pool:
+            pool = [task] + pool
+        others = [t for t in pool if t != task]
+        if str(data) == "census-income":
+            dataset = load_dataset("census-income", [task], exclude_tasks=others, data_dir=data_dir,
+                                   seed=split_seed, holdout=holdout, holdout_seed=holdout_seed)
+        else:
+            if others:
+                raise FusekitError("--pool-tasks applies to census-income; for files, drop columns with --exclude")
+            dataset = load_dataset(data, [task], labels={task: label or task}, seed=split_seed,
+                                   holdout=holdout, holdout_seed=holdout_seed)
+    began = time.perf_counter()
+    model, result, test_auc, n_rows = train_on_dataset(dataset, task, arch, config, train_rows)
+    train_seconds = sum(r.seconds for r in result.history)
+    written = None
+    if out is not None:
+        written = str(export_onnx(model, dataset.spec, Path(out), dataset.test))
+    epochs = len(result.history)
+    return SingleResult(
+        task=task,
+        path=written,
+        test_auc=float(test_auc),
+        val_auc=float(result.best_val_auc.get(task, float("nan"))),
+        best_epoch=result.best_epoch,
+        epochs=epochs,
+        train_rows=n_rows,
+        seconds=time.perf_counter() - began,
+        rows_per_second=n_rows * epochs / train_seconds if train_seconds > 0 else float("nan"),
+        fingerprint=dataset.spec.fingerprint(),
+        n_parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def onnx_probabilities(path: Path, split: Split) -> np.ndarray:
+    """Run an exported single-task model with onnxruntime on ``split``; probabilities [N]."""
+    from fusekit.onnxio.sessions import run, session
+
+    sess, _ = session(path, "cpu")
+    return next(iter(run(sess, split).values()))
+
+
+__all__ = [
+    "Architecture", "SingleTaskModel", "SingleResult", "build_model", "export_onnx", "train_on_dataset",
+    "train_single", "onnx_probabilities", "predict",
+]

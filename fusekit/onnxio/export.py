@@ -1,0 +1,172 @@
+"""The one export path for every ONNX file fusekit writes (single-task models and fused models).
+
+torch module -> dynamo export with a dynamic ``batch`` dimension -> serving passes -> the
+exporter's per-node metadata (stack traces with the build machine's paths) and doc strings
+removed -> fusekit's metadata and a model doc string that says what the file is -> onnx.checker ->
+parity with torch in onnxruntime -> atomic write. Nothing is written unless every step passed.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from fusekit import __version__
+from fusekit.errors import FusekitError
+from fusekit.io import atomic_file
+
+OPSET = 18
+PARITY_TOLERANCE = 1e-5
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the dynamo exporter's progress lines and its warnings about absent torchvision ops."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class _Positional(nn.Module):
+    """Calls the wrapped module with positional inputs and returns a tuple of outputs.
+
+    Every export goes through this one signature, so the dynamic batch is declared one way.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.module(*inputs)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def strip_exporter_metadata(proto: onnx.ModelProto) -> None:
+    """Drop per-node metadata and doc strings: the exporter's stack traces carry absolute source
+    paths and line numbers, leak the build machine and change whenever fusekit's code moves."""
+    graphs = [proto.graph] + [attr.g for node in proto.graph.node for attr in node.attribute
+                              if attr.type == onnx.AttributeProto.GRAPH]
+    for graph in graphs:
+        graph.doc_string = ""
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    for function in proto.functions:
+        function.doc_string = ""
+        for node in function.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+
+
+def name_batch_dim(proto: onnx.ModelProto) -> None:
+    """Call the dynamic first dimension of inputs and outputs ``batch`` (the exporter may say s0)."""
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str], doc: str) -> None:
+    """Replace the file's metadata_props with ``metadata`` (plus ``fusekit.version``) and say what it is."""
+    props = {"fusekit.version": __version__, **metadata}
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=str(value))
+    proto.producer_name = "fusekit"
+    proto.producer_version = __version__
+    proto.doc_string = doc
+
+
+def torch_outputs(module: nn.Module, arrays: Sequence[np.ndarray], batch_size: int = 8192) -> list[np.ndarray]:
+    """The module's outputs on ``arrays`` (positional inputs), batched, on CPU, without gradients."""
+    wrapper = _Positional(module).eval()
+    tensors = [torch.as_tensor(a) for a in arrays]
+    n = len(tensors[0]) if tensors else 0
+    chunks: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for start in range(0, max(n, 1), batch_size):
+            outs = wrapper(*[t[start:start + batch_size] for t in tensors])
+            if not chunks:
+                chunks = [[] for _ in outs]
+            for k, out in enumerate(outs):
+                chunks[k].append(out.detach().float().numpy())
+    return [np.concatenate(c) for c in chunks]
+
+
+def max_abs_diff(expected: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
+    """Largest absolute difference over matching outputs; inf when shapes differ."""
+    worst = 0.0
+    for e, g in zip(expected, got):
+        if e.shape != g.shape:
+            return float("inf")
+        if e.size:
+            worst = max(worst, float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64)))))
+    return worst
+
+
+def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], input_names: Sequence[str],
+                output_names: Sequence[str], metadata: Mapping[str, str], doc: str, *, serving: bool = True,
+                parity_rows: int = 64, tol: float = PARITY_TOLERANCE) -> Path:
+    """Export ``module`` (called as ``module(*inputs)``) to ``path`` the one way fusekit writes ONNX.
+
+    ``example`` holds one tensor per input, batch first; its first ``parity_rows`` rows are
+    checked against onnxruntime before the file is written. ``serving`` runs the graph passes of
+    :mod:`fusekit.onnxio.serving` (every output stays bit-identical).
+    """
+    from fusekit.onnxio.serving import optimize_for_serving
+    from fusekit.onnxio.sessions import run, session_from_bytes
+
+    module = module.cpu().eval()
+    wrapper = _Positional(module).eval()
+    rows = [t[:parity_rows].cpu() for t in example]
+    if rows and rows[0].shape[0] < 2:  # the exporter specialises a batch of one
+        rows = [torch.cat([t, t]) for t in rows]
+    batch = torch.export.Dim("batch")
+    dynamic = {"inputs": tuple({0: batch} for _ in rows)}
+    try:
+        with quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(wrapper, tuple(rows), dynamo=True, opset_version=OPSET,
+                                        input_names=list(input_names), output_names=list(output_names),
+                                        dynamic_shapes=dynamic, verbose=False, optimize=True)
+    except Exception as exc:  # the exporter's errors are long; keep the first line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FusekitError(f"ONNX export failed ({type(exc).__name__}: {first[:200]}); "
+                           "this architecture cannot be exported, try a simpler one") from exc
+    proto = program.model_proto
+    if serving:
+        optimize_for_serving(proto)
+    name_batch_dim(proto)
+    strip_exporter_metadata(proto)
+    set_metadata(proto, metadata, doc)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - checker raises ValidationError and C++ errors
+        raise FusekitError(f"the exported model fails onnx.checker ({str(exc).splitlines()[0]}); "
+                           "this is a fusekit bug, please report it") from exc
+    data = proto.SerializeToString()
+    arrays = [t.numpy() for t in rows]
+    expected = torch_outputs(module, arrays)
+    sess, _ = session_from_bytes(data)
+    got = run(sess, dict(zip(input_names, arrays)))
+    diff = max_abs_diff(expected, [got[n] for n in output_names])
+    if not diff <= tol:
+        raise FusekitError(f"the exported model disagrees with torch (max diff {diff:.2e} > {tol:.0e}); "
+                           "not written: this is a fusekit bug, please report it")
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return path
