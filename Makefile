@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so that pip does not pull a multi-GB CUDA build; override on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test bench-speed bench-paper bench-variants clean
+# A user's install: wheel -> fresh venv -> `fusekit demo` from another folder.
+wheel-check: $(STAMP)
+	bash .ci/wheel_demo.sh
+
+.PHONY: venv demo test wheel-check bench-speed bench-paper bench-variants clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
