@@ -7,10 +7,6 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so that pip does not pull a multi-GB CUDA build; override on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
 
-# A user's install: wheel -> fresh venv -> `fusekit demo` from another folder.
-wheel-check: $(STAMP)
-	bash .ci/wheel_demo.sh
-
 .PHONY: venv demo test wheel-check bench-speed bench-paper bench-variants clean
 
 $(STAMP): setup.cfg pyproject.toml
@@ -27,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# A user's install: wheel -> fresh venv -> `fusekit demo` from another folder.
+wheel-check: $(STAMP)
+	bash .ci/wheel_demo.sh
 
 # Speed figures of the README (each script prints ratios measured in one run).
 bench-speed: $(STAMP)
