@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import matplotlib.image as mpimg
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from fusekit.errors import FusekitError
 
 TASKS2 = ["income", "never_married"]
 TASKS3 = ["income", "never_married", "education"]
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "census"
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +95,63 @@ def test_quick_bench_ablation_has_the_papers_four_variants(quick_bench):
     assert ablation[-1].auc == result.sets[0].row("emm-paper").auc
     # Variants without trained components train their whole structure.
     assert ablation[0].trainable > ablation[2].trainable
+
+
+
+def _chart_panels(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_yticklabels()]
+
+
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt  # after the chart code has chosen the Agg backend
+
+    plt.close(fig)
+
+
+def test_the_quick_runs_chart_says_it_is_quick(quick_bench):
+    from fusekit.bench.chart import _chart_figure
+
+    result, _ = quick_bench
+    fig = _chart_figure(result)
+    try:
+        assert fig.get_suptitle().startswith("QUICK RUN (--quick: 2 epochs, 10,000 training rows, seed 0)")
+        assert len(_chart_panels(fig)) == len(TASKS2) + len(TASKS3)
+    finally:
+        _close(fig)
+
+
+def test_the_committed_benchmark_chart_draws_points_against_the_sources_average(tmp_path):
+    """On the committed census results: points with seed spread (no bars), a zoomed axis that says
+    so, the sources' average as a vertical reference line in every panel, no quick note."""
+    from matplotlib.container import BarContainer
+
+    from fusekit.bench.chart import _chart_figure, write_chart
+    from fusekit.bench.merge import load_result
+
+    result = load_result(COMMITTED)
+    fig = _chart_figure(result)
+    try:
+        panels = _chart_panels(fig)
+        expected = [(s, t) for s in result.sets for t in s.tasks]
+        assert len(panels) == len(expected) == 5
+        for ax, (task_set, task) in zip(panels, expected):
+            rows = [r for r in task_set.rows if r.mean(task) is not None]
+            assert [t.get_text() for t in ax.get_yticklabels()] == [r.method for r in rows]
+            assert not any(isinstance(c, BarContainer) for c in ax.containers)
+            reference = task_set.row("average").mean(task)
+            assert any(list(line.get_xdata()) == [reference, reference] for line in ax.get_lines())
+            assert "does not start at 0" in ax.get_xlabel()
+            low, high = ax.get_xlim()
+            assert low <= min(r.mean(task) - r.std(task) for r in rows)
+            assert high >= max(r.mean(task) + r.std(task) for r in rows)
+            assert [child.get_xlabel() for child in ax.child_axes] == ["difference to sources' average"]
+        assert "QUICK" not in fig.get_suptitle()
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert "reference: sources' average" in labels and "each seed" in labels
+    finally:
+        _close(fig)
+    image = mpimg.imread(write_chart(result, tmp_path / "auc.png"))
+    assert image.shape[0] > 800 and image.shape[1] > 1000
 
 
 def test_same_seed_gives_identical_numbers_through_the_api_and_the_cli(tmp_path, capsys):
