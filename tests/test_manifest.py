@@ -14,9 +14,11 @@ import pytest
 import torch
 from onnx import helper
 
+from fusekit.bench.sources import find_sources
 from fusekit.decompose.manifest import (MANIFEST, Manifest, check_task_mapping, relative_source_path,
                                         task_groups)
 from fusekit.decompose.pipeline import decompose
+from fusekit.deploy.evaluate import model_info, tasks_of
 from fusekit.errors import FusekitError
 from tests import onnx_fixtures as F
 
@@ -174,6 +176,16 @@ def test_task_groups_keep_the_models_order_from_the_manifest_and_from_files(mode
     assert groups == expected and list(groups) == ["beta", "alpha"]
     assert task_groups(list(models.values())) == expected
     assert list(task_groups([models["a_two"], models["b_one"]])) == ["alpha", "beta"]
+    assert tasks_of(model_info(models["a_two"])) == ["alpha"]
+
+
+def test_the_bench_finds_its_sources_by_the_same_rule(models):
+    folder = models["a_two"].parent
+    found = find_sources(folder, ["beta", "alpha"])
+    assert [(s.name, s.task) for s in found] == [("b_one", "beta"), ("b_three", "beta"), ("a_two", "alpha")]
+    with pytest.raises(FusekitError) as exc:
+        find_sources(folder, ["alpha", "gamma"])
+    assert "no single-task model for task(s) gamma" in _one_line_error(exc)
 
 
 def test_a_model_without_a_task_is_named(models, tmp_path):
