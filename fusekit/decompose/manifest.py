@@ -394,8 +394,3 @@ class Manifest:
         """The one feature specification of ``models`` (default all); see :func:`shared_feature_spec`."""
         chosen = list(models) if models is not None else self.names
         return shared_feature_spec([(m, self.model(m).spec_json) for m in chosen])
-
-
-def load_manifest(parts_dir: Path, check_files: bool = True) -> Manifest:
-    """:meth:`Manifest.load` (kept until fuse reads the typed manifest)."""
-    return Manifest.load(parts_dir, check_files)
