@@ -30,9 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusekit.data import load_dataset  # noqa: E402
+from fusekit.decompose.manifest import Manifest  # noqa: E402
 from fusekit.decompose.pipeline import decompose  # noqa: E402
 from fusekit.fusion.export import export_fused  # noqa: E402
-from fusekit.fusion.fuse import build_model, model_spec, read_parts  # noqa: E402
+from fusekit.fusion.fuse import build_model  # noqa: E402
 from fusekit.fusion.model import FusionOptions, ProbabilityOutputs  # noqa: E402
 from fusekit.onnxio.sessions import session  # noqa: E402
 from fusekit.sample_models import sample_pool  # noqa: E402
@@ -75,12 +76,12 @@ def main() -> int:
     sources = pool.paths
     levels = None if args.levels is None else (args.levels if args.levels == "all" else int(args.levels))
     decompose(sources, work / "parts", levels=levels)
-    manifest = read_parts(work / "parts")
-    tasks = pool.models
-    spec = model_spec(manifest, tasks)
+    manifest = Manifest.load(work / "parts")
+    tasks = manifest.task_groups()
+    spec = manifest.feature_spec()
     ds = load_dataset("census-income", list(tasks), spec=spec, data_dir=args.data_dir)
     fusion = FusionOptions(mode=args.mode, fuse_at=args.fuse_at)
-    model = build_model(work / "parts", manifest, tasks, fusion).eval()
+    model = build_model(manifest, tasks, fusion).eval()
     fused_path = args.fused or export_fused(model, work / "fused.onnx",
                                             (torch.as_tensor(ds.test.cat[:2]), torch.as_tensor(ds.test.dense[:2])))
     if args.fused:
@@ -109,7 +110,7 @@ def main() -> int:
                                     "onnxruntime_rows_per_s": batch / ort_s, "torch_rows_per_s": batch / torch_s}
 
     if not args.skip_epoch:
-        train_model = build_model(work / "parts", manifest, tasks, fusion)
+        train_model = build_model(manifest, tasks, fusion)
         history = fit(train_model, ds.train, ds.val.head(2048), list(tasks),
                       TrainConfig(max_epochs=1, progress=False, device="cpu")).history
         results["epoch"] = {"rows": len(ds.train), "seconds_with_small_val": history[0].seconds}

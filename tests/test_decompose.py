@@ -12,7 +12,7 @@ from onnx import helper
 from fusekit.decompose.pipeline import decompose
 from fusekit.errors import FusekitError
 from fusekit.io import sha256_file
-from fusekit.decompose.manifest import load_manifest
+from fusekit.decompose.manifest import Manifest
 from tests import onnx_fixtures as F
 
 CENSUS = {"income_a": (64, 32, 16), "income_b": (64, 64, 32, 16), "married_a": (64, 32, 16),
@@ -83,7 +83,7 @@ def test_four_census_models_give_three_levels(census, tmp_path, dyn):
     level2 = onnx.load(str(out / "income_b/level2.onnx"))
     assert [i.name for i in level2.graph.input] == ["x"]
     assert [d.dim_param or d.dim_value for d in level2.graph.input[0].type.tensor_type.shape.dim] == ["batch", 16]
-    loaded = load_manifest(out)
+    loaded = Manifest.load(out)
     assert loaded.levels == 3 and loaded.component_path("married_b", 2) == out / "married_b/level2.onnx"
     text = result.table()
     assert "income_a" in text and "3 common cuttable layers" in text and "worst max abs difference" in text
@@ -93,15 +93,15 @@ def test_four_census_models_give_three_levels(census, tmp_path, dyn):
 def test_load_manifest_detects_changes(census, tmp_path):
     out = tmp_path / "parts"
     decompose(census[False][:2], out, verify=False)
-    load_manifest(out)
+    Manifest.load(out)
     (out / "income_a/level2.onnx").write_bytes((out / "income_a/level2.onnx").read_bytes() + b"\0")
     with pytest.raises(FusekitError, match="changed since decompose"):
-        load_manifest(out)
+        Manifest.load(out)
     (out / "income_a/level2.onnx").unlink()
     with pytest.raises(FusekitError, match="missing"):
-        load_manifest(out)
+        Manifest.load(out)
     with pytest.raises(FusekitError, match="does not exist"):
-        load_manifest(tmp_path / "elsewhere")
+        Manifest.load(tmp_path / "elsewhere")
 
 
 def test_only_the_first_layer_shared(dense, tmp_path):

@@ -17,10 +17,11 @@ def exported(pool, tmp_path_factory):
     """A paper-mode model whose components are re-initialised and trained from scratch (the hardest
     case for the exporter: trainable weights living inside frozen components), after one update."""
     from fusekit.fusion.export import export_fused
-    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.decompose.manifest import Manifest
+    from fusekit.fusion.fuse import build_model
     from fusekit.fusion.model import FusionOptions
 
-    model = build_model(pool["parts"], read_parts(pool["parts"]), TASKS,
+    model = build_model(Manifest.load(pool["parts"]), TASKS,
                         FusionOptions(mode="paper", pretrained=False, seed=3))
     test = pool["ds"].test
     cat, dense = torch.as_tensor(test.cat[:64]), torch.as_tensor(test.dense[:64])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fusekit.decompose.manifest import Manifest
 from fusekit.errors import FusekitError
 from tests.fusion_pool import LABELS, TASKS, load_sample
 
@@ -29,12 +30,12 @@ def quick_options(**kw):
 
 # -- tests ----------------------------------------------------------------------------------------
 def test_residual_model_over_real_parts_starts_at_the_source_ensemble(pool):
-    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.fuse import build_model
     from fusekit.fusion.model import FusionOptions, ProbabilityOutputs
     from fusekit.onnxio.sessions import run, session
 
-    manifest = read_parts(pool["parts"])
-    model = build_model(pool["parts"], manifest, TASKS, FusionOptions(mode="residual")).eval()
+    manifest = Manifest.load(pool["parts"])
+    model = build_model(manifest, TASKS, FusionOptions(mode="residual")).eval()
     test = pool["ds"].test
     with torch.no_grad():
         fused = ProbabilityOutputs(model)(torch.as_tensor(test.cat), torch.as_tensor(test.dense))
@@ -81,12 +82,12 @@ def test_fuse_refuses_data_encoded_with_another_feature_specification(pool, tmp_
 
 
 def test_from_scratch_components_are_trainable_copies_with_fresh_weights(pool):
-    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.fuse import build_model
     from fusekit.fusion.model import FusionOptions
 
-    manifest = read_parts(pool["parts"])
-    pretrained = build_model(pool["parts"], manifest, TASKS, FusionOptions(mode="paper")).eval()
-    scratch = build_model(pool["parts"], manifest, TASKS, FusionOptions(mode="paper", pretrained=False)).eval()
+    manifest = Manifest.load(pool["parts"])
+    pretrained = build_model(manifest, TASKS, FusionOptions(mode="paper")).eval()
+    scratch = build_model(manifest, TASKS, FusionOptions(mode="paper", pretrained=False)).eval()
     names = {n for n, p in scratch.named_parameters() if n.startswith("components.")}
     assert names and not any(n.startswith("components.") for n, _ in pretrained.named_parameters())
     cat, dense = torch.as_tensor(pool["ds"].test.cat[:8]), torch.as_tensor(pool["ds"].test.dense[:8])
@@ -100,13 +101,13 @@ def test_from_scratch_components_are_trainable_copies_with_fresh_weights(pool):
 
 @pytest.mark.parametrize("finetune", ["heads", "last", "all"])
 def test_finetuning_trains_the_chosen_source_weights_slower_and_starts_at_the_ensemble(pool, finetune):
-    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.fuse import build_model
     from fusekit.fusion.model import FusionOptions, ProbabilityOutputs
     from fusekit.train import TrainConfig, fit
 
-    manifest = read_parts(pool["parts"])
-    frozen = build_model(pool["parts"], manifest, TASKS, FusionOptions()).eval()
-    model = build_model(pool["parts"], manifest, TASKS, FusionOptions(finetune=finetune, finetune_lr=0.5)).eval()
+    manifest = Manifest.load(pool["parts"])
+    frozen = build_model(manifest, TASKS, FusionOptions()).eval()
+    model = build_model(manifest, TASKS, FusionOptions(finetune=finetune, finetune_lr=0.5)).eval()
     trainable = {n.split(".")[0] + "." + n.split(".")[2] for n, p in model.named_parameters()
                  if p.requires_grad and n.startswith(("components.", "heads."))}
     last = str(len(model.dims) - 1)
@@ -135,16 +136,16 @@ def test_train_rows_all_trains_on_every_training_row(pool, tmp_path):
     rows = result.metrics["rows"]
     assert rows["train"] == len(pool["ds"].train) > len(pool["ds"].fusion_rows())
     assert rows["train_source"] == "training split"
-    with pytest.raises(FusekitError, match="train-rows"):
+    with pytest.raises(FusekitError, match="train.rows"):
         fuse(pool["parts"], TASKS, pool["csv"], tmp_path / "bad", quick_options(train_rows="some"))
 
 
 def test_parameter_count_is_the_sources_weights_plus_the_fusion_network(pool):
-    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.fuse import build_model
     from fusekit.fusion.model import FusionOptions
 
-    manifest = read_parts(pool["parts"])
-    models = {kw: build_model(pool["parts"], manifest, TASKS, FusionOptions(**dict([kw] if kw else [])))
+    manifest = Manifest.load(pool["parts"])
+    models = {kw: build_model(manifest, TASKS, FusionOptions(**dict([kw] if kw else [])))
               for kw in [(), ("fuse_at", "all"), ("finetune", "all")]}
     default = models[()]
     sources = sum(b.numel() for part in (default.components, default.heads) for b in part.buffers()
@@ -158,11 +159,11 @@ def test_parameter_count_is_the_sources_weights_plus_the_fusion_network(pool):
 
 
 def test_finetuning_heads_needs_the_residual_mode(pool):
-    from fusekit.fusion.fuse import build_model, read_parts
+    from fusekit.fusion.fuse import build_model
     from fusekit.fusion.model import FusionOptions
 
     with pytest.raises(FusekitError, match="residual"):
-        build_model(pool["parts"], read_parts(pool["parts"]), TASKS, FusionOptions(mode="paper", finetune="heads"))
+        build_model(Manifest.load(pool["parts"]), TASKS, FusionOptions(mode="paper", finetune="heads"))
 
 
 def test_a_loss_that_becomes_nan_stops_training_and_writes_no_output(pool, tmp_path):
@@ -173,3 +174,19 @@ def test_a_loss_that_becomes_nan_stops_training_and_writes_no_output(pool, tmp_p
         fuse(pool["parts"], TASKS, pool["csv"], out, quick_options(mode="paper", lr=1e12))
     assert not out.exists()
     assert (work_dir_for(out) / "run.json").exists()  # kept: --resume/--force say what to do next
+
+
+def test_prepare_groups_tasks_by_metadata_and_sources_score_like_their_onnx_files(pool):
+    from fusekit.fusion.fuse import prepare, score_sources
+    from fusekit.onnxio.sessions import run, session
+
+    plan = prepare(pool["parts"], None, pool["csv"], quick_options())
+    assert plan.tasks == TASKS and list(plan.tasks) == list(TASKS)
+    assert len(plan.train_rows) == len(pool["ds"].fusion_rows()) and plan.holdout
+    probs = score_sources(plan)
+    assert list(probs) == plan.model_names
+    for task, models in TASKS.items():
+        for m in models:
+            # Through the frozen components and head in torch, as in the fused model: the file's own numbers.
+            expected = run(session(pool["models"][m], "cpu")[0], plan.test)[task].reshape(-1)
+            assert probs[m].shape == expected.shape and np.abs(probs[m] - expected).max() <= 1e-5

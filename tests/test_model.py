@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fusekit.errors import FusekitError
-from fusekit.fusion.fuse import level_dims
+from fusekit.decompose.manifest import Boundary, Manifest
 from fusekit.fusion.model import FusedModel, FusionOptions, ProbabilityOutputs, SourceModel
 
 
@@ -158,8 +158,8 @@ def test_fewer_than_two_tasks_and_unknown_modes_are_refused():
 
 
 def test_feature_map_boundaries_are_refused_with_a_clear_error():
-    manifest = {"boundaries": [{"level": 1, "shape": ["batch", 8], "dtype": "float32"},
-                               {"level": 2, "shape": ["batch", 4, 16, 16], "dtype": "float32"}]}
+    boundaries = [Boundary(level=1, shape=["batch", 8], dtype="float32"),
+                  Boundary(level=2, shape=["batch", 4, 16, 16], dtype="float32")]
     with pytest.raises(FusekitError, match="vector outputs"):
-        level_dims(manifest)
-    assert level_dims({"boundaries": manifest["boundaries"][:1]}) == [8]
+        Manifest(inputs=[], boundaries=boundaries, models=[]).boundary_dims()
+    assert Manifest(inputs=[], boundaries=boundaries[:1], models=[]).boundary_dims() == [8]

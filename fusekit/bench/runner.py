@@ -35,6 +35,7 @@ from fusekit.io import atomic_dir, check_output_dir
 from fusekit.metrics import roc_auc
 from fusekit.bench.results import BenchResult, Row, TaskSetResult
 from fusekit.bench.sources import describe, find_sources, onnx_probabilities, shared_spec, spec_summary
+from fusekit.decompose.manifest import group_by_task
 
 DEFAULT_TASKS = ["income", "never_married"]
 THREE_TASKS = ["income", "never_married", "education"]
@@ -155,21 +156,25 @@ def _decompose(sources, parts_dir: Path) -> None:
     decompose([s.path for s in sources], parts_dir, names=[s.name for s in sources])
 
 
-def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, sources, ds, test, tasks: list[str],
-                  seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
-                  log: Callable[[str], None]) -> tuple[Row, dict]:
-    from fusekit.fusion.fuse import FuseOptions, fuse
+def _fuse_options(fusion_kw: dict, seed: int, budget: Budget, progress: bool, **kw):
+    """The FuseOptions of one EMM variant and seed under ``budget`` (both fusion paths use these)."""
+    from fusekit.fusion.fuse import FuseOptions
     from fusekit.fusion.model import FusionOptions
 
-    task_models = {t: [s.name for s in sources if s.task == t] for t in tasks}
+    return FuseOptions(fusion=FusionOptions(seed=seed, **fusion_kw), training=budget.train_config(seed, progress),
+                       max_rows=budget.train_rows, **kw)
+
+
+def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_models: dict[str, list[str]], ds,
+                  test, tasks: list[str], seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
+                  log: Callable[[str], None]) -> tuple[Row, dict]:
+    from fusekit.fusion.fuse import fuse
+
     row = Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw})
     gates: dict = {}
-    max_rows = budget.train_rows
     for seed in seeds:
         out = runs_dir / f"{key}-seed{seed}"
-        options = FuseOptions(fusion=FusionOptions(seed=seed, **fusion_kw), training=budget.train_config(seed, progress),
-                              force=True, max_rows=max_rows)
-        result = fuse(parts_dir, task_models, ds, out, options)
+        result = fuse(parts_dir, task_models, ds, out, _fuse_options(fusion_kw, seed, budget, progress, force=True))
         fused = Path(result.out_dir) / "fused.onnx"
         # Scored here on the bench's own test split, like every other row.
         test_auc = _auc(test, onnx_probabilities(fused, test, tasks), tasks)
@@ -192,31 +197,26 @@ def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, source
     return row, gates
 
 
-def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, sources, ds, test, tasks: list[str],
-                     seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
+def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_models: dict[str, list[str]], ds,
+                     test, tasks: list[str], seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
                      log: Callable[[str], None]) -> tuple[Row, dict]:
-    """Quick runs: the fused model of ``fuse`` (same builder, rows and training loop), scored in torch.
+    """Quick runs: ``fuse``'s own steps (prepare, build, train) without its ONNX export, scored in torch.
 
     ``fuse`` also exports and checks fused.onnx, which takes longer than a quick run's training;
     the full benchmark goes through ``fuse`` itself (``_fuse_variant``).
     """
-    from fusekit.fusion.fuse import build_model, check_tasks, read_parts
-    from fusekit.fusion.model import FusionOptions
+    from fusekit.decompose.manifest import Manifest
+    from fusekit.fusion.fuse import build, prepare, train
     from fusekit.fusion.report import gate_statistics
-    from fusekit.train import evaluate, fit
+    from fusekit.train import evaluate
 
-    task_models = {t: [s.name for s in sources if s.task == t] for t in tasks}
-    manifest = read_parts(parts_dir)
-    check_tasks(manifest, task_models)
+    parts = Manifest.load(parts_dir)
     row = Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw, "path": "in-process"})
     gates: dict = {}
-    holdout = bool(getattr(ds.spec, "holdout", None))
-    rows = ds.fusion_rows() if holdout else ds.train
-    val = ds.val.sample(budget.val_rows, 1)
     for seed in seeds:
-        model = build_model(parts_dir, manifest, task_models, FusionOptions(seed=seed, **fusion_kw))
-        result = fit(model, rows.sample(budget.train_rows, seed), val, tasks, budget.train_config(seed, progress))
-        model = model.cpu().eval()
+        plan = prepare(parts, task_models, ds, _fuse_options(fusion_kw, seed, budget, progress))
+        model = build(plan)
+        result = train(plan, model)
         test_auc = evaluate(model, test, tasks, "cpu")
         for t in tasks:
             row.auc[t].append(test_auc[t])
@@ -224,7 +224,7 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, sou
         row.epochs.append(result.best_epoch)
         row.trainable = sum(p.numel() for p in model.fusion_parameters())
         row.parameters = model.parameter_count()
-        row.extra["train_rows"] = "holdout rows the source models never saw" if holdout else "training split"
+        row.extra["train_rows"] = plan.train_source
         if seed == seeds[0]:
             gates = gate_statistics(model, test)
         log(f"  {key} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
@@ -252,6 +252,7 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], budget: Budge
     needs_sources = any(m in methods for m in SOURCE_ROWS + EMM_METHODS) or (ablation and "ablation" in methods)
     sources = find_sources(models_dir or default_models_dir(tasks), tasks) if needs_sources else []
     spec = shared_spec(sources) if sources else None
+    task_models = group_by_task(((s.name, s.task) for s in sources), tasks) if sources else {}
     log(f"[{'+'.join(tasks)}] loading {dataset}")
     ds = _load(dataset, tasks, spec)
     train = ds.train.sample(budget.train_rows, 0)
@@ -269,7 +270,7 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], budget: Budge
                 result.rows.append(Row(s.name, "single", {s.task: [roc_auc(test.labels[s.task], probs[s.name])]},
                                        parameters=s.parameters, trainable=0, label=f"{s.name} (single task)"))
         if "average" in methods:
-            avg = {t: np.mean([probs[s.name] for s in sources if s.task == t], axis=0) for t in tasks}
+            avg = {t: np.mean([probs[m] for m in task_models[t]], axis=0) for t in tasks}
             result.rows.append(Row("average", "ensemble", {t: [v] for t, v in _auc(test, avg, tasks).items()},
                                    parameters=sum(s.parameters for s in sources), trainable=0,
                                    label="average of source models (untrained)"))
@@ -289,8 +290,8 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], budget: Budge
         done: dict[tuple, Row] = {}
         for key, label, kw in variants:
             log(f"[{'+'.join(tasks)}] fusing: {label}")
-            row, gates = _guarded_fuse(key, label, kw, parts, sources, ds, test, tasks, seeds, budget, progress,
-                                       runs, log=log)
+            row, gates = _guarded_fuse(key, label, kw, parts, task_models, ds, test, tasks, seeds, budget,
+                                       progress, runs, log=log)
             result.rows.append(row)
             result.gates[key] = gates
             done[tuple(sorted(kw.items()))] = row
@@ -299,8 +300,8 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], budget: Budge
                 same = done.get(tuple(sorted(kw.items())))
                 if same is None:
                     log(f"[{'+'.join(tasks)}] ablation: {label}")
-                    same, _ = _guarded_fuse(f"ablation-{key}", label, kw, parts, sources, ds, test, tasks, seeds,
-                                            budget, progress, runs, log=log)
+                    same, _ = _guarded_fuse(f"ablation-{key}", label, kw, parts, task_models, ds, test, tasks,
+                                            seeds, budget, progress, runs, log=log)
                 result.ablation.append(Row(key, "emm", same.auc, same.parameters, same.trainable, same.seconds,
                                            same.epochs, label, {"fusion": kw, **({"error": same.extra["error"]}
                                                                                  if "error" in same.extra else {})}))

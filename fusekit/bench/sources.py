@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fusekit.data.dataset import Split
+from fusekit.decompose.manifest import SPEC_KEY, group_by_task, shared_feature_spec, task_of
 from fusekit.errors import FusekitError
 
 
@@ -37,37 +38,19 @@ def find_sources(models_dir: Path, tasks: list[str]) -> list[SourceModel]:
     if not models_dir.is_dir():
         raise FusekitError(f"source model folder {models_dir} does not exist; make the sample models "
                            "(see sample_models/README.md) or pass --models DIR")
-    found: list[SourceModel] = []
+    found: dict[str, SourceModel] = {}
     for path in sorted(models_dir.glob("*.onnx")):
         model = onnx.load(str(path), load_external_data=False)
         meta = {p.key: p.value for p in model.metadata_props}
-        task = meta.get("fusekit.task")
-        if task in tasks:
-            found.append(SourceModel(path.stem, task, path.resolve(), _onnx_parameters(model),
-                                     meta.get("fusekit.feature_spec")))
-    found.sort(key=lambda s: (tasks.index(s.task), s.name))
-    lacking = [t for t in tasks if not any(s.task == t for s in found)]
-    if lacking:
-        raise FusekitError(f"{models_dir} has no single-task model for task(s) {', '.join(lacking)} "
-                           "(models carry their task in the fusekit.task metadata); pass --models DIR")
-    return found
+        found[path.stem] = SourceModel(path.stem, task_of(meta) or "", path.resolve(), _onnx_parameters(model),
+                                       meta.get(SPEC_KEY))
+    groups = group_by_task(((s.name, s.task) for s in found.values()), tasks, where=str(models_dir))
+    return [found[name] for names in groups.values() for name in names]
 
 
 def shared_spec(sources: list[SourceModel]):
     """The feature specification all sources carry (None when none does); FusekitError on a mismatch."""
-    from fusekit.data.features import FeatureSpec
-
-    specs = [(s.name, FeatureSpec.from_json(s.spec_json)) for s in sources if s.spec_json]
-    if not specs:
-        return None
-    if len(specs) != len(sources):
-        raise FusekitError("some source models carry no feature specification; benchmark models exported by fusekit")
-    first_name, first = specs[0]
-    for name, spec in specs[1:]:
-        if spec.fingerprint() != first.fingerprint():
-            raise FusekitError(f"source models {first_name} and {name} encode their inputs differently; "
-                               "benchmark models trained on one encoding")
-    return first
+    return shared_feature_spec([(s.name, s.spec_json) for s in sources])
 
 
 def onnx_probabilities(path: Path, split: Split, tasks: list[str]) -> dict[str, np.ndarray]:

@@ -1,24 +1,217 @@
-"""manifest.json of a parts directory: writing, loading and validating (with checksums)."""
+"""manifest.json of a parts directory, and which models belong to which task.
+
+:class:`Manifest` owns the file's format: decompose builds one and calls :meth:`Manifest.write`;
+fuse, the bench and the benchmarks call :meth:`Manifest.load` and read typed entries only.
+The rule "a model's task is the ``fusekit.task`` of its ONNX metadata; models are grouped by
+task in their own order" lives here too (:func:`task_of`, :func:`group_by_task`), with the
+validation of a task mapping the caller names explicitly (:func:`check_task_mapping`).
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from fusekit import __version__
 from fusekit.errors import FusekitError
-from fusekit.io import sha256_file
+from fusekit.io import atomic_file, sha256_file
+
+if TYPE_CHECKING:
+    from fusekit.data.features import FeatureSpec
 
 MANIFEST = "manifest.json"
-_MODEL_KEYS = ("name", "path", "sha256", "inputs", "outputs", "components", "component_sha256", "head",
-               "head_sha256", "boundary_tensors", "layer_indices", "metadata")
+TASK_KEY = "fusekit.task"  # single-task models: the task they serve
+TASKS_KEY = "fusekit.tasks"  # fused models: JSON list of the tasks, in output order
+SPEC_KEY = "fusekit.feature_spec"
+_AGAIN = "run fusekit decompose again"
+
+
+# -- which models belong to which task -------------------------------------------------------------
+def task_of(metadata: Mapping[str, str]) -> str | None:
+    """The task a single-task model names in its ONNX metadata (``fusekit.task``), if any."""
+    return metadata.get(TASK_KEY) or None
+
+
+def tasks_in_metadata(metadata: Mapping[str, str]) -> list[str]:
+    """The tasks a model's metadata says it serves: a fused model's list or a single model's task."""
+    if TASKS_KEY in metadata:
+        return list(json.loads(metadata[TASKS_KEY]))
+    task = task_of(metadata)
+    return [task] if task else []
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (weights not loaded)."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def group_by_task(models: Iterable[tuple[str, str | None]], tasks: Sequence[str] | None = None,
+                  where: str = "the models") -> dict[str, list[str]]:
+    """``{task: [model names]}`` from ``(name, task)`` pairs, models kept in the order given.
+
+    Without ``tasks`` every model must name a task, and tasks come in order of first appearance.
+    With ``tasks`` only those are kept, in that order, and each must have a model (models of
+    other tasks or of none are skipped: a folder may hold more than one pool).
+    """
+    groups: dict[str, list[str]] = {t: [] for t in tasks or ()}
+    for name, task in models:
+        if tasks is None:
+            if not task:
+                raise FusekitError(f"model {name} in {where} has no {TASK_KEY} metadata; "
+                                   "name the tasks and their models explicitly")
+            groups.setdefault(task, []).append(name)
+        elif task in groups:
+            groups[task].append(name)
+    lacking = [t for t, names in groups.items() if not names]
+    if lacking:
+        raise FusekitError(f"{where} has no single-task model for task(s) {', '.join(lacking)} (models carry "
+                           f"their task in the {TASK_KEY} metadata); add one or choose other tasks")
+    return groups
+
+
+def task_groups(paths: Sequence[Path]) -> dict[str, list[str]]:
+    """Group model files by the task in their metadata: ``{task: [file stems]}``, in file order.
+
+    FusekitError naming the first file that carries no task (then the caller names the tasks).
+    """
+    named = []
+    for path in paths:
+        task = task_of(onnx_metadata(path))
+        if not task:
+            raise FusekitError(f"{path} has no {TASK_KEY} metadata; name the tasks and their models explicitly")
+        named.append((Path(path).stem, task))
+    return group_by_task(named)
+
+
+def check_task_mapping(tasks: Mapping[str, Sequence[str]], known: Sequence[str],
+                       where: str = "the parts") -> dict[str, list[str]]:
+    """Validate an explicit ``{task: [models]}``: two or more tasks, each with models that ``known``
+    holds, every model in one task only. Returns a plain copy."""
+    if len(tasks) < 2:
+        raise FusekitError("fusing needs at least two tasks; map two or more tasks to their models")
+    seen: dict[str, str] = {}
+    for task, models in tasks.items():
+        if not models:
+            raise FusekitError(f"task {task} names no model; give it at least one of {', '.join(known)}")
+        for m in models:
+            if m not in known:
+                raise FusekitError(f"task {task} names unknown model {m!r}; {where} hold {', '.join(known)}")
+            if m in seen:
+                raise FusekitError(f"model {m} is in two tasks ({seen[m]} and {task}); put each model in one task")
+            seen[m] = task
+    return {t: list(ms) for t, ms in tasks.items()}
+
+
+def shared_feature_spec(specs: Sequence[tuple[str, str | None]]) -> FeatureSpec | None:
+    """The one feature specification of ``(model name, spec JSON or None)`` pairs.
+
+    None when no model carries one; FusekitError when only some do, or when they encode their
+    inputs differently or were trained with different holdouts.
+    """
+    from fusekit.data.features import FeatureSpec
+
+    parsed = {name: FeatureSpec.from_json(text) if text else None for name, text in specs}
+    carrying = [m for m, s in parsed.items() if s is not None]
+    if not carrying:
+        return None
+    if len(carrying) != len(parsed):
+        lacking = [m for m, s in parsed.items() if s is None]
+        raise FusekitError(f"model(s) {', '.join(lacking)} carry no feature specification but {carrying[0]} does; "
+                           "use models encoded the same way")
+    first = parsed[carrying[0]]
+    for m in carrying[1:]:
+        if parsed[m].fingerprint() != first.fingerprint():
+            raise FusekitError(f"models {carrying[0]} and {m} encode their inputs differently (feature specification "
+                               "fingerprints differ); use models trained on the same encoding")
+        if (parsed[m].holdout or None) != (first.holdout or None):
+            raise FusekitError(f"models {carrying[0]} and {m} were trained with different holdouts "
+                               f"({first.holdout} vs {parsed[m].holdout}); retrain them with the same one")
+    return first
+
+
+def relative_source_path(source: Path, parts_dir: Path) -> str:
+    """How the manifest records a source model's file: relative to the parts directory when the
+    file lies within the directory that holds it (so the two can move together), else the bare
+    file name. Never an absolute path: it would name the machine's folders, and the sha256
+    identifies the file anyway."""
+    source, parts_dir = Path(source).resolve(), Path(parts_dir).resolve()
+    try:
+        rel = Path(os.path.relpath(source, parts_dir))
+    except ValueError:  # another drive (Windows)
+        return source.name
+    climbs = sum(1 for part in rel.parts if part == "..")
+    return rel.as_posix() if climbs <= 1 else source.name
+
+
+# -- the typed manifest ----------------------------------------------------------------------------
+def _fail(where: Path | str, what: str) -> FusekitError:
+    return FusekitError(f"{where} {what}; {_AGAIN}")
+
+
+def _require(raw: Any, keys: Sequence[str], where: Path | str, what: str = "") -> None:
+    """``raw`` is a JSON object with every key of ``keys`` (``what``: which part of the file)."""
+    prefix = f"{where}: {what}" if what else str(where)
+    if not isinstance(raw, dict):
+        raise FusekitError(f"{prefix} is not a JSON object; {_AGAIN}")
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        raise FusekitError(f"{prefix} lacks {', '.join(repr(k) for k in missing)}; {_AGAIN}")
+
+
+@dataclass
+class InputSpec:
+    """One model input: name, shape (``batch`` symbolic) and dtype."""
+
+    name: str
+    shape: list
+    dtype: str
+
+    @property
+    def width(self) -> int | None:
+        """Columns of a ``[batch, width]`` input when the width is fixed."""
+        return self.shape[1] if len(self.shape) > 1 and isinstance(self.shape[1], int) else None
+
+
+@dataclass
+class Boundary:
+    """The tensor between level ``level`` and the next: what every model's component outputs."""
+
+    level: int
+    shape: list
+    dtype: str
+    signature: str = ""
+    layer: str = ""
+
+    @property
+    def dim(self) -> int:
+        """Vector width of the boundary; feature maps and sequences are refused."""
+        if len(self.shape) != 2 or not isinstance(self.shape[1], int):
+            raise FusekitError(f"level {self.level} components output shape {self.shape}; fusekit fuses vector "
+                               "outputs [batch, d] only (feature maps and sequences are not supported yet)")
+        return int(self.shape[1])
+
+
+@dataclass
+class CommonLayerEntry:
+    """A layer every model has (a cut candidate), with its index among each model's layers."""
+
+    signature: str
+    summary: str
+    shape: list
+    dtype: str
+    layer_indices: dict[str, int]
 
 
 @dataclass
 class ModelEntry:
-    """One source model of a parts directory."""
+    """One source model of a parts directory; files are relative to the parts directory."""
 
     name: str
-    path: str
+    path: str  # the source file, relative to the parts directory or its bare name
     sha256: str
     inputs: list[str]
     outputs: list[str]
@@ -30,106 +223,174 @@ class ModelEntry:
     layer_indices: list[int]
     metadata: dict[str, str]
 
+    @property
+    def task(self) -> str | None:
+        """The task in the model's ``fusekit.task`` metadata, if any."""
+        return task_of(self.metadata)
+
+    @property
+    def spec_json(self) -> str | None:
+        """The model's feature specification as recorded in its metadata (JSON), if any."""
+        return self.metadata.get(SPEC_KEY) or None
+
+
+_MODEL_KEYS = tuple(f.name for f in fields(ModelEntry))
+_TOP_KEYS = ("fusekit_version", "levels", "inputs", "boundaries", "models")
+
 
 @dataclass
 class Manifest:
-    """A validated manifest; paths resolve against ``root`` (the parts directory)."""
+    """The decomposition of N models into ``levels`` aligned components plus a head each.
 
-    root: Path
-    fusekit_version: str
-    levels: int
-    inputs: list[dict]
-    boundaries: list[dict]
+    ``root`` is the parts directory (set by :meth:`load` and :meth:`write`); paths resolve against it.
+    """
+
+    inputs: list[InputSpec]
+    boundaries: list[Boundary]
     models: list[ModelEntry]
-    data: dict
+    common_layers: list[CommonLayerEntry] = field(default_factory=list)
+    level_choice: str = ""
+    fusekit_version: str = __version__
+    root: Path | None = None
 
-    def component_path(self, model: str, level: int) -> Path:
-        """Absolute path of ``model``'s component at ``level`` (1-based)."""
-        return self.root / self.model(model).components[level - 1]
+    # -- reading and writing ---------------------------------------------------------------------
+    @property
+    def levels(self) -> int:
+        """Number of levels (components per model)."""
+        return len(self.boundaries)
 
-    def head_path(self, model: str) -> Path:
-        """Absolute path of ``model``'s head."""
-        return self.root / self.model(model).head
+    @property
+    def path(self) -> Path:
+        """The manifest.json this manifest was loaded from or written to."""
+        return Path(self.root or ".") / MANIFEST
+
+    def to_dict(self) -> dict:
+        """The JSON form (key order as written to manifest.json)."""
+        return {"fusekit_version": self.fusekit_version, "levels": self.levels,
+                "inputs": [asdict(i) for i in self.inputs], "boundaries": [asdict(b) for b in self.boundaries],
+                "common_layers": [asdict(c) for c in self.common_layers], "level_choice": self.level_choice,
+                "models": [asdict(m) for m in self.models]}
+
+    @classmethod
+    def from_dict(cls, data: Any, root: Path | None = None) -> Manifest:
+        """Validate the JSON form; FusekitError (one line, naming the file) for anything missing or inconsistent."""
+        where = Path(root or ".") / MANIFEST
+        _require(data, _TOP_KEYS, where)
+        levels = data["levels"]
+        if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+            raise _fail(where, f"has an invalid level count {levels!r}")
+        if not isinstance(data["boundaries"], list) or len(data["boundaries"]) != levels:
+            raise _fail(where, f"says {levels} levels but describes {len(data['boundaries'])} boundaries")
+        for raw in data["inputs"]:
+            _require(raw, ("name", "shape", "dtype"), where, "an input")
+        for raw in data["boundaries"]:
+            _require(raw, ("level", "shape", "dtype"), where, "a boundary")
+        models = []
+        for raw in data["models"]:
+            _require(raw, _MODEL_KEYS, where, "a model entry")
+            entry = ModelEntry(**{k: raw[k] for k in _MODEL_KEYS})
+            if len(entry.components) != levels or len(entry.component_sha256) != levels:
+                raise _fail(where, f"lists {len(entry.components)} components for model {entry.name} but {levels} levels")
+            models.append(entry)
+        if len(models) < 2:
+            raise _fail(where, "lists fewer than two models")
+        names = [m.name for m in models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise _fail(where, f"lists model {dupes[0]} twice")
+        common = []
+        for raw in data.get("common_layers", []):
+            _require(raw, [f.name for f in fields(CommonLayerEntry)], where, "a common layer")
+            common.append(CommonLayerEntry(**{f.name: raw[f.name] for f in fields(CommonLayerEntry)}))
+        boundary_keys = [f.name for f in fields(Boundary)]
+        return cls(inputs=[InputSpec(i["name"], list(i["shape"]), i["dtype"]) for i in data["inputs"]],
+                   boundaries=[Boundary(**{k: b[k] for k in boundary_keys if k in b}) for b in data["boundaries"]],
+                   models=models, common_layers=common, level_choice=data.get("level_choice", ""),
+                   fusekit_version=data["fusekit_version"], root=Path(root) if root is not None else None)
+
+    def write(self, parts_dir: Path) -> Path:
+        """Write ``parts_dir/manifest.json`` (the components must be there already); sets ``root``."""
+        self.root = Path(parts_dir)
+        with atomic_file(self.path) as tmp:
+            Path(tmp).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return self.path
+
+    @classmethod
+    def load(cls, parts_dir: Path, check_files: bool = True) -> Manifest:
+        """Read and validate ``parts_dir/manifest.json``; with ``check_files`` also every component's
+        checksum. FusekitError when anything is missing or changed."""
+        parts_dir = Path(parts_dir)
+        path = parts_dir / MANIFEST
+        if not path.is_file():
+            raise FusekitError(f"{path} does not exist; decompose the models into {parts_dir} first "
+                               "(fusekit decompose)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _fail(path, f"is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        manifest = cls.from_dict(data, parts_dir)
+        if check_files:
+            manifest.verify_files()
+        return manifest
+
+    def verify_files(self) -> None:
+        """Every component and head exists with the checksum decompose recorded."""
+        for entry in self.models:
+            files = list(zip(entry.components, entry.component_sha256)) + [(entry.head, entry.head_sha256)]
+            for rel, digest in files:
+                file = Path(self.root or ".") / rel
+                if not file.is_file():
+                    raise FusekitError(f"component {file} is missing; {_AGAIN}")
+                if sha256_file(file) != digest:
+                    raise FusekitError(f"component {file} changed since decompose (checksum differs); {_AGAIN}")
+
+    # -- lookups ---------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        """Model names, in manifest order."""
+        return [m.name for m in self.models]
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the inputs every model takes, in order."""
+        return [i.name for i in self.inputs]
 
     def model(self, name: str) -> ModelEntry:
         """The entry of the model called ``name``."""
         for entry in self.models:
             if entry.name == name:
                 return entry
-        raise FusekitError(f"no model named {name!r} in {self.root / MANIFEST}; "
-                           f"known: {', '.join(m.name for m in self.models)}")
+        raise FusekitError(f"no model named {name!r} in {self.path}; known: {', '.join(self.names)}")
 
+    def component_path(self, model: str, level: int) -> Path:
+        """Path of ``model``'s component at ``level`` (1-based)."""
+        return Path(self.root or ".") / self.model(model).components[level - 1]
 
-def write_manifest(parts_dir: Path, data: dict) -> Path:
-    """Write ``data`` as ``parts_dir/manifest.json`` (the caller writes the directory atomically)."""
-    path = Path(parts_dir) / MANIFEST
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    def component_paths(self, model: str) -> list[Path]:
+        """Paths of ``model``'s components, level 1 first."""
+        return [self.component_path(model, lv) for lv in range(1, self.levels + 1)]
 
+    def head_path(self, model: str) -> Path:
+        """Path of ``model``'s head (last cut -> model outputs)."""
+        return Path(self.root or ".") / self.model(model).head
 
-def load_manifest(parts_dir: Path, check_files: bool = True) -> Manifest:
-    """Read and validate ``parts_dir/manifest.json``; with ``check_files`` also every component's
-    checksum. FusekitError when anything is missing or changed."""
-    parts_dir = Path(parts_dir)
-    path = parts_dir / MANIFEST
-    if not path.is_file():
-        raise FusekitError(f"{path} does not exist; run `fusekit decompose ... -o {parts_dir}` first")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FusekitError(f"{path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
-                           f"run fusekit decompose again") from None
-    for key in ("fusekit_version", "levels", "inputs", "boundaries", "models"):
-        if key not in data:
-            raise FusekitError(f"{path} lacks {key!r}; run fusekit decompose again")
-    levels = data["levels"]
-    if not isinstance(levels, int) or levels < 1 or len(data["boundaries"]) != levels:
-        raise FusekitError(f"{path} has an invalid level count; run fusekit decompose again")
-    models = []
-    for raw in data["models"]:
-        missing = [k for k in _MODEL_KEYS if k not in raw]
-        if missing:
-            raise FusekitError(f"{path}: a model entry lacks {', '.join(missing)}; run fusekit decompose again")
-        entry = ModelEntry(**{k: raw[k] for k in _MODEL_KEYS})
-        if len(entry.components) != levels or len(entry.component_sha256) != levels:
-            raise FusekitError(f"{path}: model {entry.name} does not have {levels} components; "
-                               f"run fusekit decompose again")
-        if check_files:
-            files = list(zip(entry.components, entry.component_sha256)) + [(entry.head, entry.head_sha256)]
-            for rel, digest in files:
-                file = parts_dir / rel
-                if not file.is_file():
-                    raise FusekitError(f"component {file} is missing; run fusekit decompose again")
-                if sha256_file(file) != digest:
-                    raise FusekitError(f"component {file} changed since decompose (checksum differs); "
-                                       f"run fusekit decompose again")
-        models.append(entry)
-    if len(models) < 2:
-        raise FusekitError(f"{path} lists fewer than two models; run fusekit decompose again")
-    return Manifest(root=parts_dir, fusekit_version=data["fusekit_version"], levels=levels,
-                    inputs=data["inputs"], boundaries=data["boundaries"], models=models, data=data)
+    def source_path(self, model: str) -> Path:
+        """Where the source model's file was, as recorded (relative paths resolve against ``root``)."""
+        return Path(self.root or ".") / self.model(model).path
 
+    def boundary_dims(self) -> list[int]:
+        """Vector width of each level's boundary; FusekitError for feature maps and sequences."""
+        return [b.dim for b in self.boundaries]
 
-TASK_KEY = "fusekit.task"
+    def task_groups(self) -> dict[str, list[str]]:
+        """Models grouped by the task in their ``fusekit.task`` metadata, in manifest order."""
+        return group_by_task(((m.name, m.task) for m in self.models), where=str(self.path))
 
+    def check_tasks(self, tasks: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        """Validate an explicit task mapping against these models (see :func:`check_task_mapping`)."""
+        return check_task_mapping(tasks, self.names, f"the parts in {self.root or '.'}")
 
-def task_of(metadata: dict[str, str]) -> str | None:
-    """The task a model names in its ONNX metadata (``fusekit.task``), if any."""
-    return metadata.get(TASK_KEY) or None
-
-
-def task_groups(paths: list[Path]) -> dict[str, list[str]]:
-    """Group model files by the task in their metadata: ``{task: [file stems]}``, in file order.
-
-    FusekitError naming the first file that carries no task (then the user names the tasks).
-    """
-    import onnx
-
-    tasks: dict[str, list[str]] = {}
-    for path in paths:
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        task = task_of(meta)
-        if not task:
-            raise FusekitError(f"{path} has no {TASK_KEY} metadata; name the tasks explicitly (--tasks task=models)")
-        tasks.setdefault(task, []).append(Path(path).stem)
-    return tasks
+    def feature_spec(self, models: Iterable[str] | None = None) -> FeatureSpec | None:
+        """The one feature specification of ``models`` (default all); see :func:`shared_feature_spec`."""
+        chosen = list(models) if models is not None else self.names
+        return shared_feature_spec([(m, self.model(m).spec_json) for m in chosen])

@@ -17,7 +17,8 @@ from fusekit.decompose.align import Analysis, analyse, choose_levels, common_lay
 from fusekit.errors import FusekitError
 from fusekit.decompose.graph import ModelGraph, load_graph
 from fusekit.io import atomic_dir, check_output_dir, sha256_file
-from fusekit.decompose.manifest import write_manifest
+from fusekit.decompose.manifest import Boundary, CommonLayerEntry, InputSpec, Manifest, ModelEntry, \
+    relative_source_path
 from fusekit.decompose.surgery import cut_component, verify_chain
 
 
@@ -240,25 +241,21 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
         for m, (name, graph, a) in enumerate(zip(names, graphs, analyses)):
             cut_layers = [a.candidates[index[k, m]] for k in chosen]
             entries.append(_write_model(tmp, name, graph, a, cut_layers, verify, result))
-        manifest = {
-            "fusekit_version": __version__,
-            "levels": len(chosen),
-            "inputs": inputs,
-            "boundaries": [{"level": lv + 1, "shape": common[k].shape, "dtype": common[k].dtype,
-                            "signature": common[k].signature, "layer": common[k].summary}
-                           for lv, k in enumerate(chosen)],
-            "common_layers": [{"signature": c.signature, "summary": c.summary, "shape": c.shape, "dtype": c.dtype,
-                               "layer_indices": dict(zip(names, c.indices))} for c in common],
-            "level_choice": reason,
-            "models": entries,
-        }
-        write_manifest(tmp, manifest)
+        manifest = Manifest(
+            inputs=[InputSpec(i["name"], list(i["shape"]), i["dtype"]) for i in inputs],
+            boundaries=[Boundary(level=lv + 1, shape=common[k].shape, dtype=common[k].dtype,
+                                 signature=common[k].signature, layer=common[k].summary)
+                        for lv, k in enumerate(chosen)],
+            common_layers=[CommonLayerEntry(signature=c.signature, summary=c.summary, shape=c.shape, dtype=c.dtype,
+                                            layer_indices=dict(zip(names, c.indices))) for c in common],
+            level_choice=reason, models=entries, fusekit_version=__version__)
+        manifest.write(tmp)
     result.seconds = time.perf_counter() - started
     return result
 
 
 def _write_model(root: Path, name: str, graph: ModelGraph, a: Analysis, cut_layers: list, verify: bool,
-                 result: DecomposeResult) -> dict:
+                 result: DecomposeResult) -> ModelEntry:
     """Write one model's components and head; verify the chain; return its manifest entry."""
     folder = root / name
     folder.mkdir()
@@ -281,16 +278,16 @@ def _write_model(root: Path, name: str, graph: ModelGraph, a: Analysis, cut_laye
     if verify:
         result.worst_diff[name] = verify_chain(graph, files, head, boundaries)
     metadata = {p.key: p.value for p in graph.model.metadata_props}
-    return {
-        "name": name, "path": str(Path(graph.path).resolve()), "sha256": sha256_file(graph.path),
-        "inputs": list(graph.inputs), "outputs": list(graph.outputs),
-        "components": [f"{name}/{p.name}" for p in files],
-        "component_sha256": [sha256_file(p) for p in files],
-        "head": f"{name}/head.onnx", "head_sha256": sha256_file(head),
-        "boundary_tensors": boundaries,
-        "layer_indices": [layer.index for layer in cut_layers],
-        "metadata": metadata,
-    }
+    return ModelEntry(
+        name=name, path=relative_source_path(graph.path, result.out_dir), sha256=sha256_file(graph.path),
+        inputs=list(graph.inputs), outputs=list(graph.outputs),
+        components=[f"{name}/{p.name}" for p in files],
+        component_sha256=[sha256_file(p) for p in files],
+        head=f"{name}/head.onnx", head_sha256=sha256_file(head),
+        boundary_tensors=boundaries,
+        layer_indices=[layer.index for layer in cut_layers],
+        metadata=metadata,
+    )
 
 
 def result_json(result: DecomposeResult) -> str:

@@ -1,7 +1,6 @@
 """Evaluate or apply any fusekit ONNX model (a source model or a fused one) with onnxruntime."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,8 +131,6 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
 
 def tasks_of(info: ModelInfo) -> list[str]:
     """The tasks a model serves (metadata when present, else its output names)."""
-    if "fusekit.tasks" in info.metadata:
-        return list(json.loads(info.metadata["fusekit.tasks"]))
-    if "fusekit.task" in info.metadata:
-        return [info.metadata["fusekit.task"]]
-    return list(info.outputs)
+    from fusekit.decompose.manifest import tasks_in_metadata
+
+    return tasks_in_metadata(info.metadata) or list(info.outputs)

@@ -4,6 +4,11 @@ OUT/ gets fused.onnx, metrics.json, checkpoint.pt, training_curves.png, gates.js
 While training, the per-epoch checkpoint lives in a work directory beside OUT
 (``.<OUT name>.fusekit-run/``) so that it survives an interruption; ``resume`` continues from it,
 and it is removed once OUT/ is complete.
+
+``fuse`` is the composition of public steps that other callers (the bench) reuse:
+:func:`prepare` (parts, tasks, data and rows checked: a :class:`FusePlan`), :func:`build`
+(the :class:`FusedModel`), :func:`train`, :func:`score_sources`, :func:`export`,
+:func:`compare` and :func:`write_outputs`.
 """
 from __future__ import annotations
 
@@ -14,20 +19,27 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from fusekit import __version__
 from fusekit.data.dataset import Split
+from fusekit.decompose.manifest import Manifest
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_dir, atomic_file, check_output_dir
 from fusekit.metrics import roc_auc
 from fusekit.fusion.model import FusedModel, FusionOptions, SourceModel, reinitialised_copy, trainable_copy
 from fusekit.train import TrainConfig
 
+if TYPE_CHECKING:
+    from fusekit.data.features import FeatureSpec
+    from fusekit.train import TrainResult
+
 INPUT_ORDER = ["categorical", "dense"]  # fusekit.train calls model(cat, dense)
+TRAIN_ROWS = ("holdout", "all")
 
 
 @dataclass
@@ -59,79 +71,36 @@ class FuseResult:
     rows: list[dict]  # per task: fused, sources, average
 
 
-# -- validation ------------------------------------------------------------------------------------
-def read_parts(parts_dir: Path) -> dict:
-    """Validate the decomposition (manifest present, component files unchanged) and return manifest.json."""
-    parts_dir = Path(parts_dir)
-    path = parts_dir / "manifest.json"
-    if not path.is_file():
-        raise FusekitError(f"{parts_dir} has no manifest.json; run `fusekit decompose ... -o {parts_dir}` first")
-    from fusekit.decompose.manifest import load_manifest
+@dataclass
+class FusePlan:
+    """What :func:`prepare` checked and chose: the parts, the task mapping, the options and the rows."""
 
-    load_manifest(parts_dir)  # raises FusekitError when a component file is missing or changed
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise FusekitError(f"{path} is not valid JSON ({exc}); decompose the models again") from None
+    parts: Manifest
+    tasks: dict[str, list[str]]
+    options: FuseOptions
+    spec: FeatureSpec | None  # the feature specification the models share (None: they carry none)
+    train_rows: Split  # what the fusion network trains on
+    val: Split  # early stopping
+    test: Split  # the figures fuse reports
+    holdout: bool  # train_rows are the rows the source models never saw
 
+    @property
+    def task_names(self) -> list[str]:
+        """Tasks, in output order."""
+        return list(self.tasks)
 
-def check_tasks(manifest: dict, tasks: dict[str, list[str]]) -> None:
-    """Two or more tasks, every model known, in exactly one task."""
-    if len(tasks) < 2:
-        raise FusekitError("fusing needs at least two tasks; pass --tasks task1=A,B task2=C,D")
-    known = [m["name"] for m in manifest["models"]]
-    seen: dict[str, str] = {}
-    for task, models in tasks.items():
-        if not models:
-            raise FusekitError(f"task {task} names no model; give it at least one, e.g. {task}={known[0]}")
-        for m in models:
-            if m not in known:
-                raise FusekitError(f"task {task} names unknown model {m!r}; the parts hold {', '.join(known)}")
-            if m in seen:
-                raise FusekitError(f"model {m} is in two tasks ({seen[m]} and {task}); put each model in one task")
-            seen[m] = task
+    @property
+    def model_names(self) -> list[str]:
+        """The fused models, task by task."""
+        return [m for ms in self.tasks.values() for m in ms]
+
+    @property
+    def train_source(self) -> str:
+        """Which training rows the fusion network sees, in words (for reports)."""
+        return "holdout rows the source models never saw" if self.holdout else "training split"
 
 
-def model_spec(manifest: dict, tasks: dict[str, list[str]]):
-    """The one feature specification shared by the chosen models (None when none carries one)."""
-    from fusekit.data.features import FeatureSpec
-
-    by_name = {m["name"]: m for m in manifest["models"]}
-    specs = {}
-    for models in tasks.values():
-        for m in models:
-            text = (by_name[m].get("metadata") or {}).get("fusekit.feature_spec")
-            specs[m] = FeatureSpec.from_json(text) if text else None
-    carrying = [m for m, s in specs.items() if s is not None]
-    if not carrying:
-        return None
-    if len(carrying) != len(specs):
-        lacking = [m for m, s in specs.items() if s is None]
-        raise FusekitError(f"model(s) {', '.join(lacking)} carry no feature specification but {carrying[0]} does; "
-                           "fuse models encoded the same way")
-    first = specs[carrying[0]]
-    for m in carrying[1:]:
-        if specs[m].fingerprint() != first.fingerprint():
-            raise FusekitError(f"models {carrying[0]} and {m} encode their inputs differently (feature specification "
-                               "fingerprints differ); fuse models trained on the same encoding")
-        if (specs[m].holdout or None) != (first.holdout or None):
-            raise FusekitError(f"models {carrying[0]} and {m} were trained with different holdouts "
-                               f"({first.holdout} vs {specs[m].holdout}); retrain them with the same one")
-    return first
-
-
-def level_dims(manifest: dict) -> list[int]:
-    """Vector width of each level's boundary; feature maps and sequences are refused."""
-    dims = []
-    for b in manifest["boundaries"]:
-        shape = b["shape"]
-        if len(shape) != 2 or not isinstance(shape[1], int):
-            raise FusekitError(f"level {b['level']} components output shape {shape}; fusekit fuses vector outputs "
-                               "[batch, d] only (feature maps and sequences are not supported yet)")
-        dims.append(int(shape[1]))
-    return dims
-
-
+# -- step 1: validation ----------------------------------------------------------------------------
 def load_data(data, tasks: list[str], spec, options: FuseOptions):
     """The dataset encoded with the models' specification; checked for labels and encoding."""
     from fusekit.data import load_dataset
@@ -145,24 +114,58 @@ def load_data(data, tasks: list[str], spec, options: FuseOptions):
         missing = [t for t in tasks if t not in split.labels]
         if missing:
             raise FusekitError(f"the {name} data has no label for task(s) {', '.join(missing)}; "
-                               "pass --label task=column for each task")
+                               "name the label column of each task (labels)")
     if spec is not None and getattr(ds, "spec", None) is not None and ds.spec.fingerprint() != spec.fingerprint():
         raise FusekitError("the data was encoded with a different feature specification than the models; "
                            "encode it with the models' specification")
     return ds
 
 
-def check_widths(manifest: dict, split: Split) -> None:
+def check_widths(parts: Manifest, split: Split) -> None:
     """The data has as many columns as the models take (when the manifest records a fixed width)."""
-    arrays = {"categorical": split.cat, "dense": split.dense}
-    for spec in manifest["inputs"]:
-        width = spec["shape"][1] if len(spec["shape"]) > 1 else None
-        if isinstance(width, int) and spec["name"] in arrays and arrays[spec["name"]].shape[1] != width:
-            raise FusekitError(f"the data has {arrays[spec['name']].shape[1]} {spec['name']} columns but the models take "
-                               f"{width}; encode it with the models' feature specification")
+    arrays = split.arrays()
+    for spec in parts.inputs:
+        if spec.width is not None and spec.name in arrays and arrays[spec.name].shape[1] != spec.width:
+            raise FusekitError(f"the data has {arrays[spec.name].shape[1]} {spec.name} columns but the models take "
+                               f"{spec.width}; encode it with the models' feature specification")
 
 
-# -- model building --------------------------------------------------------------------------------
+def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | None, data,
+            options: FuseOptions | None = None, out_dir: Path | None = None) -> FusePlan:
+    """Check everything a fusion run needs before any training, and choose its rows.
+
+    ``parts``: a parts directory (loaded and checksummed) or a loaded Manifest. ``tasks``: the
+    models of each task, or None for the grouping by the models' ``fusekit.task`` metadata.
+    ``data``: as for :func:`fuse`. ``out_dir``, when given, must be free (or ``options.force``).
+    FusekitError on bad input; nothing is written.
+    """
+    from fusekit.train import resolve_device
+
+    options = options or FuseOptions()
+    resolve_device(options.training.device)  # a missing GPU is reported before anything is written
+    manifest = parts if isinstance(parts, Manifest) else Manifest.load(Path(parts))
+    mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups())
+    manifest.boundary_dims()  # refuses feature maps and sequences early
+    if manifest.input_names != INPUT_ORDER:
+        raise FusekitError(f"fusekit fuse trains tabular models with inputs {INPUT_ORDER}; "
+                           f"these take {manifest.input_names}")
+    names = [m for ms in mapping.values() for m in ms]
+    spec = manifest.feature_spec(names)
+    if out_dir is not None:
+        check_output_dir(Path(out_dir), options.force)
+    ds = load_data(data, list(mapping), spec, options)
+    if options.train_rows not in TRAIN_ROWS:
+        raise FusekitError(f"unknown train_rows {options.train_rows!r}; use holdout or all")
+    holdout = bool(spec is not None and spec.holdout) and options.train_rows == "holdout"
+    seed = options.training.seed
+    rows = (ds.fusion_rows() if holdout else ds.train).sample(options.max_rows, seed)
+    plan = FusePlan(manifest, mapping, options, spec, rows, ds.val.sample(options.max_rows, seed + 1),
+                    ds.test.sample(options.max_rows, seed + 2), holdout)
+    check_widths(manifest, plan.test)
+    return plan
+
+
+# -- step 2: the model -----------------------------------------------------------------------------
 def _onnx_inputs(path: Path) -> list[str]:
     import onnx
 
@@ -171,17 +174,14 @@ def _onnx_inputs(path: Path) -> list[str]:
     return [i.name for i in graph.input if i.name not in inits]
 
 
-def load_sources(parts_dir: Path, manifest: dict, names: list[str], heads: bool = True) -> dict[str, SourceModel]:
+def load_sources(parts: Manifest, names: list[str], heads: bool = True) -> dict[str, SourceModel]:
     """The chosen models' components (and heads) as frozen torch modules."""
     from fusekit.onnxio.interpreter import load_component
 
-    parts_dir = Path(parts_dir)
-    by_name = {m["name"]: m for m in manifest["models"]}
     sources = {}
     for name in names:
-        entry = by_name[name]
-        paths = [parts_dir / c for c in entry["components"]]
-        head_path = parts_dir / entry["head"] if heads and entry.get("head") else None
+        paths = parts.component_paths(name)
+        head_path = parts.head_path(name) if heads else None
         sources[name] = SourceModel(
             name=name,
             components=[load_component(p) for p in paths],
@@ -193,11 +193,10 @@ def load_sources(parts_dir: Path, manifest: dict, names: list[str], heads: bool 
     return sources
 
 
-def build_model(parts_dir: Path, manifest: dict, tasks: dict[str, list[str]], fusion: FusionOptions) -> FusedModel:
+def build_model(parts: Manifest, tasks: dict[str, list[str]], fusion: FusionOptions) -> FusedModel:
     """The fused model over the decomposed parts (components re-initialised when not pretrained)."""
     names = [m for ms in tasks.values() for m in ms]
-    input_names = [i["name"] for i in manifest["inputs"]]
-    sources = load_sources(parts_dir, manifest, names, heads=fusion.mode == "residual")
+    sources = load_sources(parts, names, heads=fusion.mode == "residual")
     torch.manual_seed(fusion.seed)
     if not fusion.pretrained:
         for k, name in enumerate(names):
@@ -216,57 +215,152 @@ def build_model(parts_dir: Path, manifest: dict, tasks: dict[str, list[str]], fu
                     trainable_copy(c, p) for c, p in zip(src.components[start:], src.component_paths[start:])]
             if src.head is not None:
                 src.head = trainable_copy(src.head, src.head_path)
-    return FusedModel(tasks, sources, level_dims(manifest), input_names, fusion)
+    return FusedModel(tasks, sources, parts.boundary_dims(), parts.input_names, fusion)
 
 
-@torch.no_grad()
-def source_probabilities(sources: dict[str, SourceModel], input_names: list[str], split: Split,
-                         batch_size: int = 16384) -> dict[str, np.ndarray]:
-    """Each source model's probability on ``split``, computed through its own components and head."""
-    arrays = {"categorical": torch.as_tensor(split.cat), "dense": torch.as_tensor(split.dense)}
-    out: dict[str, list[np.ndarray]] = {m: [] for m in sources}
-    for start in range(0, len(split), batch_size):
-        named = {k: v[start:start + batch_size] for k, v in arrays.items() if k in input_names}
-        for m, src in sources.items():
-            h = src.components[0](*[named[n] for n in src.level1_inputs])
-            for comp in src.components[1:]:
-                h = comp(h)
-            out[m].append(src.head(h).reshape(-1).float().numpy())
-    return {m: np.concatenate(v) for m, v in out.items()}
+def build(plan: FusePlan) -> FusedModel:
+    """The fused model of ``plan`` (untrained fusion network)."""
+    return build_model(plan.parts, plan.tasks, plan.options.fusion)
 
 
-# -- the command -----------------------------------------------------------------------------------
+# -- step 3: training ------------------------------------------------------------------------------
+def train(plan: FusePlan, model: FusedModel, work_dir: Path | None = None) -> TrainResult:
+    """Train ``model`` on the plan's rows with early stopping on its validation rows.
+
+    The model ends on CPU in eval mode with the best epoch's weights. With ``work_dir`` a
+    checkpoint is written there after every epoch, and continued from when ``options.resume``.
+    """
+    from fusekit.train import CHECKPOINT_NAME, fit
+
+    config = plan.options.training
+    if work_dir is not None:
+        config = dataclasses.replace(config, checkpoint_dir=work_dir,
+                                     resume=plan.options.resume and (work_dir / CHECKPOINT_NAME).exists())
+    result = fit(model, plan.train_rows, plan.val, plan.task_names, config, on_epoch=plan.options.on_epoch)
+    model.cpu().eval()
+    return result
+
+
 def work_dir_for(out_dir: Path) -> Path:
     """Where the per-epoch checkpoint of an unfinished run is kept."""
     out_dir = Path(out_dir)
     return out_dir.parent / f".{out_dir.name}.fusekit-run"
 
 
-def _run_identity(manifest: dict, tasks: dict[str, list[str]], options: FuseOptions) -> dict:
+def _run_identity(plan: FusePlan) -> dict:
     # Epochs and patience are left out on purpose: a resumed run may be given a larger budget.
-    models = {m["name"]: m.get("component_sha256") for m in manifest["models"]}
-    return {"tasks": tasks, "components": {m: models[m] for ms in tasks.values() for m in ms},
+    options = plan.options
+    return {"tasks": plan.tasks, "components": {m: plan.parts.model(m).component_sha256 for m in plan.model_names},
             "fusion": options.fusion.to_dict(), "lr": options.training.lr, "batch_size": options.training.batch_size,
             "weight_decay": options.training.weight_decay, "seed": options.training.seed, "max_rows": options.max_rows,
             "split_seed": options.split_seed, "train_rows": options.train_rows}
 
 
-def _prepare_work_dir(work: Path, identity: dict, options: FuseOptions) -> None:
+def _start_work_dir(plan: FusePlan, out_dir: Path) -> Path:
+    """The work directory of ``out_dir``'s run: a new one, or the interrupted one to resume."""
+    work = work_dir_for(out_dir)
+    identity = _run_identity(plan)
     marker = work / "run.json"
-    if options.resume:
+    if plan.options.resume:
         if not marker.is_file():
-            raise FusekitError(f"nothing to resume: no interrupted run at {work}; run without --resume")
+            raise FusekitError(f"nothing to resume: no interrupted run at {work}; run without resume")
         if json.loads(marker.read_text()) != json.loads(json.dumps(identity)):
             raise FusekitError(f"the interrupted run at {work} used other tasks, parts or options; "
-                               "repeat them exactly with --resume, or pass --force to start over")
-        return
+                               "repeat them exactly to resume, or use force to start over")
+        return work
     if work.exists():
-        if not options.force:
-            raise FusekitError(f"an interrupted run exists at {work}; pass --resume to continue it or --force to start over")
+        if not plan.options.force:
+            raise FusekitError(f"an interrupted run exists at {work}; use resume to continue it or force to start over")
         shutil.rmtree(work)
     work.mkdir(parents=True)
     with atomic_file(marker) as tmp:
         tmp.write_text(json.dumps(identity, indent=1))
+    return work
+
+
+# -- step 4: scoring -------------------------------------------------------------------------------
+class SourcePaths(nn.Module):
+    """Every source model alone, through its own components and head, fed as the fused model is:
+    ``forward(*inputs)`` (in ``input_names`` order) -> one probability ``[B]`` per source."""
+
+    def __init__(self, sources: dict[str, SourceModel], input_names: list[str]):
+        super().__init__()
+        self.names = list(sources)
+        self.input_names = list(input_names)
+        self.level1_inputs = [list(src.level1_inputs) for src in sources.values()]
+        missing = [m for m, src in sources.items() if src.head is None]
+        if missing:
+            raise FusekitError(f"model(s) {', '.join(missing)} were loaded without their heads; load them with heads")
+        self.paths = nn.ModuleList(nn.ModuleList([*src.components, src.head]) for src in sources.values())
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = dict(zip(self.input_names, inputs))
+        out = []
+        for path, level1 in zip(self.paths, self.level1_inputs):
+            h = path[0](*[named[n] for n in level1])
+            for module in path[1:]:
+                h = module(h)
+            out.append(h.reshape(-1))
+        return tuple(out)
+
+
+def source_probabilities(sources: dict[str, SourceModel], input_names: list[str], split: Split,
+                         batch_size: int = 16384) -> dict[str, np.ndarray]:
+    """Each source model's probability on ``split``, computed through its own components and head
+    by the batched runner that also gives the fused model's torch outputs."""
+    from fusekit.onnxio.export import torch_outputs
+
+    arrays = split.arrays()
+    outputs = torch_outputs(SourcePaths(sources, input_names), [arrays[n] for n in input_names], batch_size)
+    return dict(zip(sources, outputs))
+
+
+def score_sources(plan: FusePlan, split: Split | None = None) -> dict[str, np.ndarray]:
+    """Each fused source model's probability on ``split`` (default the plan's test rows)."""
+    sources = load_sources(plan.parts, plan.model_names, heads=True)
+    return source_probabilities(sources, plan.parts.input_names, plan.test if split is None else split)
+
+
+def compare(plan: FusePlan, fused: dict[str, np.ndarray], sources: dict[str, np.ndarray],
+            val_auc: dict[str, float]) -> tuple[dict[str, dict], list[dict]]:
+    """Test AUC per task of the fused model, of each source and of the sources' plain average.
+
+    Returns metrics.json's ``per_task`` and the rows fuse prints (task, fused, sources, average).
+    """
+    test = plan.test
+    rows, per_task = [], {}
+    for task in plan.task_names:
+        fused_auc = roc_auc(test.labels[task], fused[task])
+        src_auc = {m: roc_auc(test.labels[task], sources[m]) for m in plan.tasks[task]}
+        avg_auc = roc_auc(test.labels[task], np.mean([sources[m] for m in plan.tasks[task]], axis=0))
+        per_task[task] = {"val_auc": val_auc[task], "test_auc": fused_auc, "sources_test_auc": src_auc,
+                          "average_test_auc": avg_auc, "gain_over_average": fused_auc - avg_auc}
+        rows.append({"task": task, "fused": fused_auc, "sources": src_auc, "average": avg_auc})
+    return per_task, rows
+
+
+# -- step 5: outputs -------------------------------------------------------------------------------
+@dataclass
+class Exported:
+    """fused.onnx as written, checked against the torch model on the test rows."""
+
+    path: Path
+    parity: float  # max abs difference of probabilities, torch vs onnxruntime
+    probabilities: dict[str, np.ndarray]  # onnxruntime's, per task, on the plan's test rows
+
+
+def export(plan: FusePlan, model: FusedModel, path: Path) -> Exported:
+    """Write ``model`` as ONNX with fusekit's metadata and check it on the plan's test rows."""
+    from fusekit.fusion.export import export_fused, parity_and_outputs
+
+    test = plan.test
+    metadata = {"fusekit.source_sha256": json.dumps({m: plan.parts.model(m).sha256 for m in plan.model_names}),
+                "fusekit.task_models": json.dumps(plan.tasks)}
+    if plan.spec is not None:
+        metadata["fusekit.feature_spec"] = plan.spec.to_json()
+    onnx_path = export_fused(model, path, (torch.as_tensor(test.cat[:2]), torch.as_tensor(test.dense[:2])), metadata)
+    parity, deployed = parity_and_outputs(model, onnx_path, test.arrays(), tol=plan.options.parity_tol)
+    return Exported(onnx_path, parity, deployed)
 
 
 def _versions() -> dict:
@@ -277,95 +371,65 @@ def _versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def fuse(parts_dir: Path, tasks: dict[str, list[str]], data, out_dir: Path,
+def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_task: dict[str, dict], parity: float,
+                  out: Path, checkpoint: Path | None, seconds: float) -> dict:
+    """Write gates.json, gates.png, training_curves.png, checkpoint.pt (a copy of ``checkpoint``)
+    and metrics.json into ``out``; returns the metrics. ``seconds``: the run's time so far."""
+    from fusekit.fusion.report import gate_statistics, plot_gates, plot_training
+
+    out = Path(out)
+    options, training = plan.options, plan.options.training
+    history = result.to_dict()["history"]
+    gates = gate_statistics(model, plan.test)
+    (out / "gates.json").write_text(json.dumps(gates, indent=1))
+    plot_gates(gates, out / "gates.png")
+    plot_training(history, out / "training_curves.png")
+    if checkpoint is not None:
+        shutil.copy2(checkpoint, out / "checkpoint.pt")
+    metrics = {
+        "tasks": plan.tasks, "per_task": per_task,
+        "mean_test_auc": float(np.mean([per_task[t]["test_auc"] for t in plan.task_names])),
+        "epochs": len(result.history), "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+        "train_seconds": result.seconds, "total_seconds": seconds,
+        "device": result.device, "amp": result.amp,
+        "rows": {"train": len(plan.train_rows), "validation": len(plan.val), "test": len(plan.test),
+                 "train_source": plan.train_source},
+        "trainable_parameters": sum(p.numel() for p in model.fusion_parameters()),
+        "parameters": model.parameter_count(),
+        "fusion": options.fusion.to_dict(),
+        "training": {"lr": training.lr, "batch_size": training.batch_size, "weight_decay": training.weight_decay,
+                     "max_epochs": training.max_epochs, "patience": training.patience, "seed": training.seed},
+        "onnx_parity_max_abs_diff": parity, "history": history, "versions": _versions(),
+        "parts": str(Path(plan.parts.root or ".").resolve()),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+# -- the command -----------------------------------------------------------------------------------
+def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_dir: Path,
          options: FuseOptions | None = None) -> FuseResult:
     """Train the fusion network on the fusion rows, export fused.onnx, and write OUT/ atomically.
 
+    ``tasks``: the models of each task (None: grouped by their ``fusekit.task`` metadata).
     ``data`` is ``"census-income"``, a CSV/Parquet path (with ``options.labels``), or an already
     loaded TabularDataset. Raises FusekitError on bad input before anything is written.
     """
-    from fusekit.fusion.export import export_fused, parity_and_outputs
-    from fusekit.fusion.report import gate_statistics, plot_gates, plot_training
-    from fusekit.train import evaluate, fit, resolve_device
+    from fusekit.train import CHECKPOINT_NAME, evaluate
 
-    options = options or FuseOptions()
-    parts_dir, out_dir = Path(parts_dir), Path(out_dir)
-    tasks = {t: list(ms) for t, ms in tasks.items()}
-    task_names = list(tasks)
     started = time.perf_counter()
-
-    training = options.training
-    resolve_device(training.device)  # a missing GPU is reported before anything is written
-    manifest = read_parts(parts_dir)
-    check_tasks(manifest, tasks)
-    level_dims(manifest)  # refuses feature maps and sequences early
-    input_names = [i["name"] for i in manifest["inputs"]]
-    if input_names != INPUT_ORDER:
-        raise FusekitError(f"fusekit fuse trains tabular models with inputs {INPUT_ORDER}; these take {input_names}")
-    spec = model_spec(manifest, tasks)
-    check_output_dir(out_dir, options.force)
-    ds = load_data(data, task_names, spec, options)
-    if options.train_rows not in ("holdout", "all"):
-        raise FusekitError(f"unknown --train-rows {options.train_rows!r}; use holdout or all")
-    holdout = bool(spec is not None and spec.holdout) and options.train_rows == "holdout"
-    train_rows = ds.fusion_rows() if holdout else ds.train
-    train_rows = train_rows.sample(options.max_rows, training.seed)
-    val = ds.val.sample(options.max_rows, training.seed + 1)
-    test = ds.test.sample(options.max_rows, training.seed + 2)
-    check_widths(manifest, test)
-
-    model = build_model(parts_dir, manifest, tasks, options.fusion)
-    n_trainable = sum(p.numel() for p in model.fusion_parameters())
-    work = work_dir_for(out_dir)
-    _prepare_work_dir(work, _run_identity(manifest, tasks, options), options)
-    config = dataclasses.replace(training, checkpoint_dir=work,
-                                 resume=options.resume and (work / "checkpoint.pt").exists())
-    result = fit(model, train_rows, val, task_names, config, on_epoch=options.on_epoch)
-    model = model.cpu().eval()
-
-    val_auc = evaluate(model, val, task_names, "cpu")
-    sources = load_sources(parts_dir, manifest, [m for ms in tasks.values() for m in ms], heads=True)
-    src_probs = source_probabilities(sources, input_names, test)
-
-    by_name = {m["name"]: m for m in manifest["models"]}
-    metadata = {"fusekit.source_sha256": json.dumps({m: by_name[m].get("sha256") for ms in tasks.values() for m in ms}),
-                "fusekit.task_models": json.dumps(tasks)}
-    if spec is not None:
-        metadata["fusekit.feature_spec"] = spec.to_json()
-    test_arrays = {"categorical": test.cat, "dense": test.dense}
-    with atomic_dir(out_dir, force=options.force) as tmp:
-        onnx_path = export_fused(model, tmp / "fused.onnx",
-                                 (torch.as_tensor(test.cat[:2]), torch.as_tensor(test.dense[:2])), metadata)
-        parity, deployed = parity_and_outputs(model, onnx_path, test_arrays, tol=options.parity_tol)
+    out_dir = Path(out_dir)
+    plan = prepare(parts_dir, tasks, data, options, out_dir)
+    model = build(plan)
+    work = _start_work_dir(plan, out_dir)
+    result = train(plan, model, work)
+    val_auc = evaluate(model, plan.val, plan.task_names, "cpu")
+    source_probs = score_sources(plan)
+    with atomic_dir(out_dir, force=plan.options.force) as tmp:
+        exported = export(plan, model, tmp / "fused.onnx")
         # The test AUC is the deployed file's (onnxruntime), so `fusekit eval fused.onnx` prints the same.
-        test_auc = {task: roc_auc(test.labels[task], deployed[task]) for task in task_names}
-        rows, per_task = [], {}
-        for task in task_names:
-            src_auc = {m: roc_auc(test.labels[task], src_probs[m]) for m in tasks[task]}
-            avg_auc = roc_auc(test.labels[task], np.mean([src_probs[m] for m in tasks[task]], axis=0))
-            per_task[task] = {"val_auc": val_auc[task], "test_auc": test_auc[task], "sources_test_auc": src_auc,
-                              "average_test_auc": avg_auc, "gain_over_average": test_auc[task] - avg_auc}
-            rows.append({"task": task, "fused": test_auc[task], "sources": src_auc, "average": avg_auc})
-        gates = gate_statistics(model, test)
-        (tmp / "gates.json").write_text(json.dumps(gates, indent=1))
-        plot_gates(gates, tmp / "gates.png")
-        plot_training(result.to_dict()["history"], tmp / "training_curves.png")
-        shutil.copy2(work / "checkpoint.pt", tmp / "checkpoint.pt")
-        metrics = {
-            "tasks": tasks, "per_task": per_task,
-            "mean_test_auc": float(np.mean([test_auc[t] for t in task_names])),
-            "epochs": len(result.history), "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-            "train_seconds": result.seconds, "total_seconds": time.perf_counter() - started,
-            "device": result.device, "amp": result.amp,
-            "rows": {"train": len(train_rows), "validation": len(val), "test": len(test),
-                     "train_source": "holdout rows the source models never saw" if holdout else "training split"},
-            "trainable_parameters": n_trainable, "parameters": model.parameter_count(),
-            "fusion": options.fusion.to_dict(),
-            "training": {"lr": training.lr, "batch_size": training.batch_size, "weight_decay": training.weight_decay,
-                         "max_epochs": training.max_epochs, "patience": training.patience, "seed": training.seed},
-            "onnx_parity_max_abs_diff": parity, "history": result.to_dict()["history"], "versions": _versions(),
-            "parts": str(parts_dir.resolve()),
-        }
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        per_task, rows = compare(plan, exported.probabilities, source_probs, val_auc)
+        metrics = write_outputs(plan, model, result, per_task, exported.parity, tmp, work / CHECKPOINT_NAME,
+                                time.perf_counter() - started)
     shutil.rmtree(work, ignore_errors=True)
     return FuseResult(out_dir, metrics, rows)
