@@ -21,6 +21,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def portable_path(path: Path | str, base: Path | str | None = None) -> str:
+    """``path`` as written into outputs: relative to ``base`` (default: the working directory).
+
+    Records name files relative to the run or the repository, never by an absolute path of
+    the machine that made them; a file on another drive keeps only its name.
+    """
+    target = Path(path).resolve()
+    start = Path(base).resolve() if base is not None else Path.cwd()
+    try:
+        return os.path.relpath(target, start)
+    except ValueError:  # no relative path across drives
+        return target.name
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

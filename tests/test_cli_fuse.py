@@ -64,6 +64,13 @@ def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(
     assert json.loads(meta["fusekit.tasks"]) == list(TASKS)
     assert set(json.loads(meta["fusekit.source_sha256"])) == set(sum(TASKS.values(), []))
     assert "fusekit.feature_spec" in meta and meta["fusekit.version"]
+    # The one export path: no exporter stack traces (they carry this machine's paths), a doc string.
+    assert not any(node.metadata_props for node in proto.graph.node)
+    assert "fusekit fused multi-task model" in proto.doc_string and "/" not in proto.doc_string
+    # Outputs name no absolute path; the training curves' reference is the validation average.
+    assert not metrics["parts"].startswith("/") and (out / metrics["parts"] / "manifest.json").is_file()
+    for task in TASKS:
+        assert 0.5 < metrics["per_task"][task]["average_val_auc"] < 1.0
     gates = json.loads((out / "gates.json").read_text())
     levels = json.loads((pool["parts"] / "manifest.json").read_text())["levels"]
     assert [lv["level"] for lv in gates["levels"]] == [levels]  # residual mode fuses at the last level

@@ -54,3 +54,13 @@ def test_outputs_get_normal_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_portable_path_is_relative_never_absolute(tmp_path):
+    from fusekit.io import portable_path
+
+    inner = tmp_path / "runs" / "a" / "parts"
+    inner.mkdir(parents=True)
+    assert portable_path(inner, tmp_path / "runs" / "b") == "../a/parts"
+    assert portable_path(inner, tmp_path) == "runs/a/parts"
+    assert not portable_path(inner).startswith("/")

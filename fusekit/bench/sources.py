@@ -74,8 +74,11 @@ def spec_summary(spec) -> dict | None:
 
 
 def describe(sources: list[SourceModel]) -> list[dict]:
-    """JSON-ready list of the sources."""
-    return [{"name": s.name, "task": s.task, "path": str(s.path), "parameters": s.parameters} for s in sources]
+    """JSON-ready list of the sources (paths relative to the working directory)."""
+    from fusekit.io import portable_path
+
+    return [{"name": s.name, "task": s.task, "path": portable_path(s.path), "parameters": s.parameters}
+            for s in sources]
 
 
 __all__ = ["SourceModel", "find_sources", "shared_spec", "onnx_probabilities",

@@ -29,7 +29,7 @@ from fusekit import __version__
 from fusekit.data.dataset import Split
 from fusekit.decompose.manifest import Manifest
 from fusekit.errors import FusekitError
-from fusekit.io import atomic_dir, atomic_file, check_output_dir
+from fusekit.io import atomic_dir, atomic_file, check_output_dir, portable_path
 from fusekit.metrics import roc_auc
 from fusekit.fusion.model import FusedModel, FusionOptions, SourceModel, reinitialised_copy, trainable_copy
 from fusekit.train import TrainConfig
@@ -371,10 +371,19 @@ def _versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
+def average_auc(plan: FusePlan, split: Split, sources: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per task, the AUC of the plain average of the task's sources on ``split``."""
+    return {task: roc_auc(split.labels[task], np.mean([sources[m] for m in plan.tasks[task]], axis=0))
+            for task in plan.task_names}
+
+
 def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_task: dict[str, dict], parity: float,
                   out: Path, checkpoint: Path | None, seconds: float) -> dict:
     """Write gates.json, gates.png, training_curves.png, checkpoint.pt (a copy of ``checkpoint``)
-    and metrics.json into ``out``; returns the metrics. ``seconds``: the run's time so far."""
+    and metrics.json into ``out``; returns the metrics. ``seconds``: the run's time so far.
+
+    The training curves draw the sources' average on the validation rows (``per_task``'s
+    ``average_val_auc``, when present) as the reference the fusion has to beat."""
     from fusekit.fusion.report import gate_statistics, plot_gates, plot_training
 
     out = Path(out)
@@ -383,7 +392,8 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
     gates = gate_statistics(model, plan.test)
     (out / "gates.json").write_text(json.dumps(gates, indent=1))
     plot_gates(gates, out / "gates.png")
-    plot_training(history, out / "training_curves.png")
+    reference = {t: per_task[t]["average_val_auc"] for t in plan.task_names if "average_val_auc" in per_task[t]}
+    plot_training(history, out / "training_curves.png", best_epoch=result.best_epoch, reference=reference or None)
     if checkpoint is not None:
         shutil.copy2(checkpoint, out / "checkpoint.pt")
     metrics = {
@@ -400,7 +410,7 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
         "training": {"lr": training.lr, "batch_size": training.batch_size, "weight_decay": training.weight_decay,
                      "max_epochs": training.max_epochs, "patience": training.patience, "seed": training.seed},
         "onnx_parity_max_abs_diff": parity, "history": history, "versions": _versions(),
-        "parts": str(Path(plan.parts.root or ".").resolve()),
+        "parts": portable_path(plan.parts.root or ".", out),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -425,10 +435,13 @@ def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_d
     result = train(plan, model, work)
     val_auc = evaluate(model, plan.val, plan.task_names, "cpu")
     source_probs = score_sources(plan)
+    val_average = average_auc(plan, plan.val, score_sources(plan, plan.val))
     with atomic_dir(out_dir, force=plan.options.force) as tmp:
         exported = export(plan, model, tmp / "fused.onnx")
         # The test AUC is the deployed file's (onnxruntime), so `fusekit eval fused.onnx` prints the same.
         per_task, rows = compare(plan, exported.probabilities, source_probs, val_auc)
+        for task in plan.task_names:
+            per_task[task]["average_val_auc"] = val_average[task]
         metrics = write_outputs(plan, model, result, per_task, exported.parity, tmp, work / CHECKPOINT_NAME,
                                 time.perf_counter() - started)
     shutil.rmtree(work, ignore_errors=True)
