@@ -24,7 +24,8 @@ from fusekit.data.dataset import Split
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_dir, atomic_file, check_output_dir
 from fusekit.metrics import roc_auc
-from fusekit.fusion.model import FusedModel, FusionOptions, SourceModel, reinitialised_copy, trainable_copy
+from fusekit.fusion.finetune import reinitialised_copy, trainable_copy
+from fusekit.fusion.model import FusedModel, FusionOptions, SourceModel
 from fusekit.train import TrainConfig
 
 INPUT_ORDER = ["categorical", "dense"]  # fusekit.train calls model(cat, dense)
