@@ -23,14 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Literal, Mapping
+from typing import Iterable, Literal, Mapping, get_args
 
 import onnx
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 Role = Literal["primary", "norm", "alias", "reshape", "plain"]
-ROLES: tuple[str, ...] = ("primary", "norm", "alias", "reshape", "plain")
+ROLES: tuple[str, ...] = get_args(Role)
 
 
 @dataclass(frozen=True)
