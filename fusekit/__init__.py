@@ -19,7 +19,6 @@ _API = {
     "decompose": "fusekit.decompose.pipeline",
     "DecomposeResult": "fusekit.decompose.pipeline",
     "Manifest": "fusekit.decompose.manifest",
-    "load_manifest": "fusekit.decompose.manifest",
     "load_component": "fusekit.onnxio.interpreter",
     "session": "fusekit.onnxio.sessions",
     "fuse": "fusekit.fusion.fuse",

@@ -89,6 +89,25 @@ def dense_mlp(n_in: int = 8, widths: Sequence[int] = (16, 8), seed: int = 0) -> 
     return DenseMLP(n_in, widths).eval()
 
 
+class GRUClassifier(nn.Module):
+    """A GRU over the input as a one-step sequence, then a linear logit: an op fusekit cannot run."""
+
+    def __init__(self, n_in: int, hidden: int):
+        super().__init__()
+        self.gru = nn.GRU(n_in, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(x.unsqueeze(1))
+        return self.out(states[:, -1])
+
+
+def gru_classifier(n_in: int = 8, hidden: int = 6, seed: int = 0) -> GRUClassifier:
+    """An eval-mode GRUClassifier with seeded weights (same input as :func:`dense_mlp`)."""
+    _seeded(seed)
+    return GRUClassifier(n_in, hidden).eval()
+
+
 class ResidualBlock(nn.Module):
     """x + W2 relu(W1 x), then LayerNorm."""
 

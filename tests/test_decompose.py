@@ -4,15 +4,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
-from onnx import helper
+from onnx import TensorProto, helper
 
 from fusekit.decompose.pipeline import decompose
 from fusekit.errors import FusekitError
 from fusekit.io import sha256_file
 from fusekit.decompose.manifest import Manifest
+from fusekit.onnxio.interpreter import load_component
 from tests import onnx_fixtures as F
 
 CENSUS = {"income_a": (64, 32, 16), "income_b": (64, 64, 32, 16), "married_a": (64, 32, 16),
@@ -164,3 +167,34 @@ def test_bad_inputs(dense, census, tmp_path):
     assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def _custom_op_model(path: Path) -> Path:
+    """x -> com.example::FusedGelu -> y: valid for onnx.checker, unknown to everyone else."""
+    node = helper.make_node("FusedGelu", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_pool_with_ops_fuse_cannot_run_is_refused_before_anything_is_written(dense, tmp_path):
+    models = tmp_path / "models"
+    gru = F.export(F.gru_classifier(), (torch.randn(2, 8),), models / "gru.onnx", False, ["x"], ["y"])
+    custom = _custom_op_model(models / "custom.onnx")
+    mlp = dense((16,))
+    # A valid model that onnxruntime runs, which fuse's interpreter could not load.
+    session = ort.InferenceSession(str(gru), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.ones((3, 8), np.float32)})[0].shape == (3, 1)
+    with pytest.raises(FusekitError, match="GRU"):
+        load_component(gru)
+    out = tmp_path / "parts"
+    with pytest.raises(FusekitError) as info:
+        decompose([mlp, gru, custom], out)
+    message = str(info.value)
+    assert "\n" not in message and str(mlp) not in message
+    assert f"{gru} uses GRU; {custom} uses com.example::FusedGelu: ops" in message
+    assert "re-export those models without them" in message
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["models"]

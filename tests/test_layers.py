@@ -114,3 +114,20 @@ def test_legacy_shared_weights_become_identities_but_blocks_still_match(tmp_path
     layers = analyse(load_graph(path)).layers
     assert layers[1].signature == layers[3].signature  # attention blocks
     assert layers[1].signature != layers[2].signature  # attention is not MLP
+
+
+def test_an_einsum_starts_a_layer_only_when_it_holds_a_weight(tmp_path):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 6)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(size=(6, 2)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Einsum", ["x", "w1"], ["h"], equation="bi,ij->bj"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Einsum", ["r", "r"], ["sq"], equation="bi,bi->bi"),  # data only: no layer
+             helper.make_node("Einsum", ["sq", "w2"], ["y"], equation="bi,ij->bj")]
+    graph = helper.make_graph(nodes, "einsum", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", 2])], inits)
+    path = tmp_path / "einsum.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    layers = analyse(load_graph(path)).layers
+    assert [layer.kind for layer in layers] == ["Einsum+Relu+Einsum", "Einsum"]
+    assert [layer.cuttable for layer in layers] == [True, False]

@@ -11,7 +11,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from fusekit.errors import FusekitError
 from fusekit.onnxio.interpreter import load_component
+from fusekit.onnxio.optable import TABLE
 
 TOL = 1e-5
 _rng = np.random.default_rng(0)
@@ -60,8 +62,10 @@ CASES: list[Case] = [
     # elementwise
     *[C(op, [X]) for op in ("Abs", "Neg", "Exp", "Relu", "Sigmoid", "Tanh", "Erf", "Floor", "Ceil",
                              "Sign", "Sin", "Cos", "Softsign", "Softplus", "Atan", "Mish", "Identity",
-                             "HardSwish", "Round", "IsNaN")],
+                             "HardSwish", "Round", "IsNaN", "Tan", "Sinh", "Cosh", "Asinh")],
     *[C(op, [pos(3, 4)]) for op in ("Reciprocal", "Sqrt", "Log")],
+    *[C(op, [f32(3, 4, lo=-0.9, hi=0.9)]) for op in ("Asin", "Acos", "Atanh")],
+    C("Acosh", [f32(3, 4, lo=1.1, hi=3.0)]),
     C("Not", [boolean(3, 4)]),
     C("LeakyRelu", [X], alpha=0.1), C("LeakyRelu", [X], name="default"),
     C("Elu", [X], alpha=0.7), C("Selu", [X]), C("Selu", [X], alpha=1.2, gamma=0.9, name="attrs"),
@@ -77,6 +81,8 @@ CASES: list[Case] = [
     C("Mod", [f32(5), pos(5)], fmod=1, name="fmod"),
     *[C(op, [i64([1, 2, 3, 4]), i64([2, 2, 2, 2])]) for op in ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")],
     *[C(op, [boolean(3, 4), boolean(4)]) for op in ("And", "Or", "Xor")],
+    *[C(op, [i64([5, -3, 12, 0]), i64([3, 6, -1, 7])]) for op in ("BitwiseAnd", "BitwiseOr", "BitwiseXor")],
+    C("BitwiseNot", [i64([5, -3, 0])]),
     C("Sum", [X, f32(4), f32(3, 1)]), C("Mean", [X, f32(4)]), C("Max", [X, f32(4), f32(3, 4)]), C("Min", [X, f32(1)]),
     C("Where", [boolean(3, 4), X, f32(4)]),
     C("Clip", [X, np.array(-0.5, np.float32), np.array(0.7, np.float32)], const=(1, 2)),
@@ -238,9 +244,24 @@ def _check(case: Case, tmp_path, fed: bool = False) -> None:
             assert np.array_equal(g, w)
 
 
+def test_every_op_of_the_table_has_a_case():
+    assert {c.op for c in CASES} == set(TABLE)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_op_matches_onnxruntime(case, tmp_path):
     _check(case, tmp_path)
+
+
+@pytest.mark.parametrize("op,inputs,attrs,opset,since", [
+    ("GroupNormalization", [f32(2, 4, 5), f32(2), f32(2)], {"num_groups": 2}, 18, 21),
+    ("Hardmax", [X], {}, 11, 13),
+], ids=["GroupNormalization", "Hardmax"])
+def test_op_older_than_its_table_opset_is_refused_at_load(op, inputs, attrs, opset, since, tmp_path):
+    path = tmp_path / "old.onnx"
+    onnx.save(_model(Case(op, inputs, attrs, const=tuple(range(1, len(inputs))), opset=opset), fed=False), str(path))
+    with pytest.raises(FusekitError, match=f"{op}.*from opset {since} on, the model has {opset}"):
+        load_component(path)
 
 
 @pytest.mark.parametrize("case", FED, ids=[c.id for c in FED])

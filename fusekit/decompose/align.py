@@ -14,6 +14,7 @@ import numpy as np
 
 from fusekit.decompose.graph import ModelGraph
 from fusekit.decompose.layers import Layer, group_layers
+from fusekit.onnxio import optable
 
 
 @dataclass
@@ -112,7 +113,7 @@ def _shape_crossings(graph: ModelGraph, order: list[int]) -> list[tuple[int, int
     crossings = []
     for i, q in last_use.items():
         node = graph.nodes[i]
-        if node.op_type not in ("Shape", "Size") or q < 0:
+        if not optable.is_shape_only(node.op_type, node.domain) or q < 0:
             continue
         src = node.input[0]
         producer = graph.tensors[src].producer

@@ -20,12 +20,9 @@ import onnx
 from onnx import helper
 
 from fusekit.errors import FusekitError
+from fusekit.onnxio import optable
 
 MIN_OPSET = 13
-_SHAPE_OPS = {"Shape", "Size"}
-# Ops whose outputs are not a function of their inputs: never constant-folded in our analysis.
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                     "Bernoulli"}
 
 Dim = int | str | None
 
@@ -164,7 +161,7 @@ def read_model(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # noqa: BLE001 - checker raises ValidationError and C++ errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FusekitError(f"{path} fails onnx.checker ({first}); re-export a valid model") from None
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = optable.default_opset(model)
     if opset < MIN_OPSET:
         raise FusekitError(f"{path} uses opset {opset}; fusekit needs opset {MIN_OPSET} or newer "
                            f"(re-export with a newer opset or convert with onnx.version_converter)")
@@ -196,12 +193,15 @@ def _canonical_dims(model: onnx.ModelProto, inputs: list[str]) -> dict[str, str]
     return names
 
 
-def load_graph(path: Path) -> ModelGraph:
-    """Read, check and shape-infer ``path``; classify every tensor as data, const or shape."""
+def load_graph(path: Path, model: onnx.ModelProto | None = None) -> ModelGraph:
+    """Read, check and shape-infer ``path``; classify every tensor as data, const or shape.
+
+    ``model``: the file as :func:`read_model` already returned it, to not read it twice.
+    """
     path = Path(path)
-    model = infer_shapes(read_model(path), path)
+    model = infer_shapes(model if model is not None else read_model(path), path)
     graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = optable.default_opset(model)
     initializers = {t.name: t for t in graph.initializer}
     tensors: dict[str, Tensor] = {}
     for t in graph.initializer:
@@ -236,14 +236,14 @@ def load_graph(path: Path) -> ModelGraph:
                                    f"produces; re-export a valid model")
             tensors[name].consumers.append((i, slot))
             kinds.add(tensors[name].kind)
-        if node.op_type in _SHAPE_OPS and node.domain in ("", "ai.onnx"):
+        if optable.is_shape_only(node.op_type, node.domain):
             kind = "const" if kinds <= {"const"} else "shape"
         elif "data" in kinds:
             kind = "data"
         elif "shape" in kinds:
             kind = "shape"
-        elif node.op_type in _NONDETERMINISTIC:
-            kind = "data"
+        elif not optable.foldable(node.op_type, node.domain):
+            kind = "data"  # an op that may be random (or is unknown) is never taken for a constant
         else:
             kind = "const"
         node_kind.append(kind)

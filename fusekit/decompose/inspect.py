@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusekit.decompose.align import Analysis, analyse
-from fusekit.decompose.graph import load_graph
+from fusekit.decompose.graph import load_graph, read_model
+from fusekit.onnxio import optable
 
 
 @dataclass
@@ -15,6 +16,7 @@ class InspectResult:
 
     path: Path
     analysis: Analysis
+    unsupported: list[str] = field(default_factory=list)  # ops fusekit's interpreter cannot run
 
     def to_json(self) -> dict:
         """JSON-serialisable form (what ``--json`` prints)."""
@@ -28,6 +30,7 @@ class InspectResult:
                        for n in g.inputs],
             "outputs": [{"name": n, "shape": list(g.canonical_shape(n) or ()), "dtype": g.tensors[n].dtype}
                         for n in g.outputs],
+            "unsupported_ops": list(self.unsupported),
             "cut_points": [{"position": gap, "tensor": t, "shape": list(g.canonical_shape(t) or ())}
                            for gap, t in self.analysis.cuts],
             "layers": [{"index": layer.index, "summary": layer.summary, "kind": layer.kind,
@@ -44,8 +47,11 @@ class InspectResult:
                  "inputs: " + ", ".join(f"{i['name']} {i['dtype']} [{','.join(map(str, i['shape']))}]"
                                         for i in data["inputs"]),
                  "outputs: " + ", ".join(f"{o['name']} {o['dtype']} [{','.join(map(str, o['shape']))}]"
-                                         for o in data["outputs"]),
-                 "", f"{'#':>3}  {'layer':<44} {'output':<22} {'signature':<17} cut"]
+                                         for o in data["outputs"])]
+        if self.unsupported:
+            lines.append(f"unsupported: {optable.describe(self.unsupported)} (fusekit's ONNX interpreter cannot run "
+                         "them, so decompose refuses this model; re-export it without them)")
+        lines += ["", f"{'#':>3}  {'layer':<44} {'output':<22} {'signature':<17} cut"]
         for layer in self.analysis.layers:
             summary = layer.summary if len(layer.summary) <= 44 else layer.summary[:41] + "..."
             cut = "yes" if layer.cuttable else f"no: {layer.why_not}"
@@ -61,7 +67,9 @@ class InspectResult:
 def inspect_model(path: Path) -> InspectResult:
     """Load, check and analyse one model (FusekitError when it is unusable)."""
     path = Path(path)
-    return InspectResult(path=path, analysis=analyse(load_graph(path)))
+    model = read_model(path)
+    return InspectResult(path=path, analysis=analyse(load_graph(path, model)),
+                         unsupported=optable.unsupported_ops(model))
 
 
 def result_json(result: InspectResult) -> str:

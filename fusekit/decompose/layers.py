@@ -1,9 +1,10 @@
 """Grouping a model's data-path ops into layers and giving each a structural signature.
 
-A layer runs from one cut point to a later one and holds at least one parametric op (Gemm,
-MatMul with a weight, Conv, an embedding Gather, a recurrent op) with the ops that only serve it
-(bias Add, activation, normalisation, reshape). Ops between two cut points are never split, so a
-residual block is one layer.
+A layer runs from one cut point to a later one and holds at least one parametric op (a
+``primary`` op of the op table, :mod:`fusekit.onnxio.optable`, with a constant weight: Gemm,
+MatMul, Conv, an embedding Gather, ...) with the ops that only serve it (bias Add, activation,
+normalisation, reshape). Ops between two cut points are never split, so a residual block is
+one layer.
 
 The signature is a hash of the layer's structure: op types, attributes (defaults filled in),
 weight shapes and inferred output shapes, wired as in the graph. It never uses weight values,
@@ -21,13 +22,7 @@ import onnx
 from onnx import helper
 
 from fusekit.decompose.graph import ModelGraph
-
-PRIMARY_OPS = {"Gemm", "MatMul", "Conv", "ConvTranspose", "ConvInteger", "MatMulInteger", "QLinearConv",
-               "QLinearMatMul", "Einsum", "LSTM", "GRU", "RNN", "Gather"}
-NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
-            "RMSNormalization", "LpNormalization", "SimplifiedLayerNormalization"}
-ALIAS_OPS = {"Identity", "Dropout"}
-RESHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+from fusekit.onnxio import optable
 
 
 @dataclass
@@ -99,23 +94,28 @@ def _attrs(node: onnx.NodeProto, opset: int) -> tuple[tuple[str, object], ...]:
     return tuple(sorted(values.items()))
 
 
+def _role(node: onnx.NodeProto) -> str | None:
+    info = optable.lookup(node.op_type, node.domain)
+    return info.role if info is not None else None
+
+
 def is_primary(graph: ModelGraph, i: int) -> bool:
-    """A parametric op that starts a layer: a weight-carrying op, not a normalisation."""
+    """A parametric op that starts a layer: data through an op whose weight input is a constant."""
     node = graph.nodes[i]
-    if node.op_type not in PRIMARY_OPS:
+    info = optable.lookup(node.op_type, node.domain)
+    if info is None or info.role != "primary":
         return False
     kinds = [graph.tensors[n].kind if n else None for n in node.input]
-    if node.op_type == "Gather":
+    if node.op_type == "Gather":  # an embedding table, not a lookup in a shape vector
         shape = graph.tensors[node.input[0]].shape
-        return kinds[0] == "const" and shape is not None and len(shape) >= 2 and kinds[1] == "data"
-    if node.op_type in ("MatMul", "Einsum"):
-        return "const" in kinds and "data" in kinds
-    return any(k == "const" for k in kinds[1:])
+        if shape is None or len(shape) < 2:
+            return False
+    return "data" in kinds and any(kinds[p] == "const" for p in info.weight_inputs if p < len(kinds))
 
 
 def is_norm(graph: ModelGraph, i: int) -> bool:
     """A normalisation op (joins the layer before it)."""
-    return graph.nodes[i].op_type in NORM_OPS
+    return _role(graph.nodes[i]) == "norm"
 
 
 class _Tokens:
@@ -155,11 +155,12 @@ class _Tokens:
         ins = [n for n in g.node_inputs[i]]
         data_ins = [n for n in ins if n and g.tensors[n].kind == "data"]
         op = node.op_type
-        if op in ALIAS_OPS and data_ins and node.output:
+        role = _role(node)
+        if role == "alias" and data_ins and node.output:
             self.alias[node.output[0]] = data_ins[0]
             return
         out_shapes = tuple((g.canonical_shape(o), g.tensors[o].dtype) for o in node.output if o)
-        if op in RESHAPE_OPS and data_ins:
+        if role == "reshape" and data_ins:
             prev = self.source.get(self.resolve(data_ins[0]))
             if prev and self.tokens[prev[0]][0] == "Reshape" and self.single_use(self.resolve(data_ins[0])):
                 # A chain of reshapes is one reshape: exporters differ in how they spell it.
@@ -200,7 +201,7 @@ class _Tokens:
         weights = tuple((slot, g.tensors[n].shape, g.tensors[n].dtype) for slot, n in enumerate(ins)
                         if n and g.tensors[n].kind == "const")
         refs = [self.ref(n) if n else ("none",) for n in ins]
-        name = f"{node.domain}::{op}" if node.domain not in ("", "ai.onnx") else op
+        name = f"{node.domain}::{op}" if node.domain not in optable.DEFAULT_DOMAINS else op
         self._put(i, [name, _attrs(node, g.opset), weights, out_shapes, refs])
 
     def _fold_bias(self, i: int, ins: list[str]) -> bool:

@@ -15,11 +15,12 @@ import onnx
 from fusekit import __version__
 from fusekit.decompose.align import Analysis, analyse, choose_levels, common_layers
 from fusekit.errors import FusekitError
-from fusekit.decompose.graph import ModelGraph, load_graph
+from fusekit.decompose.graph import ModelGraph, load_graph, read_model
 from fusekit.io import atomic_dir, check_output_dir, sha256_file
 from fusekit.decompose.manifest import Boundary, CommonLayerEntry, InputSpec, Manifest, ModelEntry, \
     relative_source_path
 from fusekit.decompose.surgery import cut_component, verify_chain
+from fusekit.onnxio import optable
 
 
 @dataclass
@@ -166,10 +167,26 @@ def analyse_models(paths: list[Path], names: list[str] | None = None) -> tuple[l
     if dupes:
         raise FusekitError(f"two models are named {dupes[0]!r} (from their file names); give distinct names "
                            f"(rename the files or pass --names)")
-    graphs = [load_graph(p) for p in paths]
+    models = [read_model(p) for p in paths]
+    _refuse_unsupported(paths, models)
+    graphs = [load_graph(p, model) for p, model in zip(paths, models)]
     inputs = _check_inputs(names, graphs)
     analyses = [analyse(g) for g in graphs]
     return names, graphs, analyses, inputs
+
+
+def _refuse_unsupported(paths: list[Path], models: list[onnx.ModelProto]) -> None:
+    """FusekitError naming every model that uses ops fuse could not load, and those ops.
+
+    onnxruntime would cut and verify such a pool, but fuse runs the components with fusekit's
+    own interpreter; refusing here saves writing parts nothing can use.
+    """
+    uses = [f"{path} uses {optable.describe(ops)}" for path, ops in
+            ((path, optable.unsupported_ops(model)) for path, model in zip(paths, models)) if ops]
+    if uses:
+        raise FusekitError(f"{'; '.join(uses)}: ops fusekit's ONNX interpreter cannot run, so fuse could not "
+                           f"load the components; re-export {'that model' if len(uses) == 1 else 'those models'} "
+                           "without them (fusekit/onnxio/optable.py lists the ops fusekit runs)")
 
 
 @contextlib.contextmanager

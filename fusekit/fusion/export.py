@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from fusekit.errors import FusekitError
-from fusekit.fusion.model import FusedModel, ProbabilityOutputs, deployable_copy
+from fusekit.fusion.finetune import deployable_copy
+from fusekit.fusion.model import FusedModel, ProbabilityOutputs
 from fusekit.onnxio.export import export_onnx, max_abs_diff, torch_outputs
 
 

@@ -31,7 +31,8 @@ from fusekit.decompose.manifest import Manifest
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_dir, atomic_file, check_output_dir, portable_path
 from fusekit.metrics import roc_auc
-from fusekit.fusion.model import FusedModel, FusionOptions, SourceModel, reinitialised_copy, trainable_copy
+from fusekit.fusion.finetune import reinitialised_copy, trainable_copy
+from fusekit.fusion.model import FusedModel, FusionOptions, SourceModel
 from fusekit.train import TrainConfig
 
 if TYPE_CHECKING:

@@ -1,9 +1,10 @@
 """An ONNX component as a frozen, differentiable torch module.
 
 :func:`load_component` interprets the ONNX graph with the op implementations of
-:mod:`fusekit.onnx_ops`. All planning happens once, at load time: the nodes are sorted,
-attributes resolved into closures, and every node whose inputs are all constants is evaluated
-(constant folding). What remains is a list of steps over value slots.
+:mod:`fusekit.onnxio.ops`, for the ops of the op table (:mod:`fusekit.onnxio.optable`). All
+planning happens once, at load time: the nodes are sorted, attributes resolved into closures,
+and every node whose inputs are all constants is evaluated (constant folding). What remains is
+a list of steps over value slots.
 
 Values come in three kinds:
 
@@ -31,9 +32,9 @@ from onnx import helper, inliner, numpy_helper
 from torch import nn
 
 from fusekit.onnxio import ops as onnx_ops
+from fusekit.onnxio import optable
 from fusekit.errors import FusekitError
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _MAX_HOST_CONST = 64  # larger constants never enter host arithmetic (it is meant for shape vectors)
 _DEVICE_SLOT = 0
 
@@ -83,7 +84,7 @@ class FrozenComponent(nn.Module):
         if model.functions:
             model = inliner.inline_local_functions(model)
         graph = model.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
+        self.opset = optable.default_opset(model)
         if self.opset == 0:
             raise self._fail("the model imports no default ONNX opset; re-export it with a standard opset")
         dtypes = _value_dtypes(model)
@@ -116,12 +117,17 @@ class FrozenComponent(nn.Module):
     def _plan_node(self, node: onnx.NodeProto, values: dict, dtypes: dict, consumers: dict) -> None:
         op = node.op_type
         where = f"op {op} (node {node.name or node.output[0]!r})"
-        if node.domain not in _DEFAULT_DOMAINS:
+        if node.domain not in optable.DEFAULT_DOMAINS:
             raise self._fail(f"{where} of domain {node.domain!r} is not supported; only standard ONNX ops are")
-        if op not in onnx_ops.OPS:
+        info = optable.lookup(op, node.domain)
+        if info is None:
             raise self._fail(f"{where} is not supported by fusekit's ONNX interpreter; "
-                             "re-export the model without it or add it to fusekit/onnx_ops.py")
+                             "re-export the model without it")
+        if self.opset < info.min_opset:
+            raise self._fail(f"{where} is supported from opset {info.min_opset} on, the model has {self.opset}; "
+                             "re-export it with a newer opset")
         opdef = onnx_ops.OPS[op]
+        static = info.static_inputs
         attrs = _attributes(node, self, where)
         ins = [values[n] if n else None for n in node.input]
         ctx = onnx_ops.OpContext(
@@ -138,8 +144,9 @@ class FrozenComponent(nn.Module):
             raise self._fail(f"{where} lacks the required attribute {exc}") from None
 
         live = [v for v in ins if v is not None]
-        if all(v.kind == "const" for v in live) and op not in onnx_ops.NOT_FOLDABLE:
-            self._fold(node, fn, opdef, ins, values, where)
+        # Every op of the table is deterministic (optable.foldable), so constant inputs fold.
+        if all(v.kind == "const" for v in live):
+            self._fold(node, fn, opdef, static, ins, values, where)
             return
         if op in ("Shape", "Size") and ins[0].kind == "tensor":
             self._plan_shape_of(node, attrs, ins[0], values)
@@ -151,10 +158,10 @@ class FrozenComponent(nn.Module):
             if host_fn is not None:
                 self._plan_host(node, host_fn, ins, values, dtypes)
                 return
-        self._plan_tensor(node, fn, opdef, ins, values, dtypes)
+        self._plan_tensor(node, fn, opdef, static, ins, values, dtypes)
 
-    def _fold(self, node, fn, opdef, ins, values, where) -> None:
-        args = [None if v is None else (onnx_ops.host(v.const) if i in opdef.static else v.const)
+    def _fold(self, node, fn, opdef, static, ins, values, where) -> None:
+        args = [None if v is None else (onnx_ops.host(v.const) if i in static else v.const)
                 for i, v in enumerate(ins)]
         try:
             with torch.no_grad():
@@ -197,9 +204,9 @@ class FrozenComponent(nn.Module):
             if name:
                 values[name] = _Value("host", slot, dtype=dtypes.get(name, first))
 
-    def _plan_tensor(self, node, fn, opdef, ins, values, dtypes) -> None:
+    def _plan_tensor(self, node, fn, opdef, static, ins, values, dtypes) -> None:
         getters = [
-            _none if not n else self._getter(values, n, tensor=i not in opdef.static)
+            _none if not n else self._getter(values, n, tensor=i not in static)
             for i, n in enumerate(node.input)
         ]
         outs = [self._new_slot() if n else -1 for n in node.output]

@@ -2,13 +2,15 @@
 
 Each entry is a *factory*: it receives the node's resolved attributes and an :class:`OpContext`
 once, at load time, and returns a closure that computes the node's outputs from its inputs.
-The interpreter in :mod:`fusekit.components` calls the closures every forward pass, so all
+The interpreter in :mod:`fusekit.onnxio.interpreter` calls the closures every forward pass, so all
 attribute handling happens once.
 
-Inputs listed in an op's ``static`` positions (shapes, axes, pads, ...) are not tensors: they
-arrive as host values (numpy arrays whose items may be ``torch.SymInt`` while ``torch.export``
-traces a dynamic batch). Reading them as python numbers keeps shape arithmetic out of the
-tensor graph, which is what makes a component re-exportable with a symbolic batch size.
+Which ops exist, and which of their inputs are static (shapes, axes, pads, ...), is the op
+table's (:mod:`fusekit.onnxio.optable`); this module checks at import that it implements exactly
+the table's ops. Static inputs are not tensors: they arrive as host values (numpy arrays whose
+items may be ``torch.SymInt`` while ``torch.export`` traces a dynamic batch). Reading them as
+python numbers keeps shape arithmetic out of the tensor graph, which is what makes a component
+re-exportable with a symbolic batch size.
 
 ``SHAPE_OPS`` evaluates the small integer computations that ONNX exporters build from ``Shape``
 outputs (Gather, Concat, Unsqueeze, Mul, ...) on those host values instead of on tensors.
@@ -17,13 +19,15 @@ A factory raises :class:`UnsupportedOp` for attribute values it does not impleme
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto
+
+from fusekit.onnxio import optable
 
 
 class UnsupportedOp(Exception):
@@ -45,18 +49,14 @@ class OpContext:
 
 @dataclass(frozen=True)
 class OpDef:
-    """A registered op: its factory, which inputs are host values, whether it creates tensors."""
+    """A registered op: its factory, and whether it creates tensors (so needs the call's device)."""
 
     factory: Callable[[dict, OpContext], Callable]
-    static: frozenset = field(default_factory=frozenset)
     needs_device: bool = False
 
 
 OPS: dict[str, OpDef] = {}
 SHAPE_OPS: dict[str, Callable[[dict, OpContext], Callable]] = {}
-
-# Ops that must not be evaluated at load time even when every input is a constant.
-NOT_FOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"})
 
 ONNX_TO_TORCH: dict[int, torch.dtype] = {
     TensorProto.FLOAT: torch.float32,
@@ -75,12 +75,15 @@ ONNX_TO_TORCH: dict[int, torch.dtype] = {
 }
 
 
-def register(*names: str, static: tuple = (), device: bool = False):
-    """Decorator: register a factory under one or more op types."""
+def register(*names: str, device: bool = False):
+    """Decorator: register a factory under one or more op types of the op table."""
 
     def deco(factory):
         for name in names:
-            OPS[name] = OpDef(factory, frozenset(static), device)
+            if name not in optable.TABLE:
+                raise RuntimeError(f"fusekit/onnxio/ops.py implements {name}, which the op table "
+                                   "(fusekit/onnxio/optable.py) does not list; add it there")
+            OPS[name] = OpDef(factory, device)
         return factory
 
     return deco
@@ -349,9 +352,7 @@ register("LogSoftmax")(_softmax_like(torch.log_softmax))
 
 @register("Hardmax")
 def _hardmax(attrs, ctx):
-    axis = attrs.get("axis", -1 if ctx.opset >= 13 else 1)
-    if ctx.opset < 13:
-        raise UnsupportedOp("Hardmax before opset 13")
+    axis = attrs.get("axis", -1)
     return lambda x: F.one_hot(torch.argmax(x, dim=axis), x.shape[axis]).movedim(-1, axis).to(x.dtype)
 
 
@@ -405,7 +406,7 @@ def numpy_to_torch(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, copy=True))
 
 
-@register("ConstantOfShape", static=(0,), device=True)
+@register("ConstantOfShape", device=True)
 def _constant_of_shape(attrs, ctx):
     value = attrs.get("value")
     t = numpy_to_torch(value).reshape(-1) if value is not None else torch.zeros(1, dtype=torch.float32)
@@ -416,7 +417,7 @@ def _constant_of_shape(attrs, ctx):
     return f
 
 
-@register("Range", static=(0, 1, 2), device=True)
+@register("Range", device=True)
 def _range(attrs, ctx):
     dtype = ctx.output_dtypes[0] if ctx.output_dtypes and ctx.output_dtypes[0] is not None else None
 
@@ -427,7 +428,7 @@ def _range(attrs, ctx):
     return f
 
 
-@register("Dropout", static=(1, 2))
+@register("Dropout")
 def _dropout(attrs, ctx):
     # Always inference semantics: a frozen component never drops activations.
     if ctx.n_outputs > 1:
@@ -448,7 +449,7 @@ def _size(attrs, ctx):
     return lambda x: torch.tensor(x.numel(), dtype=torch.int64)
 
 
-@register("Reshape", static=(1,))
+@register("Reshape")
 def _reshape(attrs, ctx):
     allowzero = attrs.get("allowzero", 0)
 
@@ -482,7 +483,7 @@ def _transpose(attrs, ctx):
     return f
 
 
-@register("Squeeze", static=(1,))
+@register("Squeeze")
 def _squeeze(attrs, ctx):
     def f(x, axes=None):
         ax = _attr_or_input(attrs, "axes", axes)
@@ -493,7 +494,7 @@ def _squeeze(attrs, ctx):
     return f
 
 
-@register("Unsqueeze", static=(1,))
+@register("Unsqueeze")
 def _unsqueeze(attrs, ctx):
     def f(x, axes=None):
         ax = _attr_or_input(attrs, "axes", axes)
@@ -511,7 +512,7 @@ def _concat(attrs, ctx):
     return lambda *xs: torch.cat(xs, dim=axis)
 
 
-@register("Split", static=(1,))
+@register("Split")
 def _split(attrs, ctx):
     axis = attrs.get("axis", 0)
     num_outputs = attrs.get("num_outputs")
@@ -544,7 +545,7 @@ def _slice_host(starts, ends, axes, steps, rank):
 _I64_MAX = 2**63 - 1
 
 
-@register("Slice", static=(1, 2, 3, 4))
+@register("Slice")
 def _slice(attrs, ctx):
     def f(x, starts=None, ends=None, axes=None, steps=None):
         if ctx.opset < 10:
@@ -653,7 +654,7 @@ def _scatter_nd(attrs, ctx):
     return f
 
 
-@register("OneHot", static=(1,))
+@register("OneHot")
 def _one_hot(attrs, ctx):
     axis = attrs.get("axis", -1)
 
@@ -681,7 +682,7 @@ def _eye_like(attrs, ctx):
     return f
 
 
-@register("Resize", static=(1, 2, 3))
+@register("Resize")
 def _resize(attrs, ctx):
     mode = attrs.get("mode", "nearest")
     ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
@@ -737,8 +738,6 @@ def _resize(attrs, ctx):
 @register("GroupNormalization")
 def _group_norm(attrs, ctx):
     groups, eps = attrs["num_groups"], attrs.get("epsilon", 1e-5)
-    if ctx.opset < 21:
-        raise UnsupportedOp("GroupNormalization before opset 21 (per-group scale)")
     return lambda x, scale, bias: F.group_norm(x, groups, scale, bias, eps)
 
 
@@ -748,7 +747,7 @@ def _non_zero(attrs, ctx):
     return lambda x: torch.nonzero(x).t().contiguous()
 
 
-@register("Expand", static=(1,))
+@register("Expand")
 def _expand(attrs, ctx):
     def f(x, shape):
         dims = ints(shape)
@@ -761,12 +760,12 @@ def _expand(attrs, ctx):
     return f
 
 
-@register("Tile", static=(1,))
+@register("Tile")
 def _tile(attrs, ctx):
     return lambda x, repeats: x.repeat(ints(repeats))
 
 
-@register("Pad", static=(1, 2, 3))
+@register("Pad")
 def _pad(attrs, ctx):
     mode = attrs.get("mode", "constant")
     modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
@@ -795,7 +794,7 @@ def _pad(attrs, ctx):
     return f
 
 
-@register("Trilu", static=(1,))
+@register("Trilu")
 def _trilu(attrs, ctx):
     upper = attrs.get("upper", 1)
 
@@ -842,7 +841,7 @@ def _gemm(attrs, ctx):
     return f
 
 
-@register("CumSum", static=(1,))
+@register("CumSum")
 def _cumsum(attrs, ctx):
     exclusive, reverse = attrs.get("exclusive", 0), attrs.get("reverse", 0)
 
@@ -858,7 +857,7 @@ def _cumsum(attrs, ctx):
     return f
 
 
-@register("TopK", static=(1,))
+@register("TopK")
 def _topk(attrs, ctx):
     axis, largest, sorted_ = attrs.get("axis", -1), attrs.get("largest", 1), attrs.get("sorted", 1)
     return lambda x, k: tuple(torch.topk(x, scalar(k), dim=axis, largest=bool(largest), sorted=bool(sorted_)))
@@ -930,7 +929,7 @@ _REDUCERS = {
 }
 
 for _kind in _REDUCERS:
-    OPS["Reduce" + _kind] = OpDef(_reduce(_kind), frozenset({1}))
+    register("Reduce" + _kind)(_reduce(_kind))
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -1327,3 +1326,15 @@ def _host_reduce(attrs, ctx):
         return np.asarray([y] if keep else y, dtype=object)
 
     return f
+
+
+def _check_against_table() -> None:
+    """The implementations and the op table name the same ops; anything else is a bug here."""
+    missing = sorted(set(optable.TABLE) - set(OPS))
+    stray = sorted(set(SHAPE_OPS) - set(OPS))
+    if missing or stray:
+        raise RuntimeError(f"fusekit/onnxio/ops.py is out of step with the op table: no implementation of "
+                           f"{missing or 'none'}; host implementations of unlisted ops {stray or 'none'}")
+
+
+_check_against_table()

@@ -1,0 +1,238 @@
+"""The op table: everything fusekit knows about an ONNX op, in one place, without torch.
+
+One :class:`OpInfo` per op type of the default ONNX domain that fusekit's interpreter
+(:mod:`fusekit.onnxio.ops`) implements, and no others: :mod:`fusekit.onnxio.ops` checks at
+import that its implementations and this table name the same ops. Who reads what:
+
+* the interpreter: ``static_inputs`` (inputs read as host values) and ``min_opset``;
+* decompose (:mod:`fusekit.decompose.graph`, :mod:`~fusekit.decompose.layers`,
+  :mod:`~fusekit.decompose.align`, :mod:`~fusekit.decompose.pipeline`): ``role``,
+  ``weight_inputs`` and ``shape_only``, and :func:`unsupported_ops` to refuse, before cutting,
+  a model that fuse could not load;
+* fine-tuning and from-scratch training (:mod:`fusekit.fusion.finetune`): ``weight_inputs``
+  and ``bias_add`` through :func:`weight_positions`.
+
+Every op here is a deterministic function of its inputs. Random ops (RandomNormal, Bernoulli,
+...) are deliberately absent, since a frozen component computes one fixed function; so any
+op of the table may be evaluated ahead of time on constant inputs (:func:`foldable`).
+
+The table is per op type. Limits on attribute values (MaxPool's Indices output, some Resize
+modes, ...) stay with the implementations and are reported when a component is loaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Iterable, Literal, Mapping, get_args
+
+import onnx
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+Role = Literal["primary", "norm", "alias", "reshape", "plain"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What fusekit knows about one ONNX op.
+
+    role: how decompose groups the op into layers.
+        ``primary``: carries a layer's weights and starts a layer when (some of) its
+        ``weight_inputs`` are constants (a Gather on a shape vector is no layer);
+        ``norm``: a normalisation, joins the layer before it;
+        ``alias``: passes its first input through unchanged at inference (Identity, Dropout),
+        skipped by layer signatures;
+        ``reshape``: changes only the shape of its data; chains of them count as one;
+        ``plain``: anything else.
+    weight_inputs: input positions holding learnable weights when they are constants: what
+        fine-tuning makes trainable and training from scratch re-initialises. Non-empty
+        exactly for ``primary`` ops.
+    static_inputs: input positions the interpreter reads as host values (shapes, axes, pads,
+        ...) rather than tensors.
+    bias_add: exporters may write this op's bias as a separate Add of a constant on its output
+        (MatMul has no bias input; some exporters split Conv's); that constant is a weight too.
+    shape_only: the output depends on the input's shape only, never its values (Shape,
+        Size); what it computes is shape arithmetic, not data.
+    min_opset: the oldest default-domain opset in which the implementation matches the ONNX
+        definition of the op.
+    """
+
+    role: Role = "plain"
+    weight_inputs: tuple[int, ...] = ()
+    static_inputs: frozenset[int] = frozenset()
+    bias_add: bool = False
+    shape_only: bool = False
+    min_opset: int = 1
+
+    def __post_init__(self) -> None:
+        # A malformed record is a programming error in this file: fail at import.
+        if self.role not in ROLES:
+            raise ValueError(f"unknown op role {self.role!r}")
+        if bool(self.weight_inputs) != (self.role == "primary"):
+            raise ValueError("weight_inputs are given exactly for primary ops")
+        if self.bias_add and self.role != "primary":
+            raise ValueError("only a primary op can take a separate bias Add")
+        if set(self.weight_inputs) & self.static_inputs:
+            raise ValueError("an input cannot be both a weight and a host value")
+
+
+def _table(*groups: tuple[str, OpInfo]) -> Mapping[str, OpInfo]:
+    """``(space-separated op types, their record)`` groups as a read-only mapping."""
+    out: dict[str, OpInfo] = {}
+    for names, info in groups:
+        for name in names.split():
+            if name in out:
+                raise ValueError(f"op {name} is listed twice in the op table")
+            out[name] = info
+    return MappingProxyType(out)
+
+
+def _static(*positions: int, **fields) -> OpInfo:
+    return OpInfo(static_inputs=frozenset(positions), **fields)
+
+
+_PLAIN = OpInfo()
+
+TABLE: Mapping[str, OpInfo] = _table(
+    # Layers' weight-carrying ops. Einsum: the two operands of a binary contraction.
+    ("Gemm ConvTranspose", OpInfo("primary", weight_inputs=(1, 2))),
+    ("Conv", OpInfo("primary", weight_inputs=(1, 2), bias_add=True)),
+    ("MatMul", OpInfo("primary", weight_inputs=(0, 1), bias_add=True)),
+    ("Einsum", OpInfo("primary", weight_inputs=(0, 1))),
+    ("Gather", OpInfo("primary", weight_inputs=(0,))),
+    ("BatchNormalization LayerNormalization InstanceNormalization LpNormalization", OpInfo("norm")),
+    ("GroupNormalization", OpInfo("norm", min_opset=21)),  # before 21: one scale per group, not per channel
+    ("Identity", OpInfo("alias")),
+    ("Dropout", _static(1, 2, role="alias")),
+    ("Flatten", OpInfo("reshape")),
+    ("Reshape Squeeze Unsqueeze", _static(1, role="reshape")),
+    ("Shape Size", OpInfo(shape_only=True)),
+    # elementwise
+    ("Abs Neg Exp Log Sqrt Reciprocal Relu Sigmoid Tanh Erf Floor Ceil Round Sign Sin Cos Tan Asin Acos Atan "
+     "Sinh Cosh Asinh Acosh Atanh Not Softsign IsNaN IsInf Mish Softplus BitwiseNot LeakyRelu Elu Celu Selu "
+     "ThresholdedRelu HardSigmoid HardSwish PRelu Gelu", _PLAIN),
+    ("Add Sub Mul Div Pow Mod Equal Less Greater LessOrEqual GreaterOrEqual And Or Xor BitwiseAnd BitwiseOr "
+     "BitwiseXor Sum Mean Max Min Where Clip", _PLAIN),
+    ("Softmax LogSoftmax", _PLAIN),
+    ("Hardmax", OpInfo(min_opset=13)),  # before 13 it coerced its input to 2-D
+    # types and constants
+    ("Cast CastLike Constant EyeLike", _PLAIN),
+    ("ConstantOfShape", _static(0)),
+    ("Range", _static(0, 1, 2)),
+    # indexing and layout
+    ("Transpose Concat GatherElements GatherND ScatterElements ScatterND NonZero DepthToSpace SpaceToDepth",
+     _PLAIN),
+    ("Split Expand Tile OneHot Trilu CumSum TopK", _static(1)),
+    ("Slice", _static(1, 2, 3, 4)),
+    ("Pad Resize", _static(1, 2, 3)),
+    # reductions, pooling
+    ("ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceSumSquare ReduceLogSum "
+     "ReduceLogSumExp", _static(1)),
+    ("ArgMax ArgMin MaxPool AveragePool GlobalAveragePool GlobalMaxPool", _PLAIN),
+)
+
+
+def lookup(op_type: str, domain: str = "") -> OpInfo | None:
+    """The op's record, or None for an op fusekit does not know (any op of another domain)."""
+    if domain not in DEFAULT_DOMAINS:
+        return None
+    return TABLE.get(op_type)
+
+
+def supported(op_type: str, domain: str = "", opset: int | None = None) -> bool:
+    """Whether the interpreter runs the op (at ``opset``, when given)."""
+    info = lookup(op_type, domain)
+    return info is not None and (opset is None or opset >= info.min_opset)
+
+
+def foldable(op_type: str, domain: str = "") -> bool:
+    """Whether a node of this op may be evaluated ahead of time when all its inputs are constants.
+
+    True for every op of the table (all deterministic); False for an op fusekit does not
+    know, which may be random.
+    """
+    return lookup(op_type, domain) is not None
+
+
+def is_shape_only(op_type: str, domain: str = "") -> bool:
+    """Whether the op's output depends on its input's shape only (Shape, Size)."""
+    info = lookup(op_type, domain)
+    return info is not None and info.shape_only
+
+
+def weight_ops() -> list[str]:
+    """The op types that carry layer weights, sorted."""
+    return sorted(name for name, info in TABLE.items() if info.weight_inputs)
+
+
+def weight_positions(node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto]) -> tuple[int, ...]:
+    """Input positions of ``node`` that hold a layer weight when they are constants.
+
+    A primary op's own ``weight_inputs``; for an Add, the side opposite the output of a
+    ``bias_add`` op (its separately exported bias). ``producers`` maps tensor names to the
+    nodes that produce them.
+    """
+    info = lookup(node.op_type, node.domain)
+    if info is None:
+        return ()
+    if info.weight_inputs:
+        return info.weight_inputs
+    if node.op_type != "Add" or len(node.input) != 2:
+        return ()
+    positions = []
+    for pos in (0, 1):
+        src = producers.get(node.input[1 - pos])
+        src_info = lookup(src.op_type, src.domain) if src is not None else None
+        if src_info is not None and src_info.bias_add:
+            positions.append(pos)
+    return tuple(positions)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset (0 when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
+
+
+def unsupported_ops(source: onnx.ModelProto | onnx.GraphProto | Iterable[onnx.NodeProto],
+                    opset: int | None = None) -> list[str]:
+    """Sorted op types that ``source`` uses and the interpreter cannot run.
+
+    Ops of other domains are named ``domain::Op``. Subgraphs (If/Loop/Scan bodies) and the
+    bodies of a model's local functions (which the interpreter inlines) are searched too.
+    ``opset`` defaults to a model's own; without one, ops are not checked against ``min_opset``.
+    """
+    functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+    if isinstance(source, onnx.ModelProto):
+        opset = default_opset(source) if opset is None else opset
+        functions = {(f.domain, f.name): f for f in source.functions}
+        nodes: Iterable[onnx.NodeProto] = source.graph.node
+    elif isinstance(source, onnx.GraphProto):
+        nodes = source.node
+    else:
+        nodes = source
+    found: set[str] = set()
+    _collect(nodes, functions, opset, found, set())
+    return sorted(found)
+
+
+def _collect(nodes: Iterable[onnx.NodeProto], functions: dict, opset: int | None, found: set[str],
+             expanded: set[tuple[str, str]]) -> None:
+    for node in nodes:
+        key = (node.domain, node.op_type)
+        if key in functions:
+            if key not in expanded:  # a function calling itself would recurse forever
+                expanded.add(key)
+                _collect(functions[key].node, functions, opset, found, expanded)
+            continue
+        if not supported(node.op_type, node.domain, opset):
+            found.add(node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}")
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subgraphs:
+                _collect(sub.node, functions, opset, found, expanded)
+
+
+def describe(ops: Iterable[str]) -> str:
+    """``unsupported_ops`` output as text; ops fusekit runs from a newer opset say which."""
+    return ", ".join(f"{op} (before opset {TABLE[op].min_opset})" if op in TABLE else op for op in ops)

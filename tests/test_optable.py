@@ -1,0 +1,116 @@
+"""fusekit.onnxio.optable: one table that the interpreter, decompose and fine-tuning agree on."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from fusekit.onnxio import ops, optable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _vi(name: str, shape=(None, 4)) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def _model(nodes: list, opset: int = 18, functions: tuple = (), extra_opsets: tuple = (),
+           initializers: tuple = (), check: bool = True) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [_vi("x")], [_vi("y")], list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *extra_opsets],
+                              functions=list(functions))
+    if check:
+        onnx.checker.check_model(model)
+    return model
+
+
+def test_the_table_and_the_interpreter_name_the_same_ops():
+    assert set(optable.TABLE) == set(ops.OPS)
+    assert set(ops.SHAPE_OPS) <= set(ops.OPS)
+
+
+def test_an_implementation_of_an_op_the_table_lacks_fails_at_registration():
+    with pytest.raises(RuntimeError, match="NotAnOnnxOp.*optable.py"):
+        ops.register("NotAnOnnxOp")(lambda attrs, ctx: None)
+    assert "NotAnOnnxOp" not in ops.OPS
+
+
+def test_records_are_checked_when_written():
+    with pytest.raises(ValueError, match="primary"):
+        optable.OpInfo("plain", weight_inputs=(1,))
+    with pytest.raises(ValueError, match="primary"):
+        optable.OpInfo("primary")
+    with pytest.raises(ValueError, match="weight and a host value"):
+        optable.OpInfo("primary", weight_inputs=(1,), static_inputs=frozenset({1}))
+
+
+def test_lookups_know_only_default_domain_ops_and_their_opsets():
+    assert optable.supported("Gemm") and optable.supported("Gemm", "ai.onnx")
+    assert not optable.supported("Gemm", "com.example")
+    assert not optable.supported("GRU") and optable.lookup("GRU") is None
+    assert optable.supported("GroupNormalization", opset=21) and not optable.supported("GroupNormalization", opset=18)
+    assert optable.is_shape_only("Shape") and optable.is_shape_only("Size") and not optable.is_shape_only("Reshape")
+    assert optable.foldable("Add") and not optable.foldable("RandomNormal")
+    assert optable.weight_ops() == ["Conv", "ConvTranspose", "Einsum", "Gather", "Gemm", "MatMul"]
+
+
+def test_unsupported_ops_of_a_model_are_sorted_and_name_other_domains():
+    model = _model([helper.make_node("Relu", ["x"], ["a"]),
+                    helper.make_node("FusedGelu", ["a"], ["b"], domain="com.example"),
+                    helper.make_node("NonMaxSuppression", ["b", "b"], ["c"]),
+                    helper.make_node("Identity", ["c"], ["y"])],
+                   extra_opsets=(helper.make_opsetid("com.example", 1),))
+    assert optable.unsupported_ops(model) == ["NonMaxSuppression", "com.example::FusedGelu"]
+    assert optable.unsupported_ops(model.graph.node[:1]) == []
+
+
+def test_subgraph_bodies_are_searched():
+    body = helper.make_graph([helper.make_node("Einsum", ["x", "x"], ["t"], equation="bi,bi->bi"),
+                              helper.make_node("Unique", ["t"], ["out"])], "then",
+                             [], [_vi("out")])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["out2"])], "else", [], [_vi("out2")])
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    model = _model([helper.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=other)],
+                   initializers=(cond,))
+    assert optable.unsupported_ops(model) == ["If", "Unique"]
+
+
+def test_local_functions_count_by_their_bodies():
+    def function(op: str) -> onnx.FunctionProto:
+        return helper.make_function("local", "Act", ["a"], ["b"], [helper.make_node(op, ["a"], ["b"])],
+                                    [helper.make_opsetid("", 18)])
+
+    call = [helper.make_node("Act", ["x"], ["y"], domain="local")]
+    local = (helper.make_opsetid("local", 1),)
+    assert optable.unsupported_ops(_model(call, functions=(function("Relu"),), extra_opsets=local)) == []
+    assert optable.unsupported_ops(_model(call, functions=(function("Unique"),), extra_opsets=local)) == ["Unique"]
+
+
+def test_an_op_older_than_its_implementation_is_unsupported_and_says_so():
+    nodes = [helper.make_node("GroupNormalization", ["x", "s", "s"], ["y"], num_groups=2)]
+    s = onnx.numpy_helper.from_array(np.ones(4, np.float32), "s")
+    # Unchecked: onnx.checker refuses the deprecated opset-18 form, yet such files exist.
+    old = _model(nodes, opset=18, initializers=(s,), check=False)
+    new = _model(nodes, opset=21, initializers=(s,))
+    assert optable.unsupported_ops(old) == ["GroupNormalization"] and optable.unsupported_ops(new) == []
+    assert optable.describe(["GRU", "GroupNormalization"]) == "GRU, GroupNormalization (before opset 21)"
+
+
+def test_weight_positions_include_the_separate_bias_add_of_a_matmul_only():
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["b", "h"], ["z"]),
+             helper.make_node("Relu", ["z"], ["r"]), helper.make_node("Add", ["r", "c"], ["y"])]
+    producers = {out: node for node in nodes for out in node.output}
+    assert [optable.weight_positions(n, producers) for n in nodes] == [(0, 1), (0,), (), ()]
+
+
+def test_the_table_and_decompose_import_without_torch():
+    code = ("import sys; import fusekit.onnxio.optable, fusekit.decompose.pipeline, fusekit.decompose.inspect; "
+            "sys.exit('torch' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, timeout=120).returncode == 0
