@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,30 +19,14 @@ import torch
 from torch import nn
 
 from fusekit.data.dataset import Split
-from fusekit.errors import FusekitError, TrainingInterrupted
+from fusekit.errors import FusekitError, OptionError, TrainingInterrupted
 from fusekit.io import atomic_file
 from fusekit.metrics import roc_auc
+from fusekit.options import literal
 from fusekit.seeding import seed_everything
+from fusekit.train_config import DEVICES, TrainConfig  # noqa: F401  (TrainConfig's home before train_config.py)
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclass
-class TrainConfig:
-    """Optimiser, budget, device and bookkeeping for :func:`fit` (defaults: the EMM paper's)."""
-
-    lr: float = 1e-3
-    batch_size: int = 1024
-    weight_decay: float = 1e-6
-    max_epochs: int = 100
-    patience: int = 5
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    progress: bool = True
-    checkpoint_dir: Path | None = None
-    resume: bool = False
-    eval_batch_size: int = 16384
 
 
 @dataclass
@@ -76,17 +61,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FusekitError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
     if name != "cpu" and not name.startswith("cuda"):
-        raise FusekitError(f"unknown device {name!r}; use auto, cpu or cuda")
+        raise OptionError(f"{{device}} must be one of {', '.join(DEVICES)}; got {name!r}", owner="TrainConfig")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError(f"{{device={name!r}}} was asked for but torch sees no CUDA GPU; "
+                          "use {device='cpu'} or {device='auto'}", owner="TrainConfig")
     return torch.device(name)
 
 
 def _tensors(split: Split, tasks: list[str], device: torch.device):
     missing = [t for t in tasks if t not in split.labels]
     if missing:
-        raise FusekitError(f"the data has no labels for task(s) {', '.join(missing)}; check --tasks/--label")
+        raise FusekitError(f"the data has no labels for task(s) {', '.join(missing)}; give labels for every task")
     cat = torch.as_tensor(split.cat, dtype=torch.int64, device=device)
     dense = torch.as_tensor(split.dense, dtype=torch.float32, device=device)
     labels = torch.stack([torch.as_tensor(split.labels[t], dtype=torch.float32) for t in tasks], 1).to(device)
@@ -128,7 +114,30 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise FusekitError(f"cannot read checkpoint {path} ({type(exc).__name__}); delete it and train without --resume") from exc
+        raise OptionError(f"cannot read checkpoint {literal(path)} ({type(exc).__name__}); delete it and train "
+                          "without {resume}", owner="TrainConfig") from exc
+
+
+def _is_terminal(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _progress_bars():
+    """tqdm, or None when it is not installed."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm
+
+
+def _progress_line(text: str, tqdm=None) -> None:
+    """One progress line on stderr (through tqdm while a bar is drawn, so the bar is not torn)."""
+    if tqdm is not None:
+        tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: TrainConfig | None = None,
@@ -166,11 +175,13 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     ckpt_path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
     if config.resume:
         if ckpt_path is None or not ckpt_path.exists():
-            raise FusekitError(f"no checkpoint to resume from at {ckpt_path}; run without --resume")
+            raise OptionError(f"no checkpoint to resume from at {literal(ckpt_path)}; run without {{resume}}",
+                              owner="TrainConfig")
         state = _load_checkpoint(ckpt_path)
         if state.get("tasks") != list(tasks):
-            raise FusekitError(f"checkpoint {ckpt_path} was made for tasks {state.get('tasks')}, not {tasks}; "
-                               "use another output directory or drop --resume")
+            raise OptionError(f"checkpoint {literal(ckpt_path)} was made for tasks {literal(state.get('tasks'))}, "
+                              f"not {literal(tasks)}; use another output directory or drop {{resume}}",
+                              owner="TrainConfig")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         best_state = state["best_model"]
@@ -187,10 +198,8 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
 
     began = time.perf_counter() - sum(r.seconds for r in result.history)
     n = len(train)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
+    # Bars only on a terminal: in a redirected log every redraw would be kept as text.
+    tqdm = _progress_bars() if config.progress and _is_terminal(sys.stderr) else None
     epoch = start_epoch - 1
     try:
         for epoch in range(start_epoch, config.max_epochs + 1):
@@ -199,8 +208,7 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
             order = torch.randperm(n, generator=generator).to(device)
             total = torch.zeros((), device=device)
             steps = range(0, n, config.batch_size)
-            bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not config.progress or tqdm is None,
-                       unit="batch") if tqdm else steps
+            bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, unit="batch", file=sys.stderr) if tqdm else steps
             for i, start in enumerate(bar):
                 idx = order[start:start + config.batch_size]
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
@@ -211,12 +219,13 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                 scaler.step(optimizer)
                 scaler.update()
                 total += loss.detach()
-                if config.progress and tqdm and i % 20 == 0:
+                if tqdm is not None and i % 20 == 0:
                     bar.set_postfix(loss=f"{total.item() / (i + 1):.4f}")
             train_loss = total.item() / max(1, len(steps))
             if not math.isfinite(train_loss):
                 where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path else ""
-                raise FusekitError(f"training loss became {train_loss} in epoch {epoch}{where}; lower --lr and retry")
+                raise OptionError(f"training loss became {train_loss} in epoch {epoch}{literal(where)}; lower {{lr}} "
+                                  "and retry", owner="TrainConfig")
             val_auc = evaluate(model, val, tasks, device, config.eval_batch_size)
             mean_auc = float(np.mean(list(val_auc.values())))
             record = EpochRecord(epoch, train_loss, val_auc, mean_auc, time.perf_counter() - t0)
@@ -235,18 +244,18 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                     "bad_epochs": bad_epochs, "history": [asdict(r) for r in result.history],
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 })
-            if config.progress and tqdm:
-                tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}, validation AUC "
-                           + ", ".join(f"{t} {a:.5f}" for t, a in val_auc.items())
-                           + (" (best so far)" if bad_epochs == 0 else ""))
+            if config.progress:
+                _progress_line(f"epoch {epoch}: loss {train_loss:.4f}, validation AUC "
+                               + ", ".join(f"{t} {a:.5f}" for t, a in val_auc.items())
+                               + (" (best so far)" if bad_epochs == 0 else ""), tqdm)
             if on_epoch is not None:
                 on_epoch(record)
             if bad_epochs >= config.patience:
                 result.stopped_early = True
                 break
     except KeyboardInterrupt:
-        where = f"; rerun with --resume to continue from {ckpt_path}" if ckpt_path else ""
-        raise TrainingInterrupted(f"training interrupted in epoch {epoch}{where}") from None
+        where = f"; rerun with {{resume=True}} to continue from {literal(ckpt_path)}" if ckpt_path else ""
+        raise TrainingInterrupted(f"training interrupted in epoch {epoch}{where}", owner="TrainConfig") from None
     model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - began
     return result

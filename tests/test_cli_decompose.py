@@ -74,7 +74,7 @@ def test_bad_input_one_line_exit_2_nothing_written(models, tmp_path):
         "no_common": (["decompose", str(models["d12"]), str(models["d20"]), "-o", str(tmp_path / "o6")],
                       "no layer is common"),
     }
-    procs = {name: _start(*argv) for name, (argv, _) in cases.items()}
+    procs = {name: _start(*argv, "-q") for name, (argv, _) in cases.items()}  # -q: no progress lines
     for name, proc in procs.items():
         code, stdout, stderr = _finish(proc)
         lines = [ln for ln in stderr.splitlines() if ln.strip() and "torchvision" not in ln]
@@ -86,3 +86,52 @@ def test_bad_input_one_line_exit_2_nothing_written(models, tmp_path):
         assert not (tmp_path / f"o{k}").exists()
     assert [p.name for p in busy.iterdir()] == ["old.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+SAMPLES = sorted((ROOT / "fusekit" / "sample_models" / "census2").glob("*.onnx"))
+
+
+def test_json_is_the_only_thing_on_stdout_and_progress_goes_to_stderr(tmp_path):
+    assert len(SAMPLES) == 4
+    decomp = _start("decompose", *map(str, SAMPLES), "-o", str(tmp_path / "parts"), "--json")
+    quiet = _start("decompose", *map(str, SAMPLES), "-o", str(tmp_path / "quiet"), "--json", "-q", "--no-verify")
+    insp = _start("inspect", str(SAMPLES[0]), "--json")
+    code, stdout, stderr = _finish(decomp)
+    assert code == 0, stderr
+    data = json.loads(stdout)  # the whole of stdout is one JSON document
+    assert [m["name"] for m in data["models"]] == [p.stem for p in SAMPLES] and data["levels"] >= 1
+    progress = [ln for ln in stderr.splitlines() if ln.startswith("fusekit: ")]
+    for sample in SAMPLES:
+        for step in ("loaded", "analysed", "cut"):
+            assert any(ln.startswith(f"fusekit: {step} {sample.stem}") for ln in progress), (step, stderr)
+    code, stdout, stderr = _finish(quiet)
+    assert code == 0 and json.loads(stdout)["levels"] == data["levels"]
+    assert not [ln for ln in stderr.splitlines() if ln.startswith("fusekit: ")], stderr
+    code, stdout, stderr = _finish(insp)
+    assert code == 0, stderr
+    layers = json.loads(stdout)["layers"]
+    assert layers and all({"index", "signature", "cuttable"} <= set(layer) for layer in layers)
+
+
+def test_a_long_table_is_cut_short_unless_verbose(tmp_path, capsys):
+    from fusekit.cli.decompose import TABLE_ROWS
+    from fusekit.cli.main import main
+
+    x = (torch.randn(2, 8),)
+    deep = [F.export(F.dense_mlp(widths=(8,) * 30, seed=s), x, tmp_path / f"deep{s}.onnx", False, ["x"], ["y"])
+            for s in (0, 1)]
+    assert main(["decompose", *map(str, deep), "-o", str(tmp_path / "p1"), "--no-verify", "-q"]) == 0
+    short = capsys.readouterr().out
+    assert main(["decompose", *map(str, deep), "-o", str(tmp_path / "p2"), "--no-verify", "-q", "--verbose"]) == 0
+    full = capsys.readouterr().out
+
+    def rows(text: str) -> list[str]:
+        return [ln for ln in text.splitlines() if ln[:3].strip().isdigit() and ln[3:5] == "  "]
+
+    n_common = int(full.split(" common cuttable layers")[0].splitlines()[-1])
+    assert n_common > TABLE_ROWS and len(rows(full)) == n_common
+    assert len(rows(short)) == TABLE_ROWS
+    more = [ln for ln in short.splitlines() if "more (use --verbose or --json)" in ln]
+    assert more and sum(int(ln.split()[1]) for ln in more) == n_common - TABLE_ROWS
+    # the ends of the levels are always shown
+    assert short.count("<- end of level") == full.count("<- end of level") == 3

@@ -28,13 +28,22 @@ _RUN: dict = {}
 
 @pytest.fixture()
 def fused(pool, tmp_path_factory, capsys):
-    """One successful ``fusekit fuse`` run shared by the tests below: (out dir, stdout)."""
+    """One successful ``fusekit fuse`` run shared by the tests below: (out dir, stdout, stderr).
+
+    Its options are written down in run.toml (what fuse_argv passes as flags), except the
+    parts and output, and --epochs overrides the file's: the tests below check the run got them.
+    """
     if not _RUN:
-        out = tmp_path_factory.mktemp("cli") / "fused"
-        code = main(fuse_argv(pool, out))
+        root = tmp_path_factory.mktemp("cli")
+        out = root / "fused"
+        tasks = "\n".join(f"{t} = {json.dumps(ms)}" for t, ms in TASKS.items())
+        labels = "\n".join(f"{t} = {json.dumps(c)}" for t, c in LABELS.items())
+        (root / "run.toml").write_text(f'data = {json.dumps(str(pool["csv"]))}\nepochs = 5\nbatch-size = 256\n'
+                                       f'device = "cpu"\n[tasks]\n{tasks}\n[label]\n{labels}\n')
+        code = main(["fuse", str(pool["parts"]), "-o", str(out), "--config", str(root / "run.toml"), "--epochs", "2"])
         captured = capsys.readouterr()
         assert code == 0, captured.err
-        _RUN.update(out=out, stdout=captured.out)
+        _RUN.update(out=out, stdout=captured.out, stderr=captured.err)
     return _RUN
 
 
@@ -43,7 +52,11 @@ def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(
     names = {p.name for p in out.iterdir()}
     assert {"fused.onnx", "metrics.json", "checkpoint.pt", "training_curves.png", "gates.json", "gates.png"} <= names
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs"] == 2 and metrics["device"] == "cpu"
+    assert metrics["epochs"] == 2 and metrics["device"] == "cpu"  # --epochs 2 over the file's 5
+    assert metrics["training"]["batch_size"] == 256  # from run.toml
+    # Progress on stderr, one line per epoch; results alone on stdout.
+    assert [ln.split(":")[0] for ln in fused["stderr"].splitlines() if ln.startswith("epoch")] == ["epoch 1", "epoch 2"]
+    assert not [ln for ln in fused["stdout"].splitlines() if ln.startswith("epoch")]
     assert metrics["rows"]["train"] == len(pool["ds"].fusion_rows())  # the holdout rows only
     assert metrics["onnx_parity_max_abs_diff"] <= 1e-5
     assert {"torch", "onnx", "onnxruntime", "fusekit"} <= set(metrics["versions"])
@@ -88,6 +101,11 @@ def test_eval_reports_the_same_auc_for_the_fused_model_and_works_on_sources(fuse
     assert "CPUExecutionProvider" in text
     for task in TASKS:
         assert f"{task:<16} AUC {metrics['per_task'][task]['test_auc']:.5f}" in text
+    assert main(["eval", str(fused["out"] / "fused.onnx"), "--data", str(pool["csv"]), *LABEL_ARGS,
+                 "--device", "cpu", "--split-seed", "0", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["split"] == "test" and data["split_seed"] == 0 and data["provider"] == "CPUExecutionProvider"
+    assert data["auc"] == pytest.approx({t: metrics["per_task"][t]["test_auc"] for t in TASKS}, abs=1e-12)
     source = TASKS["income"][0]
     assert main(["eval", str(pool["models"][source]), "--data", str(pool["csv"]), "--label", "income=income"]) == 0
     text = capsys.readouterr().out
@@ -121,6 +139,11 @@ def test_predict_writes_one_probability_column_per_task(fused, pool, tmp_path, c
     assert main(["predict", str(fused["out"] / "fused.onnx"), str(tmp_path / "rows.npz"),
                  "-o", str(tmp_path / "p2.csv")]) == 0
     np.testing.assert_allclose(pd.read_csv(tmp_path / "p2.csv").to_numpy(), pred.to_numpy(), atol=1e-6)
+    capsys.readouterr()
+    assert main(["predict", str(fused["out"] / "fused.onnx"), str(raw), "-o", str(tmp_path / "p3.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"model": str(fused["out"] / "fused.onnx"), "input": str(raw),
+                                                   "output": str(tmp_path / "p3.csv"), "rows": 50,
+                                                   "provider": "CPUExecutionProvider"}
     # No silent overwrite.
     assert main(["predict", str(fused["out"] / "fused.onnx"), str(raw), "-o", str(out_csv)]) == 2
 
@@ -208,3 +231,15 @@ def test_existing_output_is_not_overwritten_without_force(pool, tmp_path, capsys
     assert main(fuse_argv(pool, out)) == 2
     assert "--force" in _error_line(capsys)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_fuse_json_is_one_document_on_stdout(pool, tmp_path, capsys):
+    argv = fuse_argv(pool, tmp_path / "out", "--json", "--max-rows", "3000")
+    argv[argv.index("--epochs") + 1] = "1"
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert data["per_task"] == metrics["per_task"] and data["epochs"] == 1
+    assert data["fused_onnx"] == str(tmp_path / "out" / "fused.onnx")
+    assert "epoch 1" not in err  # --quiet

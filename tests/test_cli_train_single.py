@@ -36,7 +36,7 @@ def test_csv_training_prints_auc_and_writes_model(tmp_path, capsys):
     out_path = tmp_path / "click.onnx"
     code, out, err = _run(capsys, "train-single", "--data", str(data), "--task", "click", "--label", "click=clicked",
                           "--hidden", "16,8", "--epochs", "3", "--batch-size", "128", "--lr", "3e-3",
-                          "--no-progress", "--json", "-o", str(out_path))
+                          "-q", "--json", "-o", str(out_path))
     assert code == 0, err
     result = json.loads(out)
     assert result["test_auc"] > 0.8 and result["path"] == str(out_path)
@@ -52,7 +52,7 @@ def test_census_pool_tasks_and_holdout(tmp_path, capsys, census_dir):
     out_path = tmp_path / "income.onnx"
     argv = ["train-single", "--data", "census-income", "--task", "income", "--pool-tasks", "income,never_married",
             "--hidden", "16,8", "--batch-norm", "--holdout", "0.2", "--epochs", "1", "--batch-size", "128",
-            "--train-rows", "3000", "--no-progress", "-o", str(out_path)]
+            "--train-rows", "3000", "--quiet", "-o", str(out_path)]
     if census_dir is not None:
         argv += ["--data-dir", str(census_dir)]
     code, out, err = _run(capsys, *argv)
@@ -95,7 +95,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, pattern):
         label = "clicked"
     out_path = tmp_path / "m.onnx"
     code, out, err = _run(capsys, "train-single", "--data", str(data), "--task", "click", "--label", label,
-                          "--epochs", "1", "--no-progress", "-o", str(out_path))
+                          "--epochs", "1", "-q", "-o", str(out_path))
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fusekit: error: ")

@@ -136,7 +136,7 @@ def test_train_rows_all_trains_on_every_training_row(pool, tmp_path):
     rows = result.metrics["rows"]
     assert rows["train"] == len(pool["ds"].train) > len(pool["ds"].fusion_rows())
     assert rows["train_source"] == "training split"
-    with pytest.raises(FusekitError, match="train.rows"):
+    with pytest.raises(FusekitError, match="FuseOptions.train_rows must be one of holdout, all"):
         fuse(pool["parts"], TASKS, pool["csv"], tmp_path / "bad", quick_options(train_rows="some"))
 
 

@@ -139,7 +139,7 @@ def test_fuse_at_places_akf_modules_at_the_last_or_every_level():
     assert paper.fused_levels == [0, 1]
     with pytest.raises(FusekitError, match="every level"):
         _model("paper", fuse_at="last")
-    with pytest.raises(FusekitError, match="fuse-at"):
+    with pytest.raises(FusekitError, match="FusionOptions.fuse_at must be one of"):
         _model("residual", fuse_at="middle")
 
 

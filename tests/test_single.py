@@ -91,9 +91,9 @@ def test_residual_block_adds_its_input(census):
 
 
 def test_bad_architecture_and_single_class(census):
-    with pytest.raises(FusekitError, match="--hidden"):
-        Architecture(hidden=[16, 0]).validate()
-    with pytest.raises(FusekitError, match="--dropout"):
-        Architecture(dropout=1.0).validate()
+    with pytest.raises(FusekitError, match="Architecture.hidden"):
+        Architecture(hidden=[16, 0])
+    with pytest.raises(FusekitError, match="Architecture.dropout"):
+        Architecture(dropout=1.0)
     with pytest.raises(FusekitError, match="not in the dataset"):
         train_on_dataset(census, "education", Architecture(), _config())

@@ -111,5 +111,17 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(FusekitError, match="no CUDA"):
             resolve_device("cuda")
-    with pytest.raises(FusekitError, match="unknown device"):
+    with pytest.raises(FusekitError, match="TrainConfig.device must be one of auto, cpu, cuda"):
         resolve_device("tpu")
+
+
+def test_epoch_lines_go_to_stderr_and_bars_only_to_a_terminal(small, capsys):
+    spec, train, val = small
+    fit(build(spec), train, val, TASKS, TrainConfig(max_epochs=2, batch_size=512, progress=True))
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout is for results only
+    lines = err.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1", "epoch 2"], err
+    assert "validation AUC income" in lines[0] and "\r" not in err  # captured stderr is no terminal: no bar
+    fit(build(spec), train, val, TASKS, TrainConfig(max_epochs=1, batch_size=512, progress=False))
+    assert capsys.readouterr() == ("", "")

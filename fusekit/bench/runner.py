@@ -22,7 +22,6 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +32,7 @@ from fusekit.models.baselines import BASELINES, build_baseline
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_dir, check_output_dir
 from fusekit.metrics import roc_auc
+from fusekit.bench.budget import Budget
 from fusekit.bench.results import BenchResult, Row, TaskSetResult
 from fusekit.bench.sources import describe, find_sources, onnx_probabilities, shared_spec, spec_summary
 from fusekit.decompose.manifest import group_by_task
@@ -60,45 +60,6 @@ ABLATION_VARIANTS = {
 }
 
 
-@dataclass
-class Budget:
-    """The training budget every trained method gets (the EMM paper's optimiser settings)."""
-
-    max_epochs: int = 100
-    patience: int = 5
-    lr: float = 1e-3
-    batch_size: int = 1024
-    weight_decay: float = 1e-6
-    train_rows: int | None = None  # quick runs: a seeded row subsample of every split
-    val_rows: int | None = None
-    test_rows: int | None = None
-    device: str = "auto"
-    in_process_fusion: bool = False  # quick runs: train fused models without fuse's ONNX export
-
-    def train_config(self, seed: int, progress: bool = False):
-        """The TrainConfig of one training run under this budget."""
-        from fusekit.train import TrainConfig
-
-        return TrainConfig(lr=self.lr, batch_size=self.batch_size, weight_decay=self.weight_decay,
-                           max_epochs=self.max_epochs, patience=self.patience, seed=seed, device=self.device,
-                           progress=progress)
-
-    @classmethod
-    def for_run(cls, quick: bool, max_epochs: int | None = None, patience: int | None = None,
-                device: str = "auto") -> "Budget":
-        """The full budget, or the quick smoke-test one (2 epochs on 10,000 rows, batch 256)."""
-        # Quick: ~80 optimiser steps per method. Income (6 % positives) needs a few dozen steps
-        # before its AUC passes 0.5, so a smaller batch rather than fewer rows.
-        budget = (cls(max_epochs=2, patience=2, batch_size=256, train_rows=10000, val_rows=4000, test_rows=20000,
-                      in_process_fusion=True) if quick else cls())
-        if max_epochs is not None:
-            budget.max_epochs = max_epochs
-        if patience is not None:
-            budget.patience = patience
-        budget.device = device
-        return budget
-
-
 def default_models_dir(tasks: list[str]) -> Path:
     """The bundled sample pool whose tasks are ``tasks``."""
     from fusekit.sample_models import pool_for_tasks
@@ -120,10 +81,10 @@ def _check_methods(methods: list[str] | None) -> list[str]:
     return chosen
 
 
-def _load(dataset: str, tasks: list[str], spec):
+def _load(dataset: str, tasks: list[str], spec, split_seed: int = 0):
     from fusekit.data import load_dataset
 
-    return load_dataset(dataset, tasks, spec=spec, seed=0)
+    return load_dataset(dataset, tasks, spec=spec, seed=split_seed)
 
 
 def _train_baseline(name: str, spec_sizes: tuple[list[int], int], tasks: list[str], train, val, test,
@@ -254,7 +215,7 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], budget: Budge
     spec = shared_spec(sources) if sources else None
     task_models = group_by_task(((s.name, s.task) for s in sources), tasks) if sources else {}
     log(f"[{'+'.join(tasks)}] loading {dataset}")
-    ds = _load(dataset, tasks, spec)
+    ds = _load(dataset, tasks, spec, budget.split_seed)
     train = ds.train.sample(budget.train_rows, 0)
     val = ds.val.sample(budget.val_rows, 1)
     test = ds.test.sample(budget.test_rows, 2)
@@ -320,7 +281,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
               quick: bool = False, out_dir: Path = Path("bench-out"), methods: list[str] | None = None, *,
               three_tasks: list[str] | None = THREE_TASKS, models_dir: Path | None = None,
               three_models_dir: Path | None = None, max_epochs: int | None = None, patience: int | None = None,
-              device: str = "auto", force: bool = False, progress: bool = False,
+              device: str = "auto", force: bool = False, progress: bool = False, split_seed: int = 0,
               log: Callable[[str], None] = print) -> BenchResult:
     """Benchmark every method on ``tasks`` (Table I, Table II) and on ``three_tasks`` (Table I with
     fusion-gate statistics), same data, budget and early stopping for all; write ``out_dir``.
@@ -344,7 +305,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
         raise FusekitError(f"a multi-task benchmark needs two or more distinct tasks, got {tasks}")
     out_dir = Path(out_dir)
     check_output_dir(out_dir, force)
-    budget = Budget.for_run(quick, max_epochs, patience, device)
+    budget = Budget.for_run(quick, max_epochs, patience, device, split_seed)
     task_sets = [(tasks, models_dir, True)]
     if three_tasks and list(three_tasks) != tasks:
         task_sets.append((list(three_tasks), three_models_dir, False))

@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fusekit.bench.budget import Budget
+from fusekit.cli.args import OptionFlags, add_json, add_quiet, print_json, progress_printer
 from fusekit.errors import FusekitError
+from fusekit.options import default_of
 
 
 def _task_list(text: str | None) -> list[str] | None:
@@ -16,10 +19,23 @@ def _task_list(text: str | None) -> list[str] | None:
     return tasks
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``bench`` command."""
-    from fusekit.bench import ALL_METHODS
+class _MethodsAction(argparse._StoreAction):
+    """``--methods``, whose help lists the methods only when help is printed: the list comes from the
+    baselines registry, which imports torch."""
 
+    @property
+    def help(self) -> str:
+        from fusekit.bench.runner import ALL_METHODS
+
+        return f"comma-separated subset of: {', '.join(ALL_METHODS)}"
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        pass
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` and ``bench-merge`` commands."""
     p = subparsers.add_parser(
         "bench", help="reproduce the EMM paper's tables: baselines vs. fused models, one protocol",
         description="Train every baseline and fuse the sample models on the same data, budget and early stopping; "
@@ -34,16 +50,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test in minutes: 2 epochs on 10,000 training rows, 1 seed, fused models not exported")
-    p.add_argument("--methods", help=f"comma-separated subset of: {', '.join(ALL_METHODS)}")
+    p.add_argument("--methods", action=_MethodsAction)
     p.add_argument("--models", type=Path, help="source models for --tasks (default sample_models/census2)")
     p.add_argument("--three-models", type=Path, help="source models for --three-tasks (default sample_models/census3)")
-    p.add_argument("--max-epochs", type=int, help="override the epoch budget (default 100, quick 2)")
-    p.add_argument("--patience", type=int, help="override early-stopping patience (default 5)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    flags = OptionFlags(p)
+    # None: the budget's own (the quick budget has other defaults).
+    flags.add(Budget, "max_epochs", default=None,
+              help=f"override the epoch budget (default {default_of(Budget, 'max_epochs')}, quick 2)")
+    flags.add(Budget, "patience", default=None,
+              help=f"override early-stopping patience (default {default_of(Budget, 'patience')}, quick 2)")
+    flags.add(Budget, "device")
+    flags.add(Budget, "split_seed")
     p.add_argument("-o", "--output", type=Path, default=Path("bench-out"),
                    help="output directory (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
+    p.add_argument("--progress", action="store_true", help="also per-epoch lines (and bars on a terminal)")
+    add_quiet(p, "progress lines on stderr")
+    add_json(p)
     p.set_defaults(run=run)
 
     m = subparsers.add_parser("bench-merge", help="combine bench runs made in separate processes into one report",
@@ -53,20 +76,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("runs", type=Path, nargs="+", help="directories written by `fusekit bench`")
     m.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     m.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    add_json(m)
     m.set_defaults(run=run_merge)
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    """Merge bench runs and print the combined tables."""
+    """Merge bench runs and print the combined tables (or the merged results.json)."""
     from fusekit.bench.merge import write_merged
 
     result = write_merged(args.runs, args.output, force=args.force)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
     print((Path(result.out_dir) / "tables.md").read_text())
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print the tables."""
+    """Run the benchmark and print the tables (or results.json)."""
     from fusekit.bench import run_bench
 
     if args.seeds < 1:
@@ -75,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, _task_list(args.tasks), args.seeds, args.quick, args.output,
         _task_list(args.methods), three_tasks=None if args.no_three_tasks else _task_list(args.three_tasks),
         models_dir=args.models, three_models_dir=args.three_models, max_epochs=args.max_epochs,
-        patience=args.patience, device=args.device, force=args.force, progress=args.progress)
+        patience=args.patience, device=args.device, force=args.force, progress=args.progress and not args.quiet,
+        split_seed=args.split_seed, log=progress_printer(args.quiet))
+    if args.json:
+        print_json(result.to_dict())
+        return 0
     print((result.out_dir / "tables.md").read_text())
     print(f"wrote {result.out_dir}/results.json, tables.md, auc.png")
     return 0

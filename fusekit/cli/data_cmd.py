@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from fusekit.cli.args import add_json, add_quiet, print_json
 
 
 def register(subparsers) -> None:
@@ -16,10 +17,12 @@ def register(subparsers) -> None:
                                "verify their checksums and store them in --dir (default: $FUSEKIT_DATA_DIR or "
                                "~/.cache/fusekit, subfolder census-income-kdd). Existing files are only verified.")
     fetch.add_argument("--dir", type=Path, default=None, help="target folder")
+    add_quiet(fetch, "download progress on stderr")
+    add_json(fetch)
     fetch.set_defaults(run=run_fetch)
     info = actions.add_parser("info", help="where the Census-Income files are, and their size and tasks")
     info.add_argument("--dir", type=Path, default=None, help="folder with the files (default: the cache)")
-    info.add_argument("--json", action="store_true")
+    add_json(info)
     info.set_defaults(run=run_info)
 
 
@@ -27,7 +30,10 @@ def run_fetch(args: argparse.Namespace) -> int:
     """Fetch and verify."""
     from fusekit.data.census import fetch_census
 
-    paths = fetch_census(args.dir)
+    paths = fetch_census(args.dir, quiet=args.quiet)
+    if args.json:
+        print_json({"files": {part: str(path) for part, path in paths.items()}, "verified": True})
+        return 0
     for part, path in paths.items():
         print(f"{part}: {path} (checksum verified)")
     return 0
@@ -49,7 +55,7 @@ def run_info(args: argparse.Namespace) -> int:
         "dense_columns": len(census.DENSE),
     }
     if args.json:
-        print(json.dumps(info, indent=1))
+        print_json(info)
         return 0
     for part, path in info["files"].items():
         print(f"{part}: {path} ({info['rows'][part]} rows, checksum verified)")

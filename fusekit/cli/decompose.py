@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.decompose.pipeline import decompose, result_json
+from fusekit.cli.args import add_json, add_quiet, print_json, progress_printer
 from fusekit.errors import FusekitError
+
+# Layer rows of the default table: a pool of 10,000-node models has thousands of common layers.
+TABLE_ROWS = 20
 
 
 def _levels(text: str) -> int | str:
@@ -34,15 +37,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--names", nargs="+", default=None, help="model names (default: file names without .onnx)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the components")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help=f"list every common layer (by default at most {TABLE_ROWS} rows)")
+    add_quiet(parser, "per-model progress lines on stderr")
+    add_json(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Decompose and print the table (or JSON)."""
+    from fusekit.decompose.pipeline import decompose
+
     if len(args.models) < 2:
         raise FusekitError("decompose needs at least two models; pass two or more ONNX files")
     result = decompose(args.models, args.output, levels=args.levels, force=args.force,
-                       verify=not args.no_verify, names=args.names)
-    print(result_json(result) if args.json else result.table())
+                       verify=not args.no_verify, names=args.names, progress=progress_printer(args.quiet))
+    if args.json:
+        print_json(result.to_json())
+    else:
+        print(result.table(None if args.verbose else TABLE_ROWS, hint="use --verbose or --json"))
     return 0

@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from fusekit.cli.args import OptionFlags, add_json, add_quiet, note, print_json
+from fusekit.fusion.options import FuseOptions
+from fusekit.sample_models import POOLS
+from fusekit.train_config import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,21 +18,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "Census-Income data, and prints the fused test AUC per task beside the "
                                           "source models' and their plain average.")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_out"), help="output directory (default demo_out)")
-    p.add_argument("--pool", default="census2", choices=["census2", "census3"],
+    p.add_argument("--pool", default=POOLS[0], choices=POOLS,
                    help="census2: income + never_married (default); census3: adds education")
     p.add_argument("--models", type=Path, help="a folder of ONNX models to use instead of a bundled pool")
-    p.add_argument("--data-dir", type=Path, help="folder holding the Census-Income files")
-    p.add_argument("--epochs", type=int, default=100, help="maximum fusion epochs (early stopping decides)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    flags = OptionFlags(p)
+    flags.add(FuseOptions, "data_dir")
+    flags.add(TrainConfig, "max_epochs", "--epochs", help="maximum fusion epochs (early stopping decides)")
+    flags.add(TrainConfig, "device")
     p.add_argument("--force", action="store_true", help="replace the output directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "per-epoch lines or progress bars")
+    add_json(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; the library prints each step."""
+    """Run the demo; the library reports each step (on stderr under --json)."""
     from fusekit.demo import run_demo
 
-    run_demo(args.output, pool=args.pool, models_dir=args.models, data_dir=args.data_dir, epochs=args.epochs,
-             force=args.force, device=args.device, progress=not args.quiet)
+    result = run_demo(args.output, pool=args.pool, models_dir=args.models, data_dir=args.data_dir,
+                      epochs=args.max_epochs, force=args.force, device=args.device, progress=not args.quiet,
+                      **({"say": note} if args.json else {}))
+    if args.json:
+        metrics = json.loads((Path(result.out_dir) / "fused" / "metrics.json").read_text())
+        print_json({"out_dir": str(result.out_dir), "fused_onnx": str(Path(result.out_dir) / "fused" / "fused.onnx"),
+                    "provider": result.provider, "tasks": metrics["tasks"], "per_task": metrics["per_task"],
+                    "mean_test_auc": metrics["mean_test_auc"], "epochs": metrics["epochs"]})
     return 0

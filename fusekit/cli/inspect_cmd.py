@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.decompose.inspect import inspect_model, result_json
+from fusekit.cli.args import add_json, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,12 +13,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description="List the layers fusekit finds in an ONNX model, their "
                                                "structural signatures and the model's cut points.")
     parser.add_argument("model", type=Path, help="an ONNX model")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Inspect and print."""
+    from fusekit.decompose.inspect import inspect_model
+
     result = inspect_model(args.model)
-    print(result_json(result) if args.json else result.table())
+    if args.json:
+        print_json(result.to_json())
+    else:
+        print(result.table())
     return 0

@@ -35,20 +35,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_config(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    args._argv = argv  # the command line as typed, for the run record
+    if getattr(args, "config", None) is None:
+        return args
+    from fusekit.cli.config import apply_config
+
+    return apply_config(parser, argv, args)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line with the values of its ``--config`` file (flags override them)."""
+    parser = build_parser()
+    return _with_config(parser, argv, parser.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print one line and return 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    flags = getattr(args, "_option_flags", None)
     try:
+        args = _with_config(parser, argv, args)
         return int(args.run(args) or 0)
     except TrainingInterrupted as exc:
-        print(f"fusekit: {exc}", file=sys.stderr)
+        print(f"fusekit: {exc.render(flags.table() if flags else None)}", file=sys.stderr)
         return 130
     except FusekitError as exc:
-        print(f"fusekit: error: {exc}", file=sys.stderr)
+        # The library names option fields; say them as this command's flags.
+        print(f"fusekit: error: {exc.render(flags.table() if flags else None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fusekit: interrupted", file=sys.stderr)

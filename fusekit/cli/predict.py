@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fusekit.cli.args import OptionFlags, add_json, print_json
+from fusekit.train_config import TrainConfig
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``predict`` command."""
@@ -11,9 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="ONNX model written by fusekit")
     p.add_argument("input", type=Path, help="CSV/Parquet with the raw feature columns, or .npz of encoded inputs")
     p.add_argument("-o", "--output", type=Path, required=True, help="CSV to write")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=65536)
+    OptionFlags(p).add(TrainConfig, "device", help="onnxruntime device: auto picks CUDA when onnxruntime has it")
+    p.add_argument("--batch-size", type=int, default=65536, help="rows per onnxruntime call (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    add_json(p)
     p.set_defaults(run=run)
 
 
@@ -23,5 +27,9 @@ def run(args: argparse.Namespace) -> int:
 
     rows, provider = predict_onnx(args.model, args.input, args.output, device=args.device,
                                   batch_size=args.batch_size, force=args.force)
+    if args.json:
+        print_json({"model": str(args.model), "input": str(args.input), "output": str(args.output), "rows": rows,
+                    "provider": provider})
+        return 0
     print(f"wrote {rows} rows of predictions to {args.output} (onnxruntime, {provider})")
     return 0

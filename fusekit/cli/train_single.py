@@ -2,20 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from fusekit.cli.args import OptionFlags, add_json, deprecated, print_json
 from fusekit.errors import FusekitError
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one width")
-    return values
+from fusekit.models.architecture import Architecture
+from fusekit.train_config import TrainConfig
 
 
 def _name_list(text: str) -> list[str]:
@@ -41,25 +33,27 @@ def register(subparsers) -> None:
     p.add_argument("--categorical", type=_name_list, default=None, metavar="COL,...", help="files: categorical feature columns")
     p.add_argument("--dense", type=_name_list, default=None, metavar="COL,...", help="files: dense feature columns")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the Census-Income files")
-    p.add_argument("--hidden", type=_int_list, default=[64, 32, 16], help="hidden widths, e.g. 64,32,16")
-    p.add_argument("--emb-dim", type=int, default=4)
-    p.add_argument("--batch-norm", action="store_true")
-    p.add_argument("--residual", action="store_true", help="skip connections around equal-width layers")
-    p.add_argument("--dropout", type=float, default=0.0)
+    flags = OptionFlags(p)
+    flags.add(Architecture, "hidden")
+    flags.add(Architecture, "emb_dim")
+    flags.add(Architecture, "batch_norm")
+    flags.add(Architecture, "residual")
+    flags.add(Architecture, "dropout")
     p.add_argument("--holdout", type=float, default=0.0, help="fraction of the training split kept out for fusing")
-    p.add_argument("--holdout-seed", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
+    p.add_argument("--holdout-seed", type=int, default=0, help="seed of the holdout (keep it equal across a pool)")
+    flags.add(TrainConfig, "seed")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the validation/test split (keep it equal across a pool so test AUCs compare)")
-    p.add_argument("--epochs", type=int, default=100, help="maximum epochs")
-    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better validation AUC")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--weight-decay", type=float, default=1e-6)
+    flags.add(TrainConfig, "max_epochs", "--epochs")
+    flags.add(TrainConfig, "patience")
+    flags.add(TrainConfig, "lr")
+    flags.add(TrainConfig, "batch_size")
+    flags.add(TrainConfig, "weight_decay")
     p.add_argument("--train-rows", type=int, default=None, help="train on a seeded random subset of this many rows")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    flags.add(TrainConfig, "device")
+    quiet = flags.add(TrainConfig, "progress", "-q", "--quiet", help="no per-epoch lines or progress bars on stderr")
+    deprecated(p, "--no-progress", quiet)
+    add_json(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="the ONNX file to write")
     p.set_defaults(run=run)
 
@@ -67,8 +61,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Parse options, train, print the test AUC."""
     from fusekit.data import load_dataset
-    from fusekit.models.single import Architecture, train_single
-    from fusekit.train import TrainConfig
+    from fusekit.models.single import train_single
 
     labels = {}
     for item in args.label:
@@ -78,16 +71,11 @@ def run(args: argparse.Namespace) -> int:
         labels[task] = column
     if labels and set(labels) != {args.task}:
         raise FusekitError(f"--label names {', '.join(sorted(labels))} but the task is {args.task!r}")
-    if args.epochs < 1 or args.patience < 1 or args.batch_size < 1:
-        raise FusekitError("--epochs, --patience and --batch-size must be at least 1")
     if args.output.suffix != ".onnx":
         raise FusekitError(f"-o should name an .onnx file, got {args.output}")
-    arch = Architecture(hidden=args.hidden, emb_dim=args.emb_dim, batch_norm=args.batch_norm,
-                        residual=args.residual, dropout=args.dropout)
-    arch.validate()
-    config = TrainConfig(lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                         max_epochs=args.epochs, patience=args.patience, seed=args.seed, device=args.device,
-                         progress=not args.no_progress)
+    flags: OptionFlags = args._option_flags
+    arch = flags.build(Architecture, args)
+    config = flags.build(TrainConfig, args)
     dataset = None
     if args.data != "census-income":
         if args.pool_tasks and set(args.pool_tasks) - {args.task}:
@@ -100,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                           split_seed=args.split_seed, config=config,
                           data_dir=args.data_dir, train_rows=args.train_rows, dataset=dataset)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print_json(result.to_dict())
     else:
         print(f"{result.task}: test AUC {result.test_auc:.5f} (validation {result.val_auc:.5f}, best epoch "
               f"{result.best_epoch}/{result.epochs}, {result.train_rows} training rows, "

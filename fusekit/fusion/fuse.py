@@ -17,9 +17,9 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ from fusekit.errors import FusekitError
 from fusekit.io import atomic_dir, atomic_file, check_output_dir, portable_path
 from fusekit.metrics import roc_auc
 from fusekit.fusion.finetune import reinitialised_copy, trainable_copy
-from fusekit.fusion.model import FusedModel, FusionOptions, SourceModel
-from fusekit.train import TrainConfig
+from fusekit.fusion.model import FusedModel, SourceModel
+from fusekit.fusion.options import FuseOptions, FusionOptions
 
 if TYPE_CHECKING:
     from fusekit.data.features import FeatureSpec
@@ -41,26 +41,6 @@ if TYPE_CHECKING:
 
 INPUT_ORDER = ["categorical", "dense"]  # fusekit.train calls model(cat, dense)
 TRAIN_ROWS = ("holdout", "all")
-
-
-@dataclass
-class FuseOptions:
-    """Everything ``fuse`` can be told besides the parts, tasks, data and output."""
-
-    fusion: FusionOptions = field(default_factory=FusionOptions)
-    # Optimiser, budget, seed, device and progress bar; its checkpoint_dir and resume are set by fuse.
-    training: TrainConfig = field(default_factory=TrainConfig)
-    resume: bool = False
-    force: bool = False
-    labels: dict[str, str] | None = None  # task -> column, for CSV/Parquet data
-    data_dir: Path | None = None
-    max_rows: int | None = None  # subsample each split (quick runs and tests)
-    split_seed: int = 0  # validation/test split of the data: the source models' (not the training seed)
-    # "holdout": the training rows the source models did not see, when their specification
-    # records a holdout (all rows otherwise); "all": every training row.
-    train_rows: str = "holdout"
-    parity_tol: float = 1e-5
-    on_epoch: Callable | None = None  # called with each EpochRecord (progress reporting)
 
 
 @dataclass

@@ -22,41 +22,10 @@ from torch import nn
 
 from fusekit.fusion.akf import AKFLevel
 from fusekit.errors import FusekitError
+# The options and their choices live in fusion/options.py; imported from here too by older code.
+from fusekit.fusion.options import FINETUNE, FUSE_AT, MODES, FusionOptions  # noqa: F401
 
-MODES = ("paper", "residual")
-FINETUNE = ("none", "heads", "last", "all")
-FUSE_AT = ("auto", "last", "all")
 _EPS = 1e-6
-
-
-@dataclass
-class FusionOptions:
-    """Architecture options of the fusion network (the Table II ablations among them)."""
-
-    mode: str = "residual"
-    use_mtm: bool = True
-    pretrained: bool = True
-    top_k: int = 1
-    tower_hidden: int = 32
-    tower: bool = True  # residual mode: logit correction from the last z_t (paper mode always has towers)
-    activation: str = "relu"
-    seed: int = 0
-    # Source weights trained along with the fusion: none (the paper), the heads (residual mode),
-    # the last level (+ heads) or all components; at finetune_lr times the fusion's learning rate.
-    finetune: str = "none"
-    finetune_lr: float = 0.1
-    # Levels that get an AKF module: every level (the paper) or only the last. "auto": the
-    # last in residual mode (as accurate on Census, a fraction of the serving cost), all in paper mode.
-    fuse_at: str = "auto"
-
-    def fused_levels(self, n_levels: int) -> list[int]:
-        """Indices of the levels with an AKF module."""
-        at = self.fuse_at if self.fuse_at != "auto" else ("last" if self.mode == "residual" else "all")
-        return [n_levels - 1] if at == "last" else list(range(n_levels))
-
-    def to_dict(self) -> dict:
-        """Plain dict for metrics.json."""
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -96,20 +65,9 @@ class FusedModel(nn.Module):
                  input_names: list[str], options: FusionOptions | None = None):
         super().__init__()
         options = options or FusionOptions()
-        if options.mode not in MODES:
-            raise FusekitError(f"unknown fusion mode {options.mode!r}; use one of {', '.join(MODES)}")
+        options.validate()  # again: the options may have been changed since they were made
         if len(tasks) < 2:
-            raise FusekitError("fusing needs at least two tasks; name two or more with --tasks")
-        if options.finetune not in FINETUNE:
-            raise FusekitError(f"unknown --finetune {options.finetune!r}; use one of {', '.join(FINETUNE)}")
-        if options.fuse_at not in FUSE_AT:
-            raise FusekitError(f"unknown --fuse-at {options.fuse_at!r}; use one of {', '.join(FUSE_AT)}")
-        if options.fuse_at == "last" and options.mode == "paper":
-            raise FusekitError("the paper's network fuses at every level; use --fuse-at all with --mode paper")
-        if options.finetune != "none" and not options.pretrained:
-            raise FusekitError("--finetune trains the source models' own weights; it cannot go with --from-scratch")
-        if options.finetune == "heads" and options.mode != "residual":
-            raise FusekitError("--finetune heads needs --mode residual (the paper's network does not use the heads)")
+            raise FusekitError("fusing needs at least two tasks; give two or more")
         self.options = options
         self.task_names = list(tasks)
         self.task_models = {t: list(ms) for t, ms in tasks.items()}

@@ -7,7 +7,7 @@ and one output named after the task, the probability float32 [batch]; its metada
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,30 +16,10 @@ from torch import nn
 
 from fusekit.data import FeatureSpec, Split, TabularDataset, load_dataset
 from fusekit.errors import FusekitError
+from fusekit.models.architecture import Architecture
 from fusekit.seeding import seed_everything
 from fusekit.models.tabular_input import TabularInput
 from fusekit.train import TrainConfig, TrainResult, evaluate, fit, predict
-
-
-
-@dataclass
-class Architecture:
-    """Shape of a single-task model."""
-
-    hidden: list[int] = field(default_factory=lambda: [64, 32, 16])
-    emb_dim: int = 4
-    batch_norm: bool = False
-    residual: bool = False
-    dropout: float = 0.0
-
-    def validate(self) -> None:
-        """FusekitError on impossible settings."""
-        if not self.hidden or any(int(w) < 1 for w in self.hidden):
-            raise FusekitError(f"--hidden needs positive widths, got {self.hidden}")
-        if self.emb_dim < 1:
-            raise FusekitError(f"--emb-dim must be at least 1, got {self.emb_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise FusekitError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 class Block(nn.Module):

@@ -1,0 +1,138 @@
+"""Flags made from option classes, and the conventions every command shares.
+
+:class:`OptionFlags` adds a flag per option field with the field's default, choices and help,
+remembers which flag sets which field (so an OptionError prints with the flag), and builds the
+option object from the parsed arguments. Results go to stdout, progress and notes to stderr.
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fusekit.errors import Flag
+from fusekit.options import default_of, option_fields
+
+
+def int_list(text: str) -> list[int]:
+    """``"64,32,16"`` -> ``[64, 32, 16]``."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+_TYPES = {"int": int, "float": float, "str": str, "path": Path, "int_list": int_list}
+
+
+class OptionFlags:
+    """The flags of one command that set fields of option classes."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+        # (class name, field) -> (flag as printed, dest, value an on/off flag sets or None)
+        self.fields: dict[tuple[str, str], tuple[str, str, Any]] = {}
+        parser.set_defaults(_option_flags=self)
+
+    def add(self, cls: type, name: str, *flags: str, dest: str | None = None, help: str | None = None,
+            also: tuple[type, ...] = (), **kwargs: Any) -> argparse.Action:
+        """Add the flag of field ``name`` of ``cls`` (default spelling ``--field-name``); ``also``:
+        other classes whose field of the same name this flag sets too (``--seed``)."""
+        meta = option_fields(cls)[name].metadata
+        default = default_of(cls, name)
+        for other in also:
+            if default_of(other, name) != default:  # one flag cannot show two defaults
+                raise ValueError(f"{cls.__name__}.{name} and {other.__name__}.{name} have different defaults")
+        flags = flags or ("--" + name.replace("_", "-"),)
+        dest = dest or name
+        text = meta["help"] if help is None else help
+        if meta["kind"] == "bool":
+            # A flag switches an option away from its default: --batch-norm on, --no-mtm off.
+            sets = not default
+            action = self.parser.add_argument(*flags, dest=dest, action="store_true" if sets else "store_false",
+                                              default=default, help=text, **kwargs)
+        else:
+            sets = None
+            kwargs.setdefault("default", default)
+            if not meta["choices"]:
+                kwargs.setdefault("metavar", max(flags, key=len).lstrip("-").upper().replace("-", "_"))
+            shown_default = kwargs["default"]
+            if shown_default is not None and "default" not in text:
+                # A list is typed as comma-separated values, so it is shown that way.
+                text += (f" (default {','.join(map(str, shown_default))})" if isinstance(shown_default, list)
+                         else " (default %(default)s)")
+            action = self.parser.add_argument(*flags, dest=dest, type=_TYPES[meta["kind"]], choices=meta["choices"],
+                                              help=text, **kwargs)
+        shown = max(flags, key=lambda f: (f.startswith("--"), len(f)))
+        for owner in (cls, *also):
+            self.fields[(owner.__name__, name)] = (shown, dest, sets)
+        return action
+
+    def values(self, cls: type, args: argparse.Namespace) -> dict[str, Any]:
+        """The fields of ``cls`` that this command's flags set, from ``args``."""
+        return {name: getattr(args, dest) for (owner, name), (_, dest, _) in self.fields.items()
+                if owner == cls.__name__}
+
+    def build(self, cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+        """``cls`` made from the parsed flags plus ``extra`` (it checks itself)."""
+        return cls(**self.values(cls, args), **extra)
+
+    def table(self) -> dict[str, Flag]:
+        """field or Class.field -> (flag, value it sets), for :meth:`FusekitError.render`."""
+        out: dict[str, Flag] = {}
+        for (owner, name), (flag, _, sets) in self.fields.items():
+            out[f"{owner}.{name}"] = (flag, sets)
+            out.setdefault(name, (flag, sets))
+        return out
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: works as the new one and says so on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        note(f"{option_string} is deprecated; use {self.new}")
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def deprecated(parser: argparse.ArgumentParser, old: str, new: argparse.Action) -> None:
+    """Accept ``old`` as a hidden, deprecated spelling of the flag ``new``."""
+    on_off = new.nargs == 0
+    parser.add_argument(old, dest=new.dest, action=_Deprecated, new=new.option_strings[-1], type=new.type,
+                        nargs=0 if on_off else None, const=new.const if on_off else None,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_quiet(parser: argparse.ArgumentParser, what: str = "progress lines on stderr",
+              dest: str = "quiet") -> None:
+    """The one spelling of quiet: ``-q`` / ``--quiet``."""
+    parser.add_argument("-q", "--quiet", dest=dest, action="store_true", help=f"no {what}")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    """``--json``: one JSON document on stdout and nothing else there."""
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON document on stdout")
+
+
+def note(text: str) -> None:
+    """A progress line or a note, on stderr."""
+    print(f"fusekit: {text}", file=sys.stderr, flush=True)
+
+
+def progress_printer(quiet: bool):
+    """A function printing progress lines on stderr, or doing nothing when ``quiet``."""
+    return (lambda text: None) if quiet else note
+
+
+def print_json(data: Any) -> None:
+    """The one JSON document of a command's result."""
+    print(json.dumps(data, indent=1, default=str))

@@ -1,0 +1,39 @@
+"""``TrainConfig``: optimiser, budget, device and bookkeeping of :func:`fusekit.train.fit`.
+
+Apart from the training loop so that the command line reads its defaults without importing torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusekit.errors import OptionError
+from fusekit.options import Options, option
+
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE_PATTERN = r"cuda:\d+"  # a given GPU, for library callers
+
+
+@dataclass
+class TrainConfig(Options):
+    """Optimiser, budget, device and bookkeeping for :func:`fit` (defaults: the EMM paper's)."""
+
+    # 0 is allowed: it trains nothing, which checks early stopping and the bookkeeping around it.
+    lr: float = option(1e-3, minimum=0.0, help="learning rate (Adam)")
+    batch_size: int = option(1024, minimum=1, help="rows per optimiser step")
+    weight_decay: float = option(1e-6, minimum=0.0, help="Adam weight decay")
+    max_epochs: int = option(100, minimum=1, help="maximum epochs (early stopping on mean validation AUC)")
+    patience: int = option(5, minimum=1, help="early stopping: epochs without a better mean validation AUC")
+    seed: int = option(0, minimum=0, help="seed of initialisation and shuffling")
+    device: str = option("auto", choices=DEVICES, pattern=DEVICE_PATTERN,
+                         help="auto: CUDA when torch sees a GPU, else CPU")
+    amp: bool = option(True, help="mixed precision on CUDA")
+    progress: bool = option(True, help="per-epoch lines on stderr (and progress bars when stderr is a terminal)")
+    checkpoint_dir: Path | None = option(None, kind="path", help="write checkpoint.pt here after every epoch")
+    resume: bool = option(False, help="continue from the checkpoint in checkpoint_dir")
+    eval_batch_size: int = option(16384, minimum=1, help="rows per validation batch")
+
+    def _check(self) -> None:
+        if self.resume and self.checkpoint_dir is None:
+            raise OptionError("{resume=True} needs {checkpoint_dir}, the folder holding the checkpoint",
+                              owner="TrainConfig")
