@@ -58,6 +58,12 @@ def options_for(settings: dict, seed: int) -> FuseOptions:
                        training=TrainConfig(seed=seed, progress=False, **training), force=True, **rest)
 
 
+def _mean_and_spread(values: list[float]) -> str:
+    """Mean ± sample standard deviation, as the bench tables write them."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.5f} ± {spread:.5f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default="census2", help="a bundled sample pool (census2 or census3)")

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from fusekit import __version__
 from fusekit.errors import FusekitError
-from fusekit.io import sha256_file
+from fusekit.io import portable_path as relative_path, sha256_file
 from fusekit.runfile import read_toml
 
 # Distributions whose versions decide a run's numbers; read from their metadata, not imported.
@@ -28,12 +28,10 @@ def portable_path(path: str | os.PathLike, cwd: Path | None = None) -> str:
     the home directory and not under ``cwd``; never absolute."""
     cwd = Path(os.path.abspath(cwd or Path.cwd()))
     absolute = Path(os.path.abspath(cwd / Path(path).expanduser()))
-    if absolute == cwd or cwd in absolute.parents:
-        return absolute.relative_to(cwd).as_posix() or "."
     home = Path(os.path.abspath(Path.home()))
-    if home in absolute.parents and home != Path(absolute.anchor):
+    if cwd not in absolute.parents and absolute != cwd and home in absolute.parents and home != Path(absolute.anchor):
         return "~/" + absolute.relative_to(home).as_posix()
-    return Path(os.path.relpath(absolute, cwd)).as_posix()
+    return Path(relative_path(absolute, cwd)).as_posix()
 
 
 def portable_command(argv: Sequence[str], cwd: Path | None = None) -> list[str]:

@@ -59,7 +59,11 @@ def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(
     assert not [ln for ln in fused["stdout"].splitlines() if ln.startswith("epoch")]
     assert metrics["rows"]["train"] == len(pool["ds"].fusion_rows())  # the holdout rows only
     assert metrics["onnx_parity_max_abs_diff"] <= 1e-5
-    assert {"torch", "onnx", "onnxruntime", "fusekit"} <= set(metrics["versions"])
+    run = metrics["run"]  # enough to repeat the run from its output alone
+    assert {"torch", "onnx", "onnxruntime", "fusekit"} <= set(run["versions"])
+    assert run["command"][:2] == ["fusekit", "fuse"] and run["data"]["files"]
+    assert all(len(f["sha256"]) == 64 and not f["path"].startswith("/") for f in run["data"]["files"].values())
+    assert not any(token.startswith("/") for token in run["command"])
     lines = fused["stdout"].splitlines()
     for task, models in TASKS.items():
         entry = metrics["per_task"][task]

@@ -13,7 +13,6 @@ Id columns (named ``id`` or ``*_id``, e.g. AliExpress' search_id) are skipped un
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import pandas as pd
 from fusekit.errors import FusekitError
 from fusekit.data.dataset import Split, TabularDataset, holdout_dict
 from fusekit.data.features import FeatureSpec, fit_spec
-from fusekit.data.splits import holdout_partition, stratified_halves, stratified_split
+from fusekit.data.splits import stratified_halves, stratified_split
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusekit import __version__
 from fusekit.data.dataset import Split
 from fusekit.decompose.manifest import Manifest
 from fusekit.errors import FusekitError
+from fusekit.provenance import run_record
 from fusekit.io import atomic_dir, atomic_file, check_output_dir, portable_path
 from fusekit.metrics import roc_auc
 from fusekit.fusion.finetune import reinitialised_copy, trainable_copy
@@ -64,6 +63,7 @@ class FusePlan:
     val: Split  # early stopping
     test: Split  # the figures fuse reports
     holdout: bool  # train_rows are the rows the source models never saw
+    data_source: object = None  # what fuse was given as data: a name, a path or a loaded dataset
 
     @property
     def task_names(self) -> list[str]:
@@ -141,7 +141,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     seed = options.training.seed
     rows = (ds.fusion_rows() if holdout else ds.train).sample(options.max_rows, seed)
     plan = FusePlan(manifest, mapping, options, spec, rows, ds.val.sample(options.max_rows, seed + 1),
-                    ds.test.sample(options.max_rows, seed + 2), holdout)
+                    ds.test.sample(options.max_rows, seed + 2), holdout, data)
     check_widths(manifest, plan.test)
     return plan
 
@@ -344,14 +344,6 @@ def export(plan: FusePlan, model: FusedModel, path: Path) -> Exported:
     return Exported(onnx_path, parity, deployed)
 
 
-def _versions() -> dict:
-    import onnx
-    import onnxruntime
-
-    return {"fusekit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "python": platform.python_version()}
-
-
 def average_auc(plan: FusePlan, split: Split, sources: dict[str, np.ndarray]) -> dict[str, float]:
     """Per task, the AUC of the plain average of the task's sources on ``split``."""
     return {task: roc_auc(split.labels[task], np.mean([sources[m] for m in plan.tasks[task]], axis=0))
@@ -390,7 +382,9 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
         "fusion": options.fusion.to_dict(),
         "training": {"lr": training.lr, "batch_size": training.batch_size, "weight_decay": training.weight_decay,
                      "max_epochs": training.max_epochs, "patience": training.patience, "seed": training.seed},
-        "onnx_parity_max_abs_diff": parity, "history": history, "versions": _versions(),
+        "onnx_parity_max_abs_diff": parity, "history": history,
+        # How to repeat this run from its output alone: command line, data and checksums, split, versions.
+        "run": run_record(options.command, plan.data_source, split_seed=options.split_seed, data_dir=options.data_dir),
         "parts": portable_path(plan.parts.root or ".", out),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
