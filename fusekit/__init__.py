@@ -2,7 +2,8 @@
 
 The public API, importable from here (loaded on first use, so ``import fusekit`` stays light)::
 
-    from fusekit import decompose, fuse, FuseOptions, FusionOptions, TrainConfig
+    from fusekit import FuseOptions, FusionOptions, TrainConfig, fuse
+    from fusekit.decompose import decompose     # the subpackage owns the name ``fusekit.decompose``
     parts = decompose(["a.onnx", "b.onnx", "c.onnx", "d.onnx"], "parts/")
     result = fuse("parts/", {"income": ["a", "b"], "never_married": ["c", "d"]}, "census-income", "fused/")
 """
@@ -16,20 +17,20 @@ __version__ = "0.1.0"
 # Public name -> the module that owns it.
 _API = {
     "FusekitError": "fusekit.errors",
-    "decompose": "fusekit.decompose.pipeline",
     "DecomposeResult": "fusekit.decompose.pipeline",
     "Manifest": "fusekit.decompose.manifest",
     "load_component": "fusekit.onnxio.interpreter",
     "session": "fusekit.onnxio.sessions",
     "fuse": "fusekit.fusion.fuse",
     "FuseResult": "fusekit.fusion.fuse",
-    "FuseOptions": "fusekit.fusion.fuse",
-    "FusionOptions": "fusekit.fusion.model",
-    "TrainConfig": "fusekit.train",
+    "FuseOptions": "fusekit.fusion.options",
+    "FusionOptions": "fusekit.fusion.options",
+    "OptionError": "fusekit.errors",
+    "TrainConfig": "fusekit.train_config",
     "load_dataset": "fusekit.data",
     "FeatureSpec": "fusekit.data",
     "train_single": "fusekit.models.single",
-    "Architecture": "fusekit.models.single",
+    "Architecture": "fusekit.models.architecture",
     "evaluate_onnx": "fusekit.deploy.evaluate",
     "predict_onnx": "fusekit.deploy.evaluate",
     "run_bench": "fusekit.bench",

@@ -16,6 +16,13 @@ def test_every_public_name_resolves_to_its_owner():
             assert value.__module__.startswith("fusekit"), name
 
 
+def test_decompose_names_the_subpackage_whatever_was_imported_first():
+    import fusekit.decompose
+
+    assert fusekit.decompose.decompose.__module__ == "fusekit.decompose.pipeline"
+    assert fusekit.DecomposeResult is fusekit.decompose.DecomposeResult
+
+
 def test_import_fusekit_loads_neither_torch_nor_pandas():
     code = "import sys, fusekit; print(sorted(m for m in ('torch', 'pandas', 'onnx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
