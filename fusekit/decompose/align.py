@@ -1,18 +1,18 @@
 """Cut points, the layers all models share in the same order, and the choice of levels.
 
-Cut points are the dominators of the model outputs seen from a virtual source that feeds every
-input: tensors that every data path passes through. In a DAG, a tensor dominates the outputs
-exactly when it is the only data value alive at some point of a topological order (every node
-before it is its ancestor, every node after it its descendant), so one sweep over the live
-intervals finds them all.
+Cut points come from networkx dominators on the model's data graph (``ModelGraph.data_graph``:
+a virtual source feeds every input, every output feeds a virtual sink): a cut tensor is a tensor
+that dominates the sink, i.e. one that every input-to-output data path passes through. Layers
+are aligned across models by an order-preserving common subsequence of their signatures.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
 
-from fusekit.decompose.graph import ModelGraph
+from fusekit.decompose.graph import SINK, SOURCE, ModelGraph
 from fusekit.decompose.layers import Layer, group_layers
 
 
@@ -32,58 +32,42 @@ class Analysis:
 
 
 def live_data_nodes(graph: ModelGraph) -> list[int]:
-    """Data nodes that contribute to a data output, in topological order."""
-    needed = {name for name in graph.outputs if graph.tensors[name].kind == "data"}
-    live: list[int] = []
-    for i in range(len(graph.nodes) - 1, -1, -1):
-        if graph.node_kind[i] != "data" or not any(o in needed for o in graph.nodes[i].output):
-            continue
-        live.append(i)
-        needed.update(n for n in graph.node_inputs[i] if n and graph.tensors[n].kind == "data")
-    live.reverse()
-    return live
+    """Data ops that contribute to a data output (ancestors of the sink), in topological order."""
+    # ONNX files list their nodes in topological order (onnx.checker enforces it).
+    return sorted(node[1] for node in nx.ancestors(graph.data_graph, SINK) if node[0] == "op")
 
 
 def cut_points(graph: ModelGraph, order: list[int]) -> list[tuple[int, str]]:
-    """(gap, tensor) for every tensor that all input-to-output data paths pass through."""
-    n = len(order)
-    pos = {node: p for p, node in enumerate(order)}
-    names: list[str] = []
-    births: list[int] = []
-    deaths: list[int] = []
-    outputs = set(graph.outputs)
-    candidates = [(name, -1) for name in graph.inputs]
-    for p, node in enumerate(order):
-        candidates += [(o, p) for o in graph.nodes[node].output if o]
-    for name, birth in candidates:
-        uses = [pos[c] for c, _ in graph.tensors[name].consumers if c in pos]
-        death = n if name in outputs else (max(uses) if uses else None)
-        if death is None or death <= birth:
-            continue
-        names.append(name)
-        births.append(birth)
-        deaths.append(death)
-    if not names:
+    """(gap, tensor) for every cut tensor, sorted by gap.
+
+    A cut tensor is a data tensor that every path from ``SOURCE`` to ``SINK`` in the data
+    graph passes through: every way from a model input (or a random generator) to a model
+    output reads it. It is found as a dominator of ``SINK``: a model input on the dominator
+    chain, or the only live output of an op on it (an op whose other outputs are read later
+    too is no cut: a path through those avoids each single tensor). Its gap is the position in
+    ``order`` of the op producing it (-1 for a model input). Every live op is an ancestor or a
+    descendant of a cut tensor, so after that op the cut tensor is the only data value later
+    ops still read: the model can be cut there.
+    """
+    idom = nx.immediate_dominators(graph.data_graph, SOURCE)
+    if SINK not in idom:
         return []
-    b = np.asarray(births) + 1  # shift so gap -1 is index 0
-    d = np.asarray(deaths) + 1
-    ids = np.arange(1, len(names) + 1, dtype=np.int64)
-    count = np.zeros(n + 2, dtype=np.int64)
-    idsum = np.zeros(n + 2, dtype=np.int64)
-    np.add.at(count, b, 1)
-    np.add.at(count, d, -1)
-    np.add.at(idsum, b, ids)
-    np.add.at(idsum, d, -ids)
-    count = np.cumsum(count)[: n + 1]
-    idsum = np.cumsum(idsum)[: n + 1]
-    gaps = np.nonzero(count == 1)[0]
+    pos = {node: p for p, node in enumerate(order)}
+    outputs = set(graph.outputs)
     cuts: list[tuple[int, str]] = []
-    seen: set[str] = set()
-    for s in gaps.tolist():
-        name = names[int(idsum[s]) - 1]
-        if name not in seen:
-            seen.add(name)
-            cuts.append((s - 1, name))
+    node = idom[SINK]
+    while node != SOURCE:
+        kind, key = node
+        if kind == "tensor":
+            cuts.append((-1, key))
+        else:
+            live = [o for o in graph.nodes[key].output if o]
+            if len(live) > 1:  # an op on the chain is live: with one output, that output is
+                live = [o for o in live if o in outputs or any(c in pos for c, _ in graph.tensors[o].consumers)]
+            if len(live) == 1:
+                cuts.append((pos[key], live[0]))
+        node = idom[node]
+    cuts.reverse()
     return cuts
 
 

@@ -11,7 +11,7 @@ component re-creates for itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import networkx as nx
@@ -28,6 +28,10 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
                      "Bernoulli"}
 
 Dim = int | str | None
+# Virtual nodes of the data graph: the source feeds every place data enters, the sink collects
+# every data output, so "on every input-to-output path" becomes "dominates the sink".
+SOURCE = ("virtual", "source")
+SINK = ("virtual", "sink")
 
 
 @dataclass
@@ -71,8 +75,37 @@ class ModelGraph:
         # Dims that shape inference invented (unk__N) differ between models: unknown, "?".
         return tuple(d if isinstance(d, int) else self.dim_names.get(d, "?") if d else "?" for d in shape)
 
+    @cached_property
+    def data_graph(self) -> nx.DiGraph:
+        """The data part as a DiGraph of ops, built once per model.
+
+        Nodes: ``("op", i)`` for each data op, ``("tensor", name)`` for each data input, and the
+        virtual ``SOURCE`` and ``SINK``. Edges: ``u -> ("op", i)`` when op i reads a data tensor
+        that u produces (or that u is), outer-scope reads of subgraphs included; ``SOURCE ->``
+        every data input and every data op that reads no data (random generators); ``u -> SINK``
+        for the producer of every data output. Ops rather than tensors are the nodes: the graph
+        is half the size, and a tensor is recovered as the one live output of its op.
+        """
+        graph = nx.DiGraph()
+        graph.add_nodes_from((SOURCE, SINK))
+        tensors = self.tensors
+
+        def source_of(name: str) -> tuple:
+            producer = tensors[name].producer
+            return ("tensor", name) if producer is None else ("op", producer)
+
+        edges: list[tuple] = [(SOURCE, ("tensor", name)) for name in self.inputs]
+        for i in self.data_nodes:
+            op = ("op", i)
+            reads = [source_of(n) for n in self.node_inputs[i] if n and tensors[n].kind == "data"]
+            edges += [(u, op) for u in reads] if reads else [(SOURCE, op)]
+        edges += [(source_of(n), SINK) for n in self.outputs if tensors[n].kind == "data"]
+        graph.add_edges_from(edges)
+        return graph
+
     def to_networkx(self) -> nx.DiGraph:
-        """The data-flow graph: op nodes ``("op", i)`` and tensor nodes ``("tensor", name)``."""
+        """The whole graph with attributes: op nodes ``("op", i)``, tensor nodes ``("tensor", name)``
+        of every kind."""
         graph = nx.DiGraph()
         for name, tensor in self.tensors.items():
             graph.add_node(("tensor", name), kind=tensor.kind, dtype=tensor.dtype, shape=tensor.shape)
