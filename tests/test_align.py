@@ -1,6 +1,7 @@
 """fusekit.align: cut points (dominators), common subsequence across N models, level choice."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import networkx as nx
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusekit.decompose.align import analyse, choose_levels, common_layers, cut_points, lcs, live_data_nodes
+from fusekit.decompose.align import (analyse, choose_levels, common_layers, cut_points, layer_classes, lcs,
+                                     live_data_nodes)
 from fusekit.decompose.graph import ModelGraph, load_graph
 from tests import onnx_fixtures as F
 
@@ -150,3 +152,18 @@ def test_choose_levels_default_balanced_and_last():
     assert choose_levels(positions, 6)[0] == list(range(6))
     chosen4, _ = choose_levels(positions, 4)
     assert len(chosen4) == 4 and chosen4 == sorted(set(chosen4)) and chosen4[-1] == 5
+
+
+def test_common_layers_need_the_matcher_not_only_the_hash(tmp_path):
+    def layers(name: str, operands: tuple[str, str], seed: int = 0):
+        path = F.branch_model(tmp_path / f"{name}.onnx", ["Relu"], "Sub", operands, seed=seed)
+        return analyse(load_graph(path)).candidates
+
+    a, twin, b = layers("a", ("Relu", "h")), layers("twin", ("Relu", "h"), seed=1), layers("b", ("h", "Relu"))
+    b = [dataclasses.replace(b[0], signature=a[0].signature)]  # force a hash collision
+    assert [x.signature for x in a] == [x.signature for x in b]
+    assert len(common_layers([[x.signature for x in a], [x.signature for x in b]])) == 1  # the hash alone is fooled
+    classes = layer_classes([a, b, twin])
+    assert classes[0] == classes[2] != classes[1]
+    assert len(common_layers(classes[:2])) == 0
+    assert common_layers([classes[0], classes[2]]).tolist() == [[0, 0]]

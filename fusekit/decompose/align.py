@@ -3,17 +3,21 @@
 Cut points come from networkx dominators on the model's data graph (``ModelGraph.data_graph``:
 a virtual source feeds every input, every output feeds a virtual sink): a cut tensor is a tensor
 that dominates the sink, i.e. one that every input-to-output data path passes through. Layers
-are aligned across models by an order-preserving common subsequence of their signatures.
+are aligned across models by an order-preserving common subsequence in which two layers count
+as equal only when their signature hashes are equal and networkx's graph matcher confirms that
+their structures are isomorphic (``layers.same_structure``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collections.abc import Hashable, Sequence
+
 import networkx as nx
 import numpy as np
 
 from fusekit.decompose.graph import SINK, SOURCE, ModelGraph
-from fusekit.decompose.layers import Layer, group_layers
+from fusekit.decompose.layers import Layer, group_layers, same_structure
 
 
 @dataclass
@@ -167,12 +171,38 @@ def lcs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
 
 
-def common_layers(sequences: list[list[str]]) -> np.ndarray:
-    """Order-preserving common subsequence of N signature sequences, by progressive pairwise LCS.
+def layer_classes(sequences: Sequence[Sequence[Layer]]) -> list[list[int]]:
+    """One int per layer, equal for two layers exactly when ``same_structure`` holds.
 
-    Returns an int array [n_common, N]: for each common element, its index in each sequence.
+    Layers are bucketed by signature hash; inside a bucket each layer is compared with one
+    representative of each class found so far (the matcher's answers are cached per pair of
+    structures, and an identical structure needs no match), so the work grows with the number of
+    distinct structures, not of layers.
     """
-    codes: dict[str, int] = {}
+    buckets: dict[str, list[tuple[Layer, int]]] = {}
+    classes: list[list[int]] = []
+    n_classes = 0
+    for layers in sequences:
+        codes: list[int] = []
+        for layer in layers:
+            bucket = buckets.setdefault(layer.signature, [])
+            code = next((c for rep, c in bucket if same_structure(rep, layer)), None)
+            if code is None:
+                code, n_classes = n_classes, n_classes + 1
+                bucket.append((layer, code))
+            codes.append(code)
+        classes.append(codes)
+    return classes
+
+
+def common_layers(sequences: Sequence[Sequence[Hashable]]) -> np.ndarray:
+    """Order-preserving common subsequence of N sequences, by progressive pairwise LCS.
+
+    Elements are equal when they compare equal: pass ``layer_classes`` of the layers (plain
+    signatures would trust the hash). Returns an int array [n_common, N]: for each common
+    element, its index in each sequence.
+    """
+    codes: dict[Hashable, int] = {}
     arrays = [np.asarray([codes.setdefault(s, len(codes)) for s in seq], dtype=np.int64) for seq in sequences]
     current = arrays[0]
     index = np.arange(len(current), dtype=np.int64)[:, None]

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from fusekit import __version__
-from fusekit.decompose.align import Analysis, analyse, choose_levels, common_layers
+from fusekit.decompose.align import Analysis, analyse, choose_levels, common_layers, layer_classes
 from fusekit.errors import FusekitError
 from fusekit.decompose.graph import ModelGraph, load_graph
 from fusekit.io import atomic_dir, check_output_dir, sha256_file
@@ -201,8 +201,7 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
     out_dir = Path(out_dir)
     check_output_dir(out_dir, force)
     names, graphs, analyses, inputs = analyse_models(model_paths, names)
-    sequences = [[layer.signature for layer in a.candidates] for a in analyses]
-    index = common_layers(sequences)
+    index = common_layers(layer_classes([a.candidates for a in analyses]))
     if len(index) == 0:
         raise FusekitError(_no_common_message(names, analyses))
     n_common = len(index)
