@@ -128,7 +128,7 @@ def analyse(graph: ModelGraph) -> Analysis:
 
 
 def lcs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs of a longest common subsequence of two int arrays (numpy row DP)."""
+    """Index pairs of a longest common subsequence of two int arrays."""
     # Common prefix and suffix need no DP; most aligned models share long runs.
     n, m = len(a), len(b)
     pre = 0
@@ -144,31 +144,53 @@ def lcs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep_a = np.nonzero(np.isin(core_a, core_b))[0]
     keep_b = np.nonzero(np.isin(core_b, core_a))[0]
     if len(keep_a) and len(keep_b):
-        x, y = core_a[keep_a], core_b[keep_b]
-        dtype = np.uint16 if min(len(x), len(y)) < 65535 else np.uint32
-        table = np.zeros((len(x) + 1, len(y) + 1), dtype=dtype)
-        one = dtype(1)
-        for i in range(1, len(x) + 1):
-            prev = table[i - 1]
-            cand = np.maximum(prev[1:], prev[:-1] + (y == x[i - 1]).astype(dtype) * one)
-            np.maximum.accumulate(cand, out=table[i, 1:])
-        i, j = len(x), len(y)
-        pairs = []
-        while i > 0 and j > 0:
-            if x[i - 1] == y[j - 1] and table[i, j] == table[i - 1, j - 1] + 1:
-                pairs.append((i - 1, j - 1))
-                i -= 1
-                j -= 1
-            elif table[i - 1, j] >= table[i, j - 1]:
-                i -= 1
-            else:
-                j -= 1
-        pairs.reverse()
+        pairs = _lcs_pairs(core_a[keep_a].tolist(), core_b[keep_b].tolist())
         ia += [pre + int(keep_a[p]) for p, _ in pairs]
         ib += [pre + int(keep_b[q]) for _, q in pairs]
     ia += list(range(n - suf, n))
     ib += list(range(m - suf, m))
     return np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
+
+
+def _lcs_pairs(x: list[int], y: list[int]) -> list[tuple[int, int]]:
+    """LCS index pairs by the bit-parallel DP (Allison and Dix): one Python int per DP row.
+
+    Bit j of row i is 0 exactly when ``L[i][j + 1] = L[i][j] + 1`` (``L[i][j]``: LCS length of
+    ``x[:i]`` and ``y[:j]``), so ``L[i][j]`` is j minus the ones among the low j bits. A row
+    costs a few big-int operations instead of a pass over a table row, and the rows take
+    ``len(x) * len(y)`` bits instead of that many 16-bit cells.
+    """
+    masks: dict[int, int] = {}
+    for j, sym in enumerate(y):
+        masks[sym] = masks.get(sym, 0) | (1 << j)
+    full = (1 << len(y)) - 1
+    rows = [full]
+    for sym in x:
+        v = rows[-1]
+        u = v & masks.get(sym, 0)
+        rows.append(((v + u) | (v - u)) & full)
+
+    def length(i: int, j: int) -> int:
+        return j - (rows[i] & ((1 << j) - 1)).bit_count()
+
+    # Walk back from the end; on ties prefer a match, then moving up (the classic traceback).
+    i, j = len(x), len(y)
+    here = length(i, j)
+    pairs = []
+    while i > 0 and j > 0:
+        up = length(i - 1, j)
+        diag = up - 1 + ((rows[i - 1] >> (j - 1)) & 1)
+        if x[i - 1] == y[j - 1] and here == diag + 1:
+            pairs.append((i - 1, j - 1))
+            i, j, here = i - 1, j - 1, diag
+            continue
+        left = here - 1 + ((rows[i] >> (j - 1)) & 1)
+        if up >= left:
+            i, here = i - 1, up
+        else:
+            j, here = j - 1, left
+    pairs.reverse()
+    return pairs
 
 
 def layer_classes(sequences: Sequence[Sequence[Layer]]) -> list[list[int]]:
