@@ -164,3 +164,12 @@ def test_bad_inputs(dense, census, tmp_path):
     assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_models_whose_if_branches_read_a_cut(tmp_path):
+    paths = [F.if_model(tmp_path / f"m{seed}.onnx", seed=seed) for seed in (0, 1)]
+    result = decompose(paths, tmp_path / "p")
+    assert result.levels == 2 and [c.indices for c in result.common] == [[0, 0], [1, 1]]
+    assert max(result.worst_diff.values()) <= 1e-5
+    level2 = onnx.load(str(tmp_path / "p" / "m1" / "level2.onnx"))
+    assert [i.name for i in level2.graph.input] == ["x"] and "If" in {n.op_type for n in level2.graph.node}

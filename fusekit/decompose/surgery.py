@@ -5,6 +5,16 @@ they read. A shape read from a tensor before the component's input (for example 
 size taken from the model input and used much later) is rebuilt from the component's own
 input: static dims become constants and symbolic dims are read with Shape/Gather from the
 input, which carries the same symbolic dims (``align.analyse`` refuses cuts where it does not).
+
+Assembling a component renames its boundary tensors (``x``/``y``, or the model's own names)
+and moves other tensors of those names aside. When a component's ops carry subgraphs (If,
+Loop, Scan), a renamed tensor may be read inside them from the outer scope: there
+onnx-graphsurgeon assembles the component, because its graph shares one tensor object across
+all scopes, so a rename reaches every nested read (then ``cleanup``/``toposort``/``export_onnx``).
+Flat components, the usual case, are assembled by copying protobuf nodes instead. Measured on a
+10,000-node model (one core): ``gs.import_onnx`` 0.58 s, ``gs.export_onnx`` 0.30 s, ``cleanup``
+0.16 s, ``toposort`` 0.21 s, against 0.15 s for cutting all of that model's components with
+protobuf; graphsurgeon throughout would put the two-model benchmark (goal: 2 s) near 4 s.
 """
 from __future__ import annotations
 
@@ -12,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from fusekit import __version__
 from fusekit.errors import FusekitError
@@ -146,18 +158,23 @@ class _Builder:
         return out
 
 
+def _aside(name: str, names: set[str]) -> str:
+    """A new name for a tensor whose name a boundary takes."""
+    alt = f"{name}__orig"
+    while alt in names:
+        alt += "_"
+    return alt
+
+
 def _rename(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], mapping: dict[str, str],
             reserved: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Copy nodes and initializers with tensors renamed; other tensors that clash with the new
-    names move aside."""
+    names move aside. Top-level names only: components with subgraphs go to graphsurgeon."""
     names = {n for node in nodes for n in list(node.input) + list(node.output) if n} | set(inits)
     full = dict(mapping)
     for name in names:
         if name in reserved and name not in mapping:
-            alt = f"{name}__orig"
-            while alt in names:
-                alt += "_"
-            full[name] = alt
+            full[name] = _aside(name, names)
     copies = []
     for node in nodes:
         if not any(n in full for n in node.input) and not any(n in full for n in node.output):
@@ -184,9 +201,59 @@ def _rename(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], map
     return copies, tensors
 
 
+def _has_subgraphs(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def _assemble_protobuf(graph: ModelGraph, nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
+                       inputs: list[str], outputs: list[str], mapping: dict[str, str], label: str) -> onnx.GraphProto:
+    """The component's graph by copying protobuf nodes, boundary tensors renamed."""
+    reserved = set(mapping.values())
+    nodes, tensors = _rename(nodes, inits, mapping, reserved)
+    if not nodes:
+        nodes = [helper.make_node("Identity", [mapping[inputs[0]]], [mapping[outputs[0]]])]
+    return helper.make_graph(nodes, label, [value_info(graph, t, mapping[t]) for t in inputs],
+                             [value_info(graph, t, mapping[t]) for t in outputs], initializer=tensors)
+
+
+def _assemble_graphsurgeon(graph: ModelGraph, nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
+                           inputs: list[str], outputs: list[str], mapping: dict[str, str],
+                           label: str) -> onnx.GraphProto:
+    """The component's graph through onnx-graphsurgeon: renames reach reads in nested subgraphs."""
+    src = helper.make_graph(nodes, label, [value_info(graph, t, t) for t in inputs],
+                            [value_info(graph, t, t) for t in outputs], initializer=list(inits.values()))
+    model = helper.make_model(src, opset_imports=list(graph.model.opset_import))
+    model.ir_version = graph.model.ir_version
+    reserved = set(mapping.values())
+    try:
+        # graphsurgeon prints its warnings to stdout, where --json output goes
+        with G_LOGGER.suppress(G_LOGGER.CRITICAL + 1):
+            component = gs.import_onnx(model)
+            tensors: dict[str, gs.Tensor] = {}
+            for scope in (component, *component.subgraphs(recursive=True)):
+                for name, tensor in scope.tensors().items():
+                    tensors.setdefault(name, tensor)  # outer-scope reads are the same object
+            names = set(tensors)
+            for name, tensor in tensors.items():
+                if name in mapping:
+                    tensor.name = mapping[name]
+                elif name in reserved:
+                    tensor.name = _aside(name, names)
+            component.cleanup().toposort()
+            return gs.export_onnx(component, do_type_check=False).graph
+    except gs.OnnxGraphSurgeonException as exc:
+        raise FusekitError(f"{graph.path}: onnx-graphsurgeon cannot assemble component {label} "
+                           f"({str(exc).splitlines()[0][:160]}); choose other levels or report this model") from None
+
+
 def cut_component(graph: ModelGraph, data_nodes: list[int], inputs: list[str], outputs: list[str],
-                  input_names: list[str], output_names: list[str], label: str) -> onnx.ModelProto:
-    """The sub-model computing ``outputs`` from ``inputs`` with the given data nodes, renamed."""
+                  input_names: list[str], output_names: list[str], label: str,
+                  use_graphsurgeon: bool | None = None) -> onnx.ModelProto:
+    """The sub-model computing ``outputs`` from ``inputs`` with the given data nodes, renamed.
+
+    ``use_graphsurgeon``: None assembles with onnx-graphsurgeon only when an op carries a
+    subgraph (see the module docstring); True or False forces one way.
+    """
     builder = _Builder(graph, data_nodes, inputs)
     for i in data_nodes:
         builder.need([n for n in graph.node_inputs[i] if n and graph.tensors[n].kind != "data"])
@@ -195,16 +262,12 @@ def cut_component(graph: ModelGraph, data_nodes: list[int], inputs: list[str], o
     if len(set(input_names + output_names)) != len(input_names + output_names):
         raise FusekitError(f"{graph.path}: component {label} would have clashing input/output names; "
                            f"rename the model's inputs or outputs")
-    nodes, inits = _rename(builder.nodes(), builder.initializers, mapping, set(input_names + output_names))
-    if not nodes:
-        nodes = [helper.make_node("Identity", [input_names[0]], [output_names[0]])]
+    nodes = builder.nodes()
+    if use_graphsurgeon is None:
+        use_graphsurgeon = any(_has_subgraphs(node) for node in nodes)
+    assemble = _assemble_graphsurgeon if use_graphsurgeon and nodes else _assemble_protobuf
+    g = assemble(graph, nodes, builder.initializers, inputs, outputs, mapping, label)
     src = graph.model
-    g = helper.make_graph(
-        nodes, f"{label}",
-        [value_info(graph, t, n) for t, n in zip(inputs, input_names)],
-        [value_info(graph, t, n) for t, n in zip(outputs, output_names)],
-        initializer=inits,
-    )
     model = helper.make_model(g, opset_imports=list(src.opset_import), producer_name="fusekit",
                               producer_version=__version__)
     model.ir_version = src.ir_version
