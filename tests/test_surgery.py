@@ -177,3 +177,21 @@ def test_components_of_a_model_with_external_data_hold_their_weights(exported, t
         model = onnx.load(str(file), load_external_data=False)
         assert model.graph.initializer and not any(uses_external_data(t) for t in model.graph.initializer)
     assert verify_chain(load_graph(ext), files, head, boundaries) <= 1e-5
+
+
+@pytest.mark.parametrize("use_graphsurgeon", [False, True], ids=["protobuf", "graphsurgeon"])
+def test_inner_tensors_named_like_a_boundary_move_aside(tmp_path, use_graphsurgeon):
+    g = load_graph(F.clashing_names_model(tmp_path / "m.onnx"))
+    a = analyse(g)
+    r, s = (layer.end for layer in a.candidates)
+    assert (r, s) == ("r", "s")
+    levels = [cut_component(g, a.order[:2], ["inp"], ["r"], ["inp"], ["y"], "l1", use_graphsurgeon=use_graphsurgeon),
+              cut_component(g, a.order[2:4], ["r"], ["s"], ["x"], ["y"], "l2", use_graphsurgeon=use_graphsurgeon)]
+    head = cut_component(g, a.order[4:], ["s"], ["out"], ["x"], ["out"], "head", use_graphsurgeon=use_graphsurgeon)
+    assert [n.output[0] for n in levels[0].graph.node] == ["y__orig", "y"]
+    assert [n.output[0] for n in levels[1].graph.node] == ["x__orig", "y"]
+    files = []
+    for k, model in enumerate(levels + [head]):
+        files.append(tmp_path / f"c{k}.onnx")
+        onnx.save(model, str(files[-1]))
+    assert verify_chain(g, files[:2], files[2], ["r", "s"]) <= 1e-5

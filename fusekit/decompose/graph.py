@@ -61,6 +61,9 @@ class ModelGraph:
     opset: int
     initializers: dict[str, onnx.TensorProto]
     dim_names: dict[str, str]  # symbolic dim in this model -> canonical name ("batch", "dim1", ...)
+    nested: set[int] = field(default_factory=set)  # nodes that carry subgraphs (If/Loop/Scan bodies)
+    # shape -> canonical shape: tensors share a few shapes, and layers ask for every op's
+    _canonical: dict[tuple, tuple] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def data_nodes(self) -> list[int]:
@@ -72,8 +75,12 @@ class ModelGraph:
         shape = self.tensors[name].shape
         if shape is None:
             return None
-        # Dims that shape inference invented (unk__N) differ between models: unknown, "?".
-        return tuple(d if isinstance(d, int) else self.dim_names.get(d, "?") if d else "?" for d in shape)
+        canonical = self._canonical.get(shape)
+        if canonical is None:
+            # Dims that shape inference invented (unk__N) differ between models: unknown, "?".
+            canonical = tuple([d if isinstance(d, int) else self.dim_names.get(d, "?") if d else "?" for d in shape])
+            self._canonical[shape] = canonical
+        return canonical
 
     @cached_property
     def data_graph(self) -> nx.DiGraph:
@@ -157,6 +164,17 @@ def _type_of(value_info: onnx.ValueInfoProto) -> tuple[str | None, tuple[Dim, ..
     return dtype, tuple(dims)
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node carries in its attributes (If branches, Loop and Scan bodies)."""
+    subs: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            subs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            subs.extend(attr.graphs)
+    return subs
+
+
 def _outer_names(graph: onnx.GraphProto) -> list[str]:
     """Names a subgraph reads from enclosing scopes (implicit inputs of If/Loop/Scan)."""
     defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
@@ -165,10 +183,8 @@ def _outer_names(graph: onnx.GraphProto) -> list[str]:
         for name in node.input:
             if name and name not in defined and name not in used:
                 used.append(name)
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                for name in _outer_names(sub):
+        for sub in _subgraphs(node):
+            for name in _outer_names(sub):
                     if name not in defined and name not in used:
                         used.append(name)
         defined.update(o for o in node.output if o)
@@ -253,12 +269,14 @@ def load_graph(path: Path) -> ModelGraph:
     nodes = list(graph.node)
     node_inputs: list[list[str]] = []
     node_kind: list[str] = []
+    nested: set[int] = set()
     for i, node in enumerate(nodes):
         ins = list(node.input)
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                ins += [n for n in _outer_names(sub) if n not in ins]
+        subs = _subgraphs(node)
+        if subs:
+            nested.add(i)
+        for sub in subs:
+            ins += [n for n in _outer_names(sub) if n not in ins]
         node_inputs.append(ins)
         kinds = set()
         for slot, name in enumerate(ins):
@@ -299,7 +317,7 @@ def load_graph(path: Path) -> ModelGraph:
     _check_typed(path, nodes, node_kind, tensors)
     return ModelGraph(path=path, model=model, tensors=tensors, nodes=nodes, node_inputs=node_inputs,
                       node_kind=node_kind, inputs=inputs, outputs=outputs, opset=opset,
-                      initializers=initializers, dim_names=_canonical_dims(model, inputs))
+                      initializers=initializers, dim_names=_canonical_dims(model, inputs), nested=nested)
 
 
 def _check_typed(path: Path, nodes: list[onnx.NodeProto], node_kind: list[str],

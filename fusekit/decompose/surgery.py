@@ -54,21 +54,23 @@ class _Builder:
         self.graph = graph
         self.data_nodes = data_nodes
         self.inputs = inputs
-        self.available = set(inputs)
-        for i in data_nodes:
-            self.available.update(o for o in graph.nodes[i].output if o)
+        self.available = set(inputs)  # plus the outputs of data_nodes and of the support nodes
+        self.data_set = set(data_nodes)
         self.support: set[int] = set()
         self.initializers: dict[str, onnx.TensorProto] = {}
-        self.extra_nodes: list[onnx.NodeProto] = []
         self.rewired: dict[int, list[onnx.NodeProto]] = {}
         self._input_shape: str | None = None
+
+    def has(self, name: str) -> bool:
+        """Whether the component has ``name`` without pulling anything in."""
+        return name in self.available or self.graph.tensors[name].producer in self.data_set
 
     def need(self, names: list[str]) -> None:
         """Pull in the constant and shape subgraphs producing ``names``."""
         stack = [n for n in names if n]
         while stack:
             name = stack.pop()
-            if name in self.available or name in self.initializers:
+            if name in self.initializers or self.has(name):
                 continue
             tensor = self.graph.tensors[name]
             if tensor.producer is None:
@@ -83,7 +85,7 @@ class _Builder:
             node = self.graph.nodes[j]
             src = node.input[0] if node.input else ""
             if (node.op_type in ("Shape", "Size") and src and self.graph.tensors[src].kind == "data"
-                    and src not in self.available):
+                    and not self.has(src)):
                 self.support.add(j)
                 self.rewired[j] = self._rebuild_shape(node)
                 self.available.update(node.output)
@@ -146,15 +148,16 @@ class _Builder:
             nodes.append(helper.make_node("ReduceProd", [shape_name], [node.output[0]], keepdims=0))
         return nodes
 
-    def nodes(self) -> list[onnx.NodeProto]:
-        """All nodes in the original topological order (rebuilt shapes in place of their Shape op)."""
-        chosen = sorted(self.support | set(self.data_nodes))
-        out: list[onnx.NodeProto] = []
+    def nodes(self) -> list[tuple[int | None, onnx.NodeProto]]:
+        """(index in the model, node) for all nodes in the original topological order; rebuilt
+        shape nodes (index None) stand in place of their Shape op."""
+        chosen = sorted(self.support | self.data_set)
+        out: list[tuple[int | None, onnx.NodeProto]] = []
         for j in chosen:
             if j in self.rewired:
-                out.extend(self.rewired[j])
+                out.extend((None, node) for node in self.rewired[j])
             else:
-                out.append(self.graph.nodes[j])
+                out.append((j, self.graph.nodes[j]))
         return out
 
 
@@ -166,19 +169,40 @@ def _aside(name: str, names: set[str]) -> str:
     return alt
 
 
-def _rename(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], mapping: dict[str, str],
-            reserved: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def _rename(graph: ModelGraph, entries: list[tuple[int | None, onnx.NodeProto]], inits: dict[str, onnx.TensorProto],
+            mapping: dict[str, str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Copy nodes and initializers with tensors renamed; other tensors that clash with the new
     names move aside. Top-level names only: components with subgraphs go to graphsurgeon."""
-    names = {n for node in nodes for n in list(node.input) + list(node.output) if n} | set(inits)
-    full = dict(mapping)
-    for name in names:
-        if name in reserved and name not in mapping:
-            full[name] = _aside(name, names)
+    reserved = set(mapping.values())
+    chosen = {j for j, _ in entries}
+    rebuilt = {n for j, node in entries if j is None for n in (*node.input, *node.output)}
+
+    def present(name: str) -> bool:  # a tensor of this name is in the component
+        t = graph.tensors.get(name)
+        return (name in rebuilt or name in inits or t is not None
+                and (t.producer in chosen or any(c in chosen for c, _ in t.consumers)))
+
+    if any(n not in mapping and present(n) for n in reserved):
+        # A tensor is named like a boundary: look at every name to find it and a free one.
+        names = {n for _, node in entries for n in (*node.input, *node.output) if n} | set(inits)
+        full = dict(mapping)
+        full.update((n, _aside(n, names)) for n in names if n in reserved and n not in mapping)
+        touched = None
+    else:
+        # Only the ops that read or write a boundary tensor (and rebuilt ones) need copies.
+        full = mapping
+        touched = set()
+        for name in mapping:
+            tensor = graph.tensors[name]
+            touched.update(c for c, _ in tensor.consumers)
+            touched.add(tensor.producer)
     copies = []
-    for node in nodes:
-        if not any(n in full for n in node.input) and not any(n in full for n in node.output):
+    for j, node in entries:
+        if touched is not None and j is not None and j not in touched:
             copies.append(node)  # make_graph copies it anyway
+            continue
+        if not any(n in full for n in node.input) and not any(n in full for n in node.output):
+            copies.append(node)
             continue
         new = onnx.NodeProto()
         new.CopyFrom(node)
@@ -201,26 +225,22 @@ def _rename(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], map
     return copies, tensors
 
 
-def _has_subgraphs(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-
-
-def _assemble_protobuf(graph: ModelGraph, nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
-                       inputs: list[str], outputs: list[str], mapping: dict[str, str], label: str) -> onnx.GraphProto:
+def _assemble_protobuf(graph: ModelGraph, entries: list[tuple[int | None, onnx.NodeProto]],
+                       inits: dict[str, onnx.TensorProto], inputs: list[str], outputs: list[str],
+                       mapping: dict[str, str], label: str) -> onnx.GraphProto:
     """The component's graph by copying protobuf nodes, boundary tensors renamed."""
-    reserved = set(mapping.values())
-    nodes, tensors = _rename(nodes, inits, mapping, reserved)
+    nodes, tensors = _rename(graph, entries, inits, mapping)
     if not nodes:
         nodes = [helper.make_node("Identity", [mapping[inputs[0]]], [mapping[outputs[0]]])]
     return helper.make_graph(nodes, label, [value_info(graph, t, mapping[t]) for t in inputs],
                              [value_info(graph, t, mapping[t]) for t in outputs], initializer=tensors)
 
 
-def _assemble_graphsurgeon(graph: ModelGraph, nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
-                           inputs: list[str], outputs: list[str], mapping: dict[str, str],
-                           label: str) -> onnx.GraphProto:
+def _assemble_graphsurgeon(graph: ModelGraph, entries: list[tuple[int | None, onnx.NodeProto]],
+                           inits: dict[str, onnx.TensorProto], inputs: list[str], outputs: list[str],
+                           mapping: dict[str, str], label: str) -> onnx.GraphProto:
     """The component's graph through onnx-graphsurgeon: renames reach reads in nested subgraphs."""
-    src = helper.make_graph(nodes, label, [value_info(graph, t, t) for t in inputs],
+    src = helper.make_graph([node for _, node in entries], label, [value_info(graph, t, t) for t in inputs],
                             [value_info(graph, t, t) for t in outputs], initializer=list(inits.values()))
     model = helper.make_model(src, opset_imports=list(graph.model.opset_import))
     model.ir_version = graph.model.ir_version
@@ -262,11 +282,11 @@ def cut_component(graph: ModelGraph, data_nodes: list[int], inputs: list[str], o
     if len(set(input_names + output_names)) != len(input_names + output_names):
         raise FusekitError(f"{graph.path}: component {label} would have clashing input/output names; "
                            f"rename the model's inputs or outputs")
-    nodes = builder.nodes()
+    entries = builder.nodes()
     if use_graphsurgeon is None:
-        use_graphsurgeon = any(_has_subgraphs(node) for node in nodes)
-    assemble = _assemble_graphsurgeon if use_graphsurgeon and nodes else _assemble_protobuf
-    g = assemble(graph, nodes, builder.initializers, inputs, outputs, mapping, label)
+        use_graphsurgeon = any(j in graph.nested for j, _ in entries)
+    assemble = _assemble_graphsurgeon if use_graphsurgeon and entries else _assemble_protobuf
+    g = assemble(graph, entries, builder.initializers, inputs, outputs, mapping, label)
     src = graph.model
     model = helper.make_model(g, opset_imports=list(src.opset_import), producer_name="fusekit",
                               producer_version=__version__)
