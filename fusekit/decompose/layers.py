@@ -104,8 +104,22 @@ def _attr_value(attr: onnx.AttributeProto) -> object:
 
 
 def _attrs(node: onnx.NodeProto, opset: int) -> tuple[tuple[str, object], ...]:
-    values = dict(_defaults(node.op_type, node.domain, opset))
-    for attr in node.attribute:
+    """The node's attributes with defaults filled in, sorted by name."""
+    attrs = node.attribute
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in attrs):
+        return _attrs_of(node.op_type, node.domain, opset, attrs)  # big and rare: not worth a cache entry
+    # Layers repeat, and so do their ops' attributes: parse each distinct set once.
+    return _cached_attrs(node.op_type, node.domain, opset, tuple(a.SerializeToString() for a in attrs))
+
+
+@lru_cache(maxsize=8192)
+def _cached_attrs(op_type: str, domain: str, opset: int, raw: tuple[bytes, ...]) -> tuple[tuple[str, object], ...]:
+    return _attrs_of(op_type, domain, opset, [onnx.AttributeProto.FromString(data) for data in raw])
+
+
+def _attrs_of(op_type: str, domain: str, opset: int, attrs) -> tuple[tuple[str, object], ...]:
+    values = dict(_defaults(op_type, domain, opset))
+    for attr in attrs:
         values[attr.name] = _attr_value(attr)
     return tuple(sorted(values.items()))
 
@@ -163,7 +177,7 @@ class _Tokens:
     def add(self, i: int) -> None:
         g = self.graph
         node = g.nodes[i]
-        ins = [n for n in g.node_inputs[i]]
+        ins = g.node_inputs[i]
         data_ins = [n for n in ins if n and g.tensors[n].kind == "data"]
         op = node.op_type
         if op in ALIAS_OPS and data_ins and node.output:
