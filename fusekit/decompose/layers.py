@@ -256,21 +256,8 @@ class _Tokens:
 
     def signature(self, end: str | None, end_shape: object) -> tuple[str, str, str, tuple]:
         """(hash, summary, kind, structure) of the layer."""
-        up: dict[int, str] = {}
-        for i in self.order:
-            name, attrs, weights, outs, refs = self.tokens[i]
-            parts = []
-            for r in refs:
-                parts.append(f"op:{up[r[1]]}:{r[2]}" if r[0] == "op" else repr(r))
-            up[i] = _digest(repr((name, attrs, weights, outs, parts)))
-        end_ref = "outputs"
-        if end is not None:
-            r = self.ref(end)
-            end_ref = f"op:{up[r[1]]}:{r[2]}" if r[0] == "op" else repr(r)
-        digest = _digest(repr((sorted(up.values()), end_ref, end_shape)))
-        labels = [_label(self.tokens[i]) for i in self.order]
-        kinds = [lab.split("(")[0] for lab in labels]
-        return digest, _compact(labels), _compact(kinds), self.structure(end, end_shape)
+        structure = self.structure(end, end_shape)
+        return (*_describe(structure), structure)
 
     def structure(self, end: str | None, end_shape: object) -> tuple:
         """The tokens with op references by local index: exact, free of node indices and names."""
@@ -282,6 +269,25 @@ class _Tokens:
         ops = tuple((name, attrs, weights, outs, tuple(loc(r) for r in refs))
                     for name, attrs, weights, outs, refs in (self.tokens[i] for i in self.order))
         return ops, (None if end is None else loc(self.ref(end))), end_shape
+
+
+@lru_cache(maxsize=4096)
+def _describe(structure: tuple) -> tuple[str, str, str]:
+    """(hash, summary, kind) of a layer structure: each op's hash covers the ops it reads
+    (Merkle style), the layer's hash the sorted op hashes and its end. Layers repeat, so each
+    distinct structure is hashed once."""
+    ops, end, end_shape = structure
+    up: list[str] = []
+    for name, attrs, weights, outs, refs in ops:
+        parts = [f"op:{up[r[1]]}:{r[2]}" if r[0] == "op" else repr(r) for r in refs]
+        up.append(_digest(repr((name, attrs, weights, outs, parts))))
+    end_ref = "outputs"
+    if end is not None:
+        end_ref = f"op:{up[end[1]]}:{end[2]}" if end[0] == "op" else repr(end)
+    digest = _digest(repr((sorted(up), end_ref, end_shape)))
+    labels = [_label(op) for op in ops]
+    kinds = [lab.split("(")[0] for lab in labels]
+    return digest, _compact(labels), _compact(kinds)
 
 
 @lru_cache(maxsize=1024)
