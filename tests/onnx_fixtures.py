@@ -224,11 +224,13 @@ def export(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, dynamo:
     return path
 
 
-def _save_helper_model(nodes: list, inits: list, path: Path, n_in: int = 4) -> Path:
+def _save_helper_model(nodes: list, inits: list, path: Path, n_in: int = 4, input_name: str = "x",
+                       output_name: str = "y") -> Path:
     from onnx import TensorProto, helper, save
 
-    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+    graph = helper.make_graph(nodes, "m",
+                              [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", n_in])],
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", 1])],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -286,17 +288,11 @@ def clashing_names_model(path: Path, width: int = 6, seed: int = 0) -> Path:
     """An onnx.helper MLP whose inner tensors are named ``y`` and ``x``, the names components
     give their boundaries: ``inp -> Gemm -> y -> Relu -> r -> Gemm -> x -> Relu -> s -> Gemm -> out``."""
     import numpy as np
-    from onnx import TensorProto, helper, save
+    from onnx import helper
 
     rng = np.random.default_rng(seed)
     nodes = [helper.make_node("Gemm", ["inp", "fc1_w", "fc1_b"], ["y"]), helper.make_node("Relu", ["y"], ["r"]),
              helper.make_node("Gemm", ["r", "fc2_w", "fc2_b"], ["x"]), helper.make_node("Relu", ["x"], ["s"]),
              helper.make_node("Gemm", ["s", "fc3_w", "fc3_b"], ["out"])]
     inits = _linear(rng, "fc1", 4, width) + _linear(rng, "fc2", width, width) + _linear(rng, "fc3", width, 1)
-    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("inp", TensorProto.FLOAT, ["batch", 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1])],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    save(model, str(path))
-    return Path(path)
+    return _save_helper_model(nodes, inits, path, input_name="inp", output_name="out")
