@@ -13,9 +13,8 @@ that their structures are isomorphic (``layers.same_structure``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
@@ -70,7 +69,7 @@ def cut_points(graph: ModelGraph, order: list[int]) -> list[tuple[int, str]]:
             cuts.append((-1, key))
         else:
             live = [o for o in graph.nodes[key].output if o]
-            if len(live) > 1:  # an op on the chain is live: with one output, that output is
+            if len(live) > 1:  # an op on the chain is live, and so is its only output
                 live = [o for o in live if o in outputs or any(c in pos for c, _ in graph.tensors[o].consumers)]
             if len(live) == 1:
                 cuts.append((pos[key], live[0]))

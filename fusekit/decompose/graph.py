@@ -181,8 +181,8 @@ def _outer_names(graph: onnx.GraphProto) -> list[str]:
                 used.append(name)
         for sub in _subgraphs(node):
             for name in _outer_names(sub):
-                    if name not in defined and name not in used:
-                        used.append(name)
+                if name not in defined and name not in used:
+                    used.append(name)
         defined.update(o for o in node.output if o)
     return used
 

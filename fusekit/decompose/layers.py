@@ -297,7 +297,7 @@ def layer_graph(structure: tuple) -> nx.DiGraph:
     Op nodes ``k`` carry the op type, attributes, weight shapes, output shapes and the non-data
     operands by slot; ``("in", k)`` nodes are the layer's inputs, ``"end"`` is its cut tensor
     (with its shape). An edge carries its wires: (output slot of the producer, input slot of the
-    consumer) pairs, so ``Sub(a, b)`` and ``Sub(b, a)`` differ.
+    consumer) pairs, so ``Sub(a, b)`` and ``Sub(b, a)`` differ. Cached and shared: read only.
     """
     ops, end, end_shape = structure
     graph = nx.DiGraph()

@@ -176,7 +176,7 @@ def _rename(graph: ModelGraph, entries: list[tuple[int | None, onnx.NodeProto]],
     """Copy nodes and initializers with tensors renamed; other tensors that clash with the new
     names move aside. Top-level names only: components with subgraphs go to graphsurgeon."""
     reserved = set(mapping.values())
-    chosen = {j for j, _ in entries}
+    chosen = {j for j, _ in entries if j is not None}
     rebuilt = {n for j, node in entries if j is None for n in (*node.input, *node.output)}
 
     def present(name: str) -> bool:  # a tensor of this name is in the component
