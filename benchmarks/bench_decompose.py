@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusekit.decompose.align import analyse, common_layers  # noqa: E402
+from fusekit.decompose.align import analyse, common_layers, layer_classes  # noqa: E402
 from fusekit.decompose.pipeline import decompose  # noqa: E402
 from fusekit.decompose.graph import load_graph  # noqa: E402
 
@@ -103,7 +103,7 @@ def run(sizes: list[int], verify: bool) -> list[dict]:
             t1 = time.perf_counter()
             analyses = [analyse(g) for g in graphs]
             t2 = time.perf_counter()
-            index = common_layers([[layer.signature for layer in x.candidates] for x in analyses])
+            index = common_layers(layer_classes([x.candidates for x in analyses]))
             n_layers = sum(len(x.layers) for x in analyses)
             t3 = time.perf_counter()
             gc.enable()

@@ -241,3 +241,77 @@ def export(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, dynamo:
                               output_names=list(output_names), dynamic_axes=axes,
                               opset_version=opset or 17, do_constant_folding=fold_constants)
     return path
+
+
+def _save_helper_model(nodes: list, inits: list, path: Path, n_in: int = 4, input_name: str = "x",
+                       output_name: str = "y") -> Path:
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(nodes, "m",
+                              [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", n_in])],
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", 1])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(model, str(path))
+    return path
+
+
+def _linear(rng, name: str, n_from: int, n_to: int) -> list:
+    import numpy as np
+    from onnx import numpy_helper
+
+    return [numpy_helper.from_array((rng.standard_normal((n_from, n_to)) / n_from ** 0.5).astype(np.float32),
+                                    f"{name}_w"),
+            numpy_helper.from_array(rng.standard_normal(n_to).astype(np.float32) * 0.1, f"{name}_b")]
+
+
+def branch_model(path: Path, branches: Sequence[str], combine: str, operands: tuple[str, str],
+                 width: int = 6, seed: int = 0) -> Path:
+    """An onnx.helper model: ``h = Gemm(x)``, one unary op per name in ``branches`` on ``h``
+    (listed in that order), ``c = combine(*operands)`` where an operand is ``"h"`` or a branch
+    op's name, then ``y = Gemm(c)``. The first layer is Gemm, the branches and the combine."""
+    import numpy as np
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gemm", ["x", "fc1_w", "fc1_b"], ["h"])]
+    nodes += [helper.make_node(op, ["h"], [op]) for op in branches]
+    nodes += [helper.make_node(combine, list(operands), ["c"]), helper.make_node("Gemm", ["c", "fc2_w", "fc2_b"], ["y"])]
+    return _save_helper_model(nodes, _linear(rng, "fc1", 4, width) + _linear(rng, "fc2", width, 1), path)
+
+
+def if_model(path: Path, width: int = 6, seed: int = 0) -> Path:
+    """An onnx.helper model whose ``If`` branches read a cut tensor (``r``) from the outer scope:
+    ``r = Relu(Gemm(x))``, ``f = If(cond, Relu(r), Neg(r))``, ``y = Gemm(f + Relu(Gemm(r)))``."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    then_g = helper.make_graph([helper.make_node("Relu", ["r"], ["then_out"])], "then", [],
+                               [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, ["batch", width])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["r"], ["else_out"])], "else", [],
+                               [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, ["batch", width])])
+    nodes = [helper.make_node("Gemm", ["x", "fc1_w", "fc1_b"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "fc2_w", "fc2_b"], ["h2"]), helper.make_node("Relu", ["h2"], ["r2"]),
+             helper.make_node("If", ["cond"], ["f"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Add", ["f", "r2"], ["s"]), helper.make_node("Gemm", ["s", "fc3_w", "fc3_b"], ["y"])]
+    inits = (_linear(rng, "fc1", 4, width) + _linear(rng, "fc2", width, width) + _linear(rng, "fc3", width, 1)
+             + [numpy_helper.from_array(np.array(False), "cond")])
+    return _save_helper_model(nodes, inits, path)
+
+
+def clashing_names_model(path: Path, width: int = 6, seed: int = 0) -> Path:
+    """An onnx.helper MLP whose inner tensors are named ``y`` and ``x``, the names components
+    give their boundaries: ``inp -> Gemm -> y -> Relu -> r -> Gemm -> x -> Relu -> s -> Gemm -> out``."""
+    import numpy as np
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gemm", ["inp", "fc1_w", "fc1_b"], ["y"]), helper.make_node("Relu", ["y"], ["r"]),
+             helper.make_node("Gemm", ["r", "fc2_w", "fc2_b"], ["x"]), helper.make_node("Relu", ["x"], ["s"]),
+             helper.make_node("Gemm", ["s", "fc3_w", "fc3_b"], ["out"])]
+    inits = _linear(rng, "fc1", 4, width) + _linear(rng, "fc2", width, width) + _linear(rng, "fc3", width, 1)
+    return _save_helper_model(nodes, inits, path, input_name="inp", output_name="out")

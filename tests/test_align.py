@@ -1,6 +1,7 @@
 """fusekit.align: cut points (dominators), common subsequence across N models, level choice."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import networkx as nx
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusekit.decompose.align import analyse, choose_levels, common_layers, lcs
+from fusekit.decompose.align import (analyse, choose_levels, common_layers, cut_points, layer_classes, lcs,
+                                     live_data_nodes)
 from fusekit.decompose.graph import ModelGraph, load_graph
 from tests import onnx_fixtures as F
 
@@ -28,8 +30,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _dominator_tensors(g: ModelGraph) -> set[str]:
-    """Reference: tensors on the dominator chain of a virtual sink, computed by networkx."""
+def _separating_tensors(g: ModelGraph) -> set[str]:
+    """Reference, by brute force on a tensor-level graph of its own: the data tensors whose
+    removal disconnects every model input from every model output."""
     dfg = nx.DiGraph()
     for i, node in enumerate(g.nodes):
         if g.node_kind[i] != "data":
@@ -43,19 +46,36 @@ def _dominator_tensors(g: ModelGraph) -> set[str]:
         dfg.add_edge("source", ("t", name))
     for name in g.outputs:
         dfg.add_edge(("t", name), "sink")
-    idom = nx.immediate_dominators(dfg, "source")
-    chain, node = set(), "sink"
-    while node != "source":
-        node = idom[node]
-        if isinstance(node, tuple) and node[0] == "t":
-            chain.add(node[1])
-    return chain
+    return {name for kind, name in (n for n in dfg if isinstance(n, tuple)) if kind == "t"
+            and not nx.has_path(nx.restricted_view(dfg, [("t", name)], []), "source", "sink")}
 
 
 @pytest.mark.parametrize("name", ["res_dyn", "res_legacy", "cnn_legacy", "cnn_bn", "tr_legacy"])
 def test_cut_points_are_the_dominators(models, name):
     g = load_graph(models[name])
-    assert {t for _, t in analyse(g).cuts} == _dominator_tensors(g)
+    assert {t for _, t in analyse(g).cuts} == _separating_tensors(g)
+
+
+@pytest.mark.parametrize("name", ["res_dyn", "res_legacy"])
+def test_dominator_cut_points_of_a_residual_model(models, name):
+    g = load_graph(models[name])
+    order = live_data_nodes(g)
+    assert g.data_graph.number_of_nodes() == len(g.data_nodes) + len(g.inputs) + 2  # ops, inputs, source, sink
+    cuts = cut_points(g, order)
+    producers = [g.nodes[order[gap]].op_type if gap >= 0 else "input" for gap, _ in cuts]
+    # stem Gemm+Relu, then per block only the skip Add and the LayerNorm, then the output Gemm
+    assert producers == ["input", "Gemm", "Relu", "Add", "LayerNormalization", "Add", "LayerNormalization", "Gemm"]
+    assert [gap for gap, _ in cuts] == [-1, 0, 1, 5, 6, 10, 11, 12]
+    cut_names = {t for _, t in cuts}
+    for start, add in ((1, 5), (6, 10)):  # fc1, relu, fc2 of each block: never a cut
+        inner = {o for i in order[start + 1: add] for o in g.nodes[i].output}
+        assert len(inner) == 3 and not inner & cut_names
+    pos = {node: p for p, node in enumerate(order)}
+    for gap, tensor in cuts:  # after its gap, the cut tensor is the only data value still read
+        alive = {name for p, i in enumerate(order) if p <= gap for name in g.nodes[i].output
+                 if any(pos.get(c, -1) > gap for c, _ in g.tensors[name].consumers) or name in g.outputs}
+        alive |= {name for name in g.inputs if any(pos[c] > gap for c, _ in g.tensors[name].consumers)}
+        assert alive == {tensor}
 
 
 @pytest.mark.parametrize("name", ["res_dyn", "res_legacy"])
@@ -132,3 +152,18 @@ def test_choose_levels_default_balanced_and_last():
     assert choose_levels(positions, 6)[0] == list(range(6))
     chosen4, _ = choose_levels(positions, 4)
     assert len(chosen4) == 4 and chosen4 == sorted(set(chosen4)) and chosen4[-1] == 5
+
+
+def test_common_layers_need_the_matcher_not_only_the_hash(tmp_path):
+    def layers(name: str, operands: tuple[str, str], seed: int = 0):
+        path = F.branch_model(tmp_path / f"{name}.onnx", ["Relu"], "Sub", operands, seed=seed)
+        return analyse(load_graph(path)).candidates
+
+    a, twin, b = layers("a", ("Relu", "h")), layers("twin", ("Relu", "h"), seed=1), layers("b", ("h", "Relu"))
+    b = [dataclasses.replace(b[0], signature=a[0].signature)]  # force a hash collision
+    assert [x.signature for x in a] == [x.signature for x in b]
+    assert len(common_layers([[x.signature for x in a], [x.signature for x in b]])) == 1  # the hash alone is fooled
+    classes = layer_classes([a, b, twin])
+    assert classes[0] == classes[2] != classes[1]
+    assert len(common_layers(classes[:2])) == 0
+    assert common_layers([classes[0], classes[2]]).tolist() == [[0, 0]]

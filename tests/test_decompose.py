@@ -198,3 +198,12 @@ def test_a_pool_with_ops_fuse_cannot_run_is_refused_before_anything_is_written(d
     assert f"{gru} uses GRU; {custom} uses com.example::FusedGelu: ops" in message
     assert "re-export those models without them" in message
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["models"]
+
+
+def test_models_whose_if_branches_read_a_cut(tmp_path):
+    paths = [F.if_model(tmp_path / f"m{seed}.onnx", seed=seed) for seed in (0, 1)]
+    result = decompose(paths, tmp_path / "p")
+    assert result.levels == 2 and [c.indices for c in result.common] == [[0, 0], [1, 1]]
+    assert max(result.worst_diff.values()) <= 1e-5
+    level2 = onnx.load(str(tmp_path / "p" / "m1" / "level2.onnx"))
+    assert [i.name for i in level2.graph.input] == ["x"] and "If" in {n.op_type for n in level2.graph.node}

@@ -101,3 +101,27 @@ def test_external_data_is_read(tmp_path, legacy_mlp):
     g = load_graph(tmp_path / "ext.onnx")
     table = next(n for n in g.initializers if n.startswith("table"))
     assert numpy_helper.to_array(g.initializers[table]).shape == (15, 4)
+    (tmp_path / "ext.data").unlink()
+    with pytest.raises(FusekitError, match="external data missing"):
+        load_graph(tmp_path / "ext.onnx")
+
+
+def test_external_data_of_a_constant_inside_an_if_branch_is_read(tmp_path):
+    # Weights can hide in attribute tensors of subgraphs: those are looked for too.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    bias = numpy_helper.from_array(np.arange(4, dtype=np.float32), "bias")
+    then_g = helper.make_graph([helper.make_node("Constant", [], ["c"], value=bias),
+                                helper.make_node("Add", ["x", "c"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["n", 4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["n", 4])])
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    model = _model([helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)], [x], [y], [cond])
+    onnx.save(model, str(tmp_path / "if.onnx"), save_as_external_data=True, location="if.data", size_threshold=0,
+              convert_attribute=True)
+    stored = onnx.load(str(tmp_path / "if.onnx"), load_external_data=False)
+    assert stored.graph.node[0].attribute[1].g.node[0].attribute[0].t.data_location == onnx.TensorProto.EXTERNAL
+    g = load_graph(tmp_path / "if.onnx")
+    then_branch = next(a.g for a in g.nodes[0].attribute if a.name == "then_branch")
+    assert numpy_helper.to_array(then_branch.node[0].attribute[0].t).tolist() == [0, 1, 2, 3]

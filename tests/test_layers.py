@@ -1,6 +1,7 @@
 """fusekit.layers: grouping into layers and structural signatures that exporters cannot fool."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from fusekit.decompose.align import analyse
 from fusekit.decompose.graph import load_graph
+from fusekit.decompose.layers import layer_graph, same_structure
 from tests import onnx_fixtures as F
 
 
@@ -131,3 +133,32 @@ def test_an_einsum_starts_a_layer_only_when_it_holds_a_weight(tmp_path):
     layers = analyse(load_graph(path)).layers
     assert [layer.kind for layer in layers] == ["Einsum+Relu+Einsum", "Einsum"]
     assert [layer.cuttable for layer in layers] == [True, False]
+
+
+def _first_layer(path: Path):
+    return analyse(load_graph(path)).layers[0]
+
+
+def test_reordered_branches_are_confirmed_by_the_graph_matcher(tmp_path):
+    # Exporters list parallel branches in either order: same hash, and the matcher, which does
+    # not care about the listing order, confirms what the exact structures cannot.
+    a = _first_layer(F.branch_model(tmp_path / "a.onnx", ["Relu", "Sigmoid"], "Add", ("Relu", "Sigmoid")))
+    b = _first_layer(F.branch_model(tmp_path / "b.onnx", ["Sigmoid", "Relu"], "Add", ("Relu", "Sigmoid"), seed=1))
+    assert a.kind == "Linear+Relu+Sigmoid+Add" and b.kind == "Linear+Sigmoid+Relu+Add"
+    assert a.signature == b.signature and a.structure != b.structure
+    assert same_structure(a, b) and same_structure(b, a)
+    graph = layer_graph(a.structure)
+    assert sorted(d["op"] for _, d in graph.nodes(data=True)) == ["Add", "Linear", "Relu", "Sigmoid", "end", "input"]
+    assert graph.edges[0, 1]["wires"] == ((0, 0),) and graph.edges[1, 3]["wires"] == ((0, 0),)
+
+
+def test_a_hash_collision_never_aligns_different_layers(tmp_path):
+    # Sub(relu(h), h) and Sub(h, relu(h)): the same ops, weights and shapes, wired differently.
+    a = _first_layer(F.branch_model(tmp_path / "a.onnx", ["Relu"], "Sub", ("Relu", "h")))
+    b = _first_layer(F.branch_model(tmp_path / "b.onnx", ["Relu"], "Sub", ("h", "Relu")))
+    assert a.kind == b.kind == "Linear+Relu+Sub" and a.shape == b.shape
+    assert a.signature != b.signature and not same_structure(a, b)
+    collided = dataclasses.replace(b, signature=a.signature)  # as if blake2b had collided
+    assert not same_structure(a, collided) and not same_structure(collided, a)
+    twin = _first_layer(F.branch_model(tmp_path / "twin.onnx", ["Relu"], "Sub", ("Relu", "h"), seed=3))
+    assert same_structure(a, twin)

@@ -11,14 +11,22 @@ weight shapes and inferred output shapes, wired as in the graph. It never uses w
 node names or tensor names, and it normalises what exporters vary: Identity/Dropout are
 skipped, Gemm and MatMul+Add of a Linear become one ``Linear`` op, chains of
 Reshape/Flatten/Squeeze/Unsqueeze become one ``Reshape``.
+
+A hash can collide, so the hash only proposes: each layer also keeps its exact normalised
+structure, and two layers are the same layer only when networkx's graph matcher finds their
+labelled graphs isomorphic (``same_structure``). The matcher is order-free, like the hash:
+exporters list parallel branches in different orders.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
 from functools import lru_cache
 
+import networkx as nx
 import onnx
+from networkx.algorithms.isomorphism import DiGraphMatcher
 from onnx import helper
 
 from fusekit.decompose.graph import ModelGraph
@@ -42,6 +50,9 @@ class Layer:
     dtype: str | None
     cuttable: bool = True
     why_not: str | None = None
+    # Exact normalised structure (ops in topological order, wiring by local index): what
+    # ``layer_graph`` turns into the labelled graph the matcher compares.
+    structure: tuple = field(default=(), repr=False)
 
     def describe_output(self) -> str:
         """``[batch,64] float32``."""
@@ -88,8 +99,22 @@ def _attr_value(attr: onnx.AttributeProto) -> object:
 
 
 def _attrs(node: onnx.NodeProto, opset: int) -> tuple[tuple[str, object], ...]:
-    values = dict(_defaults(node.op_type, node.domain, opset))
-    for attr in node.attribute:
+    """The node's attributes with defaults filled in, sorted by name."""
+    attrs = node.attribute
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in attrs):
+        return _attrs_of(node.op_type, node.domain, opset, attrs)  # big and rare: not worth a cache entry
+    # Layers repeat, and so do their ops' attributes: parse each distinct set once.
+    return _cached_attrs(node.op_type, node.domain, opset, tuple(a.SerializeToString() for a in attrs))
+
+
+@lru_cache(maxsize=8192)
+def _cached_attrs(op_type: str, domain: str, opset: int, raw: tuple[bytes, ...]) -> tuple[tuple[str, object], ...]:
+    return _attrs_of(op_type, domain, opset, [onnx.AttributeProto.FromString(data) for data in raw])
+
+
+def _attrs_of(op_type: str, domain: str, opset: int, attrs) -> tuple[tuple[str, object], ...]:
+    values = dict(_defaults(op_type, domain, opset))
+    for attr in attrs:
         values[attr.name] = _attr_value(attr)
     return tuple(sorted(values.items()))
 
@@ -152,7 +177,7 @@ class _Tokens:
     def add(self, i: int) -> None:
         g = self.graph
         node = g.nodes[i]
-        ins = [n for n in g.node_inputs[i]]
+        ins = g.node_inputs[i]
         data_ins = [n for n in ins if n and g.tensors[n].kind == "data"]
         op = node.op_type
         role = _role(node)
@@ -230,23 +255,91 @@ class _Tokens:
             if o:
                 self.source[o] = (i, slot)
 
-    def signature(self, end: str | None, end_shape: object) -> tuple[str, str, str]:
-        """(hash, summary, kind) of the layer."""
-        up: dict[int, str] = {}
-        for i in self.order:
-            name, attrs, weights, outs, refs = self.tokens[i]
-            parts = []
-            for r in refs:
-                parts.append(f"op:{up[r[1]]}:{r[2]}" if r[0] == "op" else repr(r))
-            up[i] = _digest(repr((name, attrs, weights, outs, parts)))
-        end_ref = "outputs"
-        if end is not None:
-            r = self.ref(end)
-            end_ref = f"op:{up[r[1]]}:{r[2]}" if r[0] == "op" else repr(r)
-        digest = _digest(repr((sorted(up.values()), end_ref, end_shape)))
-        labels = [_label(self.tokens[i]) for i in self.order]
-        kinds = [lab.split("(")[0] for lab in labels]
-        return digest, _compact(labels), _compact(kinds)
+    def signature(self, end: str | None, end_shape: object) -> tuple[str, str, str, tuple]:
+        """(hash, summary, kind, structure) of the layer."""
+        structure = self.structure(end, end_shape)
+        return (*_describe(structure), structure)
+
+    def structure(self, end: str | None, end_shape: object) -> tuple:
+        """The tokens with op references by local index: exact, free of node indices and names."""
+        local = {i: k for k, i in enumerate(self.order)}
+
+        def loc(r: tuple) -> tuple:
+            return ("op", local[r[1]], r[2]) if r[0] == "op" else r
+
+        ops = tuple((name, attrs, weights, outs, tuple(loc(r) for r in refs))
+                    for name, attrs, weights, outs, refs in (self.tokens[i] for i in self.order))
+        return ops, (None if end is None else loc(self.ref(end))), end_shape
+
+
+@lru_cache(maxsize=4096)
+def _describe(structure: tuple) -> tuple[str, str, str]:
+    """(hash, summary, kind) of a layer structure: each op's hash covers the ops it reads
+    (Merkle style), the layer's hash the sorted op hashes and its end. Layers repeat, so each
+    distinct structure is hashed once."""
+    ops, end, end_shape = structure
+    up: list[str] = []
+    for name, attrs, weights, outs, refs in ops:
+        parts = [f"op:{up[r[1]]}:{r[2]}" if r[0] == "op" else repr(r) for r in refs]
+        up.append(_digest(repr((name, attrs, weights, outs, parts))))
+    end_ref = "outputs"
+    if end is not None:
+        end_ref = f"op:{up[end[1]]}:{end[2]}" if end[0] == "op" else repr(end)
+    digest = _digest(repr((sorted(up), end_ref, end_shape)))
+    labels = [_label(op) for op in ops]
+    kinds = [lab.split("(")[0] for lab in labels]
+    return digest, _compact(labels), _compact(kinds)
+
+
+@lru_cache(maxsize=1024)
+def layer_graph(structure: tuple) -> nx.DiGraph:
+    """A layer's structure as a small labelled DiGraph for the matcher.
+
+    Op nodes ``k`` carry the op type, attributes, weight shapes, output shapes and the non-data
+    operands by slot; ``("in", k)`` nodes are the layer's inputs, ``"end"`` is its cut tensor
+    (with its shape). An edge carries its wires: (output slot of the producer, input slot of the
+    consumer) pairs, so ``Sub(a, b)`` and ``Sub(b, a)`` differ. Cached and shared: read only.
+    """
+    ops, end, end_shape = structure
+    graph = nx.DiGraph()
+    wires: dict[tuple, list[tuple[int, int]]] = {}
+
+    def wire(ref: tuple, dst: object, slot: int) -> bool:
+        if ref[0] == "op":
+            src, out = ref[1], ref[2]
+        elif ref[0] == "in":
+            src, out = ("in", ref[1]), 0
+            graph.add_node(src, op="input", index=ref[1])
+        else:
+            return False
+        wires.setdefault((src, dst), []).append((out, slot))
+        return True
+
+    for k, (name, attrs, weights, outs, refs) in enumerate(ops):
+        consts = tuple((slot, r) for slot, r in enumerate(refs) if not wire(r, k, slot))
+        graph.add_node(k, op=name, attrs=attrs, weights=weights, outs=outs, consts=consts)
+    end_const = None if end is None or wire(end, "end", 0) else end
+    graph.add_node("end", op="end", shape=end_shape, const=end_const)
+    graph.add_edges_from((src, dst, {"wires": tuple(sorted(w))}) for (src, dst), w in wires.items())
+    return graph
+
+
+def same_structure(a: Layer, b: Layer) -> bool:
+    """True when ``a`` and ``b`` are the same layer: equal signature hashes, confirmed by the
+    graph matcher, so that a hash collision can never align two different layers."""
+    if a.signature != b.signature:
+        return False
+    if a.structure == b.structure:
+        return True  # the very same labelled graph, listed in the same order
+    return _isomorphic(a.structure, b.structure)
+
+
+@lru_cache(maxsize=4096)
+def _isomorphic(first: tuple, second: tuple) -> bool:
+    """networkx's VF2 matcher on two layer graphs, node and edge labels compared exactly."""
+    matcher = DiGraphMatcher(layer_graph(first), layer_graph(second), node_match=operator.eq,
+                             edge_match=operator.eq)
+    return matcher.is_isomorphic()
 
 
 def _label(token: list) -> str:
@@ -322,10 +415,11 @@ def group_layers(graph: ModelGraph, order: list[int], cuts: list[tuple[int, str]
             tokens.add(i)
         shape = graph.canonical_shape(end) if end else None
         dtype = graph.tensors[end].dtype if end else None
-        digest, summary, kind = tokens.signature(end, (shape, dtype))
+        digest, summary, kind, structure = tokens.signature(end, (shape, dtype))
         is_output = end is None or end in outputs
         layers.append(Layer(index=k, nodes=nodes, start_gap=start, end_gap=end_gap, end=end, is_output=is_output,
-                            signature=digest, summary=summary, kind=kind, shape=shape, dtype=dtype))
+                            signature=digest, summary=summary, kind=kind, shape=shape, dtype=dtype,
+                            structure=structure))
         if is_output:
             layers[-1].cuttable, layers[-1].why_not = False, "ends at the model output (the head)"
         elif shape is None or "?" in shape:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from fusekit import __version__
-from fusekit.decompose.align import Analysis, analyse, choose_levels, common_layers
+from fusekit.decompose.align import Analysis, analyse, choose_levels, common_layers, layer_classes
 from fusekit.errors import FusekitError
 from fusekit.decompose.graph import ModelGraph, load_graph, read_model
 from fusekit.io import atomic_dir, check_output_dir, sha256_file
@@ -263,8 +263,7 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
     out_dir = Path(out_dir)
     check_output_dir(out_dir, force)
     names, graphs, analyses, inputs = analyse_models(model_paths, names, progress)
-    sequences = [[layer.signature for layer in a.candidates] for a in analyses]
-    index = common_layers(sequences)
+    index = common_layers(layer_classes([a.candidates for a in analyses]))
     if len(index) == 0:
         raise FusekitError(_no_common_message(names, analyses))
     n_common = len(index)
@@ -319,6 +318,12 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
     return result
 
 
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """Write a component: its weights are inline (read_model loads external data), so the
+    bytes are the file; onnx.save would first walk every tensor looking for external data."""
+    path.write_bytes(model.SerializeToString())
+
+
 def _write_model(root: Path, name: str, graph: ModelGraph, a: Analysis, cut_layers: list, verify: bool,
                  result: DecomposeResult) -> ModelEntry:
     """Write one model's components and head; verify the chain; return its manifest entry."""
@@ -333,13 +338,13 @@ def _write_model(root: Path, name: str, graph: ModelGraph, a: Analysis, cut_laye
         input_names = list(graph.inputs) if lv == 0 else ["x"]
         model = cut_component(graph, nodes, inputs, [layer.end], input_names, ["y"], f"{name}/level{lv + 1}")
         path = folder / f"level{lv + 1}.onnx"
-        onnx.save(model, str(path))
+        _save(model, path)
         files.append(path)
         start = layer.end_gap
     head_model = cut_component(graph, a.order[start + 1:], [boundaries[-1]], list(graph.outputs), ["x"],
                                list(graph.outputs), f"{name}/head")
     head = folder / "head.onnx"
-    onnx.save(head_model, str(head))
+    _save(head_model, head)
     if verify:
         result.worst_diff[name] = verify_chain(graph, files, head, boundaries)
     metadata = {p.key: p.value for p in graph.model.metadata_props}
