@@ -283,9 +283,11 @@ def branch_model(path: Path, branches: Sequence[str], combine: str, operands: tu
     return _save_helper_model(nodes, _linear(rng, "fc1", 4, width) + _linear(rng, "fc2", width, 1), path)
 
 
-def if_model(path: Path, width: int = 6, seed: int = 0) -> Path:
+def if_model(path: Path, width: int = 6, seed: int = 0, data_condition: bool = False) -> Path:
     """An onnx.helper model whose ``If`` branches read a cut tensor (``r``) from the outer scope:
-    ``r = Relu(Gemm(x))``, ``f = If(cond, Relu(r), Neg(r))``, ``y = Gemm(f + Relu(Gemm(r)))``."""
+    ``r = Relu(Gemm(x))``, ``f = If(cond, Relu(r), Neg(r))``, ``y = Gemm(f + Relu(Gemm(r)))``.
+
+    ``cond`` is a False initializer, or with ``data_condition`` ``ReduceSum(x) > 0``."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -300,6 +302,10 @@ def if_model(path: Path, width: int = 6, seed: int = 0) -> Path:
              helper.make_node("Add", ["f", "r2"], ["s"]), helper.make_node("Gemm", ["s", "fc3_w", "fc3_b"], ["y"])]
     inits = (_linear(rng, "fc1", 4, width) + _linear(rng, "fc2", width, width) + _linear(rng, "fc3", width, 1)
              + [numpy_helper.from_array(np.array(False), "cond")])
+    if data_condition:
+        inits[-1] = numpy_helper.from_array(np.array(0, np.float32), "zero")
+        nodes[:0] = [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+                     helper.make_node("Greater", ["total", "zero"], ["cond"])]
     return _save_helper_model(nodes, inits, path)
 
 

@@ -344,3 +344,102 @@ def test_model_local_functions_are_inlined(tmp_path):
     assert model.functions and any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
     feeds = MODELS["resmlp"][1](6, seed=4)
     _assert_close(_torch(load_component(path), feeds), _ort(path, feeds))
+
+
+# ------------------------------------------------------------------ If with a condition known at load time
+
+def _vi(name: str, dtype: int = TensorProto.FLOAT, shape=(None, 4)) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, list(shape) if shape is not None else None)
+
+
+def _init(name: str, array) -> onnx.TensorProto:
+    return onnx.numpy_helper.from_array(np.asarray(array), name)
+
+
+def _condition(kind: str, value: bool, name: str = "cond") -> tuple[list, list]:
+    """Nodes and initializers that define ``name``: a boolean known without data, or computed from x."""
+    if kind == "initializer":
+        return [], [_init(name, np.array(value))]
+    if kind == "constant":
+        return [helper.make_node("Constant", [], [name], value=_init("v", np.array(value)))], []
+    if kind == "folded":  # ReduceSum and Greater on initializers: constant folding decides
+        k = _init(f"{name}_k", np.full(3, 1.0 if value else -1.0, np.float32))
+        zero = _init(f"{name}_zero", np.array(0, np.float32))
+        return [helper.make_node("ReduceSum", [k.name], [f"{name}_s"], keepdims=0),
+                helper.make_node("Greater", [f"{name}_s", zero.name], [name])], [k, zero]
+    if kind == "data":
+        zero = _init(f"{name}_zero", np.array(0, np.float32))
+        return [helper.make_node("ReduceSum", ["x"], [f"{name}_s"], keepdims=0),
+                helper.make_node("Greater", [f"{name}_s", zero.name], [name])], [zero]
+    assert kind == "shape"  # Size(x) > 8: host arithmetic on the input's shape, known only at run time
+    eight = _init(f"{name}_eight", np.array(8, np.int64))
+    return [helper.make_node("Size", ["x"], [f"{name}_n"]),
+            helper.make_node("Greater", [f"{name}_n", eight.name], [name])], [eight]
+
+
+def _if_model(path: Path, kind: str, value: bool, inner: bool | None = None) -> Path:
+    """``a = x * w``; ``y = 2 * If(cond, Relu(a + t), a - x * s)`` with ``t`` and ``s`` initializers
+    of their branches; with ``inner``, the then branch adds ``If(cond2, a * u + x, Abs(a))`` to ``a + t``."""
+    rng = np.random.default_rng(0)
+    cond_nodes, inits = _condition(kind, value)
+    then_nodes = [helper.make_node("Add", ["a", "t"], ["at"]), helper.make_node("Relu", ["at"], ["then_out"])]
+    if inner is not None:
+        inner_then = helper.make_graph(
+            [helper.make_node("Mul", ["a", "u"], ["au"]), helper.make_node("Add", ["au", "x"], ["in_then"])],
+            "inner_then", [], [_vi("in_then")], [_init("u", rng.normal(size=4).astype(np.float32))])
+        inner_else = helper.make_graph([helper.make_node("Abs", ["a"], ["in_else"])], "inner_else", [],
+                                       [_vi("in_else")])
+        cond2_nodes, cond2_inits = _condition("initializer", inner, "cond2")
+        inits += cond2_inits
+        then_nodes = [*cond2_nodes, helper.make_node("If", ["cond2"], ["nested"], then_branch=inner_then,
+                                                     else_branch=inner_else),
+                      helper.make_node("Add", ["a", "t"], ["at"]), helper.make_node("Add", ["at", "nested"], ["sum"]),
+                      helper.make_node("Relu", ["sum"], ["then_out"])]
+    then_g = helper.make_graph(then_nodes, "then", [], [_vi("then_out")],
+                               [_init("t", rng.normal(size=4).astype(np.float32))])
+    else_g = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["xs"]),
+                                helper.make_node("Sub", ["a", "xs"], ["else_out"])], "else", [], [_vi("else_out")],
+                               [_init("s", rng.normal(size=4).astype(np.float32))])
+    nodes = [helper.make_node("Mul", ["x", "w"], ["a"]), *cond_nodes,
+             helper.make_node("If", ["cond"], ["f"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Mul", ["f", "two"], ["y"])]
+    inits += [_init("w", rng.normal(size=4).astype(np.float32)), _init("two", np.array(2, np.float32))]
+    model = helper.make_model(helper.make_graph(nodes, "g", [_vi("x")], [_vi("y")], inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _ort_matches(path: Path, module: nn.Module, tol: float = 1e-6) -> None:
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    (got,), (want,) = _torch(module, [x]), _ort(path, [x])
+    assert got.shape == want.shape and np.abs(got - want).max() <= tol
+
+
+@pytest.mark.parametrize("kind", ["initializer", "constant", "folded"])
+@pytest.mark.parametrize("value", [True, False])
+def test_if_with_a_constant_condition_runs_the_chosen_branch_inline(tmp_path, kind, value):
+    path = _if_model(tmp_path / "if.onnx", kind, value)
+    component = load_component(path)
+    _ort_matches(path, component)
+    # Mul, the chosen branch's two steps, Mul: the other branch is neither planned nor run.
+    assert component.extra_repr().endswith("steps=4")
+
+
+@pytest.mark.parametrize("value,inner", [(True, True), (True, False), (False, True)])
+def test_nested_ifs_with_constant_conditions(tmp_path, value, inner):
+    path = _if_model(tmp_path / "nested.onnx", "initializer", value, inner)
+    _ort_matches(path, load_component(path))
+
+
+@pytest.mark.parametrize("kind", ["data", "shape"])
+def test_an_if_whose_condition_depends_on_the_data_is_refused_at_load(tmp_path, kind):
+    path = _if_model(tmp_path / "data_if.onnx", kind, True)
+    assert ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.ones((2, 4), np.float32)})[0].shape == (2, 4)
+    with pytest.raises(FusekitError) as err:
+        load_component(path)
+    message = str(err.value)
+    assert "\n" not in message and "data_if.onnx" in message and "op If" in message
+    assert "condition depends on the data" in message and "static branch" in message

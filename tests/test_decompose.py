@@ -207,3 +207,58 @@ def test_models_whose_if_branches_read_a_cut(tmp_path):
     assert max(result.worst_diff.values()) <= 1e-5
     level2 = onnx.load(str(tmp_path / "p" / "m1" / "level2.onnx"))
     assert [i.name for i in level2.graph.input] == ["x"] and "If" in {n.op_type for n in level2.graph.node}
+    # What fuse does with the pool: every written component loads, and chained they are the source model.
+    x = np.random.default_rng(2).normal(size=(7, 4)).astype(np.float32)
+    for path, name in zip(paths, ("m0", "m1")):
+        parts = [load_component(tmp_path / "p" / name / f"{part}.onnx") for part in ("level1", "level2", "head")]
+        with torch.no_grad():
+            h = torch.from_numpy(x)
+            for part in parts:
+                h = part(h)
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert np.abs(h.numpy() - want).max() <= 1e-5
+
+
+def test_an_if_whose_condition_depends_on_the_data_is_refused_before_writing(tmp_path):
+    models = tmp_path / "models"
+    paths = [F.if_model(models / "const.onnx"), F.if_model(models / "data.onnx", data_condition=True)]
+    x = np.ones((3, 4), np.float32)
+    assert ort.InferenceSession(str(paths[1]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].shape == (3, 1)
+    with pytest.raises(FusekitError, match="condition depends on the data"):
+        load_component(paths[1])
+    out = tmp_path / "parts"
+    with pytest.raises(FusekitError) as info:
+        decompose(paths, out)
+    message = str(info.value)
+    assert "\n" not in message and str(paths[0]) not in message
+    assert f"{paths[1]} uses If (condition computed from the data): ops" in message
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["models"]
+
+
+def test_a_fused_module_around_an_if_component_exports(tmp_path):
+    from fusekit.onnxio.export import export_onnx
+
+    paths = [F.if_model(tmp_path / f"m{seed}.onnx", seed=seed) for seed in (0, 1)]
+    decompose(paths, tmp_path / "p")
+
+    class Wrapped(torch.nn.Module):
+        """A tiny fusion network: frozen level1 and level2 (the If) under a trainable linear head."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.parts = torch.nn.ModuleList(load_component(tmp_path / "p" / "m1" / f"level{k}.onnx") for k in (1, 2))
+            self.head = torch.nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for part in self.parts:
+                x = part(x)
+            return torch.sigmoid(self.head(x))
+
+    module = Wrapped().eval()
+    example = [torch.randn(16, 4, generator=torch.Generator().manual_seed(0))]
+    out = export_onnx(module, tmp_path / "fused.onnx", example, ["x"], ["p"], {}, "If component")
+    assert "If" not in {n.op_type for n in onnx.load(str(out)).graph.node}  # the branch was chosen at load
+    x = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        assert np.abs(got - module(torch.from_numpy(x)).numpy()).max() <= 1e-6

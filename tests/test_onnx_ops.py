@@ -58,6 +58,13 @@ X = f32(3, 4)
 IMG = f32(2, 4, 7, 7)
 SEQ = f32(2, 3, 5)
 
+def _branch(op: str, name: str) -> onnx.GraphProto:
+    """An If branch computing ``op`` of an initializer of its own."""
+    return helper.make_graph([helper.make_node(op, [f"{name}_k"], [f"{name}_out"])], name, [],
+                             [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [3, 4])],
+                             [numpy_helper.from_array(X, f"{name}_k")])
+
+
 CASES: list[Case] = [
     # elementwise
     *[C(op, [X]) for op in ("Abs", "Neg", "Exp", "Relu", "Sigmoid", "Tanh", "Erf", "Floor", "Ceil",
@@ -195,6 +202,10 @@ CASES: list[Case] = [
     C("AveragePool", [IMG], kernel_shape=[3, 2], pads=[0, 1, 2, 0], count_include_pad=1, name="asym_include"),
     C("AveragePool", [IMG], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, name="ceil"),
     C("GlobalAveragePool", [IMG]), C("GlobalMaxPool", [IMG]),
+    # A lone If can read no outer tensor, so its branches compute from their own initializers;
+    # tests/test_components.py covers outer-scope reads, nesting and data-dependent conditions.
+    *(C("If", [np.array(value)], const=(0,), name=str(value).lower(), then_branch=_branch("Relu", "then"),
+        else_branch=_branch("Neg", "else")) for value in (True, False)),
 ]
 
 # Cases whose constant inputs are also worth feeding at run time (shapes known only then).

@@ -78,7 +78,61 @@ def test_subgraph_bodies_are_searched():
     cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
     model = _model([helper.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=other)],
                    initializers=(cond,))
-    assert optable.unsupported_ops(model) == ["If", "Unique"]
+    # A constant condition: the If itself runs, and both branches are searched.
+    assert optable.unsupported_ops(model) == ["Unique"]
+
+
+def _if(cond: str, name: str = "y", then_out: str = "x", else_out: str = "x") -> onnx.NodeProto:
+    then_g = helper.make_graph([helper.make_node("Identity", [then_out], [f"{name}_t"])], "then", [],
+                               [_vi(f"{name}_t")])
+    else_g = helper.make_graph([helper.make_node("Identity", [else_out], [f"{name}_e"])], "else", [],
+                               [_vi(f"{name}_e")])
+    return helper.make_node("If", [cond], [name], then_branch=then_g, else_branch=else_g)
+
+
+def test_an_if_counts_only_with_a_condition_known_without_data():
+    assert optable.lookup("If").static_condition and "If" in ops.OPS
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    zero = onnx.numpy_helper.from_array(np.array(0, np.float32), "zero")
+    constant = [helper.make_node("Constant", [], ["c"], value=cond), helper.make_node("Not", ["c"], ["cond"])]
+    data = [helper.make_node("ReduceSum", ["x", ""], ["s"], keepdims=0),
+            helper.make_node("Greater", ["s", "zero"], ["cond"])]
+    shape = [helper.make_node("Size", ["x"], ["n"]), helper.make_node("Cast", ["n"], ["cond"], to=TensorProto.BOOL)]
+    assert optable.unsupported_ops(_model([_if("cond")], initializers=(cond,))) == []
+    assert optable.unsupported_ops(_model([*constant, _if("cond")])) == []
+    # Out of order (onnx.checker refuses it, the interpreter sorts): still known to be constant.
+    assert optable.unsupported_ops(_model([_if("cond"), *constant[::-1]], check=False)) == []
+    assert optable.unsupported_ops(_model([*data, _if("cond")], initializers=(zero,))) == [optable.DATA_CONDITION]
+    assert optable.unsupported_ops(_model([*shape, _if("cond")])) == [optable.DATA_CONDITION]
+    assert optable.describe([optable.DATA_CONDITION]) == "If (condition computed from the data)"
+
+
+def test_a_nested_if_sees_the_constants_of_its_scopes():
+    outer = helper.make_tensor("outer", TensorProto.BOOL, [], [True])
+    local = helper.make_tensor("local", TensorProto.BOOL, [], [False])
+
+    def nested(cond: str) -> onnx.NodeProto:
+        then_g = helper.make_graph([_if(cond, "inner")], "then", [], [_vi("inner")], [local])
+        else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [], [_vi("e")])
+        return helper.make_node("If", ["outer"], ["y"], then_branch=then_g, else_branch=else_g)
+
+    assert optable.unsupported_ops(_model([nested("outer")], initializers=(outer,))) == []
+    assert optable.unsupported_ops(_model([nested("local")], initializers=(outer,))) == []
+    data = helper.make_graph([helper.make_node("ReduceSum", ["x", ""], ["s"], keepdims=0),
+                              helper.make_node("Cast", ["s"], ["dc"], to=TensorProto.BOOL), _if("dc", "inner")],
+                             "then", [], [_vi("inner")])
+    node = helper.make_node("If", ["outer"], ["y"], then_branch=data,
+                            else_branch=helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else",
+                                                          [], [_vi("e")]))
+    assert optable.unsupported_ops(_model([node], initializers=(outer,))) == [optable.DATA_CONDITION]
+
+
+def test_outer_names_include_reads_of_nested_subgraphs_and_outputs():
+    inner = _if("c", "z", then_out="a", else_out="b")
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), inner], "g", [], [_vi("z"), _vi("w")])
+    names = optable.outer_names(g)
+    assert names[:2] == ["x", "c"] and set(names[2:4]) == {"a", "b"} and names[4:] == ["w"]
+    assert sorted(sub.name for sub in optable.subgraphs(inner)) == ["else", "then"]
 
 
 def test_local_functions_count_by_their_bodies():

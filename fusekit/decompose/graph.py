@@ -157,33 +157,6 @@ def _type_of(value_info: onnx.ValueInfoProto) -> tuple[str | None, tuple[Dim, ..
     return dtype, tuple(dims)
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The graphs a node carries in its attributes (If branches, Loop and Scan bodies)."""
-    subs: list[onnx.GraphProto] = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            subs.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            subs.extend(attr.graphs)
-    return subs
-
-
-def _outer_names(graph: onnx.GraphProto) -> list[str]:
-    """Names a subgraph reads from enclosing scopes (implicit inputs of If/Loop/Scan)."""
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    used: list[str] = []
-    for node in graph.node:
-        for name in node.input:
-            if name and name not in defined and name not in used:
-                used.append(name)
-        for sub in _subgraphs(node):
-            for name in _outer_names(sub):
-                if name not in defined and name not in used:
-                    used.append(name)
-        defined.update(o for o in node.output if o)
-    return used
-
-
 def _has_external_data(graph: onnx.GraphProto) -> bool:
     """Whether an initializer or attribute tensor of ``graph`` or its subgraphs is stored outside."""
     external = onnx.TensorProto.EXTERNAL
@@ -290,11 +263,11 @@ def load_graph(path: Path, model: onnx.ModelProto | None = None) -> ModelGraph:
     nested: set[int] = set()
     for i, node in enumerate(nodes):
         ins = list(node.input)
-        subs = _subgraphs(node)
+        subs = optable.subgraphs(node)
         if subs:
             nested.add(i)
         for sub in subs:
-            ins += [n for n in _outer_names(sub) if n not in ins]
+            ins += [n for n in optable.outer_names(sub) if n not in ins]
         node_inputs.append(ins)
         kinds = set()
         for slot, name in enumerate(ins):

@@ -16,6 +16,11 @@ Values come in three kinds:
   so a module holding components exports again with a symbolic batch size;
 * tensors: everything else.
 
+An ``If`` whose condition is a constant is no step of its own: the branch it takes is chosen
+at load time and planned inline, its outer-scope reads resolving to the enclosing graph's
+values. A condition computed from the inputs is refused, since a traced (exported) graph can
+hold one path only.
+
 The module has no parameters, always computes in inference mode (no dropout, BatchNorm with its
 stored statistics) whatever its ``training`` flag, and lets gradients flow to its inputs.
 """
@@ -126,6 +131,9 @@ class FrozenComponent(nn.Module):
         if self.opset < info.min_opset:
             raise self._fail(f"{where} is supported from opset {info.min_opset} on, the model has {self.opset}; "
                              "re-export it with a newer opset")
+        if info.static_condition:
+            self._plan_if(node, values, dtypes, consumers, where)
+            return
         opdef = onnx_ops.OPS[op]
         static = info.static_inputs
         attrs = _attributes(node, self, where)
@@ -159,6 +167,34 @@ class FrozenComponent(nn.Module):
                 self._plan_host(node, host_fn, ins, values, dtypes)
                 return
         self._plan_tensor(node, fn, opdef, static, ins, values, dtypes)
+
+    def _plan_if(self, node: onnx.NodeProto, values: dict, dtypes: dict, consumers: dict, where: str) -> None:
+        """Plan the branch a constant condition selects in the If's place."""
+        cond = values[node.input[0]] if node.input and node.input[0] else None
+        if cond is None or cond.kind != "const":
+            raise self._fail(f"{where}: its condition depends on the data, and export-traceable fusion needs a "
+                             "static branch; re-export the model with a constant condition")
+        ctx = onnx_ops.OpContext(op_type=node.op_type, opset=self.opset, n_inputs=len(node.input),
+                                 n_outputs=len(node.output))
+        try:
+            which = onnx_ops.OPS[node.op_type].factory({}, ctx)(cond.const)
+        except onnx_ops.UnsupportedOp as exc:
+            raise self._fail(f"{where} is not supported with {exc}") from None
+        branch = next((a.g for a in node.attribute if a.name == which), None)
+        if branch is None or branch.input or len(branch.output) != len(node.output):
+            raise self._fail(f"{where} has no {which} with {len(node.output)} outputs and no inputs; "
+                             "the file is malformed")
+        # A copy, so that names defined in the branch stay in it; the _Value objects are shared,
+        # so a constant of the enclosing graph still becomes one buffer however often it is read.
+        scope = dict(values)
+        for init in branch.initializer:
+            scope[init.name] = self._const_value(_tensor_to_torch(init, self))
+        outs = [o.name for o in branch.output]
+        for inner in _live(_topological(branch, set(scope), self), outs):
+            self._plan_node(inner, scope, dtypes, consumers)
+        for name, out in zip(node.output, outs):
+            if name:
+                values[name] = scope[out]
 
     def _fold(self, node, fn, opdef, static, ins, values, where) -> None:
         args = [None if v is None else (onnx_ops.host(v.const) if i in static else v.const)
@@ -325,39 +361,53 @@ def _value_dtypes(model: onnx.ModelProto) -> dict[str, torch.dtype]:
     except Exception:  # inference is only a help for dtypes; the plan works without it
         inferred = model
     out: dict[str, torch.dtype] = {}
-    g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        et = vi.type.tensor_type.elem_type
-        if et in onnx_ops.ONNX_TO_TORCH:
-            out[vi.name] = onnx_ops.ONNX_TO_TORCH[et]
+    graphs = [inferred.graph]
+    while graphs:  # If branches carry their own value_info
+        g = graphs.pop()
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            et = vi.type.tensor_type.elem_type
+            if et in onnx_ops.ONNX_TO_TORCH:
+                out.setdefault(vi.name, onnx_ops.ONNX_TO_TORCH[et])
+        graphs.extend(sub for node in g.node for sub in optable.subgraphs(node))
     return out
 
 
-def _consumer_count(graph: onnx.GraphProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _consumer_count(graph: onnx.GraphProto, counts: dict[str, int] | None = None) -> dict[str, int]:
+    """How often each name is read, by nodes or as an output, in ``graph`` and its subgraphs."""
+    counts = {} if counts is None else counts
     for node in graph.node:
         for n in node.input:
             counts[n] = counts.get(n, 0) + 1
+        for sub in optable.subgraphs(node):
+            _consumer_count(sub, counts)
     for o in graph.output:
         counts[o.name] = counts.get(o.name, 0) + 1
     return counts
 
 
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """The names a node needs: its inputs and what its subgraphs read from the enclosing scope."""
+    names = list(node.input)
+    for sub in optable.subgraphs(node):
+        names += [n for n in optable.outer_names(sub) if n not in names]
+    return names
+
+
 def _topological(graph: onnx.GraphProto, known: set[str], comp: FrozenComponent) -> list[onnx.NodeProto]:
     """Nodes in an order where every input is produced first (exporters usually already do this)."""
     produced = set(known)
-    pending = list(graph.node)
+    pending = [(node, _reads(node)) for node in graph.node]
     ordered: list[onnx.NodeProto] = []
     while pending:
         rest = []
-        for node in pending:
-            if all((not n) or n in produced for n in node.input):
+        for node, reads in pending:
+            if all((not n) or n in produced for n in reads):
                 ordered.append(node)
                 produced.update(o for o in node.output if o)
             else:
-                rest.append(node)
+                rest.append((node, reads))
         if len(rest) == len(pending):
-            missing = sorted({n for node in rest for n in node.input if n and n not in produced})
+            missing = sorted({n for _, reads in rest for n in reads if n and n not in produced})
             raise comp._fail(f"the graph reads values nothing produces ({', '.join(missing[:3])}); "
                              "the file is malformed")
         pending = rest
@@ -374,5 +424,5 @@ def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProt
     for node in reversed(nodes):
         if any(o in needed for o in node.output if o):
             keep.append(node)
-            needed.update(n for n in node.input if n)
+            needed.update(n for n in _reads(node) if n)
     return keep[::-1]

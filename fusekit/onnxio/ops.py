@@ -1328,6 +1328,21 @@ def _host_reduce(attrs, ctx):
     return f
 
 
+@register("If")
+def _if(attrs, ctx):
+    """Which branch attribute an If takes, from its condition's value.
+
+    Called at load time on a constant condition only: the interpreter then plans that branch's
+    nodes in the If's place, so no data-dependent choice ever reaches a traced graph.
+    """
+    def choose(cond: torch.Tensor) -> str:
+        if cond.numel() != 1:
+            raise UnsupportedOp(f"a condition of {cond.numel()} elements (ONNX wants exactly one)")
+        return "then_branch" if bool(cond.reshape(()).item()) else "else_branch"
+
+    return choose
+
+
 def _check_against_table() -> None:
     """The implementations and the op table name the same ops; anything else is a bug here."""
     missing = sorted(set(optable.TABLE) - set(OPS))

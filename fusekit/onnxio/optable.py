@@ -4,7 +4,8 @@ One :class:`OpInfo` per op type of the default ONNX domain that fusekit's interp
 (:mod:`fusekit.onnxio.ops`) implements, and no others: :mod:`fusekit.onnxio.ops` checks at
 import that its implementations and this table name the same ops. Who reads what:
 
-* the interpreter: ``static_inputs`` (inputs read as host values) and ``min_opset``;
+* the interpreter: ``static_inputs`` (inputs read as host values), ``min_opset`` and
+  ``static_condition``;
 * decompose (:mod:`fusekit.decompose.graph`, :mod:`~fusekit.decompose.layers`,
   :mod:`~fusekit.decompose.align`, :mod:`~fusekit.decompose.pipeline`): ``role``,
   ``weight_inputs`` and ``shape_only``, and :func:`unsupported_ops` to refuse, before cutting,
@@ -15,6 +16,11 @@ import that its implementations and this table name the same ops. Who reads what
 Every op here is a deterministic function of its inputs. Random ops (RandomNormal, Bernoulli,
 ...) are deliberately absent, since a frozen component computes one fixed function; so any
 op of the table may be evaluated ahead of time on constant inputs (:func:`foldable`).
+
+Of the control-flow ops only ``If`` is here, and only with a condition known without data: the
+interpreter picks the branch at load time and runs its nodes inline, which is what keeps a
+fused model exportable (a traced graph has one path). :func:`unsupported_ops` reports an If
+whose condition it cannot prove constant.
 
 The table is per op type. Limits on attribute values (MaxPool's Indices output, some Resize
 modes, ...) stay with the implementations and are reported when a component is loaded.
@@ -56,6 +62,8 @@ class OpInfo:
         Size); what it computes is shape arithmetic, not data.
     min_opset: the oldest default-domain opset in which the implementation matches the ONNX
         definition of the op.
+    static_condition: the op (If) runs only when its condition, input 0, is known without data;
+        the interpreter then plans the chosen branch in its place.
     """
 
     role: Role = "plain"
@@ -64,6 +72,7 @@ class OpInfo:
     bias_add: bool = False
     shape_only: bool = False
     min_opset: int = 1
+    static_condition: bool = False
 
     def __post_init__(self) -> None:
         # A malformed record is a programming error in this file: fail at import.
@@ -130,7 +139,12 @@ TABLE: Mapping[str, OpInfo] = _table(
     ("ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceSumSquare ReduceLogSum "
      "ReduceLogSumExp", _static(1)),
     ("ArgMax ArgMin MaxPool AveragePool GlobalAveragePool GlobalMaxPool", _PLAIN),
+    # control flow: the branch is chosen at load time
+    ("If", OpInfo(static_condition=True)),
 )
+
+DATA_CONDITION = "If (condition computed from the data)"
+
 
 
 def lookup(op_type: str, domain: str = "") -> OpInfo | None:
@@ -198,39 +212,100 @@ def unsupported_ops(source: onnx.ModelProto | onnx.GraphProto | Iterable[onnx.No
                     opset: int | None = None) -> list[str]:
     """Sorted op types that ``source`` uses and the interpreter cannot run.
 
-    Ops of other domains are named ``domain::Op``. Subgraphs (If/Loop/Scan bodies) and the
-    bodies of a model's local functions (which the interpreter inlines) are searched too.
+    Ops of other domains are named ``domain::Op``; an If whose condition is not provably a
+    constant is named :data:`DATA_CONDITION`. Subgraphs (If/Loop/Scan bodies) and the bodies of
+    a model's local functions (which the interpreter inlines) are searched too.
     ``opset`` defaults to a model's own; without one, ops are not checked against ``min_opset``.
     """
     functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+    consts: set[str] = set()
     if isinstance(source, onnx.ModelProto):
         opset = default_opset(source) if opset is None else opset
         functions = {(f.domain, f.name): f for f in source.functions}
         nodes: Iterable[onnx.NodeProto] = source.graph.node
+        consts = {t.name for t in source.graph.initializer}
     elif isinstance(source, onnx.GraphProto):
         nodes = source.node
+        consts = {t.name for t in source.initializer}
     else:
         nodes = source
     found: set[str] = set()
-    _collect(nodes, functions, opset, found, set())
+    _collect(list(nodes), functions, opset, found, set(), consts)
     return sorted(found)
 
 
-def _collect(nodes: Iterable[onnx.NodeProto], functions: dict, opset: int | None, found: set[str],
-             expanded: set[tuple[str, str]]) -> None:
+def _collect(nodes: list[onnx.NodeProto], functions: dict, opset: int | None, found: set[str],
+             expanded: set[tuple[str, str]], consts: set[str]) -> None:
+    consts = _constants(nodes, functions, consts)
     for node in nodes:
         key = (node.domain, node.op_type)
         if key in functions:
             if key not in expanded:  # a function calling itself would recurse forever
                 expanded.add(key)
-                _collect(functions[key].node, functions, opset, found, expanded)
+                _collect(list(functions[key].node), functions, opset, found, expanded, set())
             continue
+        info = lookup(node.op_type, node.domain)
         if not supported(node.op_type, node.domain, opset):
             found.add(node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}")
-        for attr in node.attribute:
-            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subgraphs:
-                _collect(sub.node, functions, opset, found, expanded)
+        elif info.static_condition and (not node.input or node.input[0] not in consts):
+            found.add(DATA_CONDITION)
+        for sub in subgraphs(node):
+            _collect(list(sub.node), functions, opset, found, expanded, consts | {t.name for t in sub.initializer})
+
+
+def _constants(nodes: list[onnx.NodeProto], functions: dict, known: set[str]) -> set[str]:
+    """``known`` and the outputs of nodes fed only by constants: what the interpreter folds.
+
+    Deliberately narrower than the interpreter: outputs of subgraph ops and function calls never
+    count, so whatever is taken for a constant here really folds at load time.
+    """
+    consts = set(known)
+    grew = True
+    while grew:  # repeated so an unsorted graph is not wrongly refused
+        grew = False
+        for node in nodes:
+            if (node.domain, node.op_type) in functions or subgraphs(node) or not foldable(node.op_type, node.domain):
+                continue
+            outs = [o for o in node.output if o and o not in consts]
+            if outs and all(not n or n in consts for n in node.input):
+                consts.update(outs)
+                grew = True
+    return consts
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node carries in its attributes (If branches, Loop and Scan bodies)."""
+    subs: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            subs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            subs.extend(attr.graphs)
+    return subs
+
+
+def outer_names(graph: onnx.GraphProto) -> list[str]:
+    """Names a subgraph reads from enclosing scopes (implicit inputs of If/Loop/Scan), in order.
+
+    A subgraph output may name an outer value directly, so outputs count as reads too.
+    """
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    used: list[str] = []
+
+    def read(name: str) -> None:
+        if name and name not in defined and name not in used:
+            used.append(name)
+
+    for node in graph.node:
+        for name in node.input:
+            read(name)
+        for sub in subgraphs(node):
+            for name in outer_names(sub):
+                read(name)
+        defined.update(o for o in node.output if o)
+    for out in graph.output:
+        read(out.name)
+    return used
 
 
 def describe(ops: Iterable[str]) -> str:
