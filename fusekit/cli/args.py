@@ -38,6 +38,8 @@ class OptionFlags:
         self.parser = parser
         # (class name, field) -> (flag as printed, dest, value an on/off flag sets or None)
         self.fields: dict[tuple[str, str], tuple[str, str, Any]] = {}
+        # "Owner.name" -> (flag, value it sets): flags made by hand that give a library name its value.
+        self.spellings: dict[str, Flag] = {}
         parser.set_defaults(_option_flags=self)
 
     def add(self, cls: type, name: str, *flags: str, dest: str | None = None, help: str | None = None,
@@ -74,6 +76,14 @@ class OptionFlags:
             self.fields[(owner.__name__, name)] = (shown, dest, sets)
         return action
 
+    def spell(self, owner: str, **flags: str | Flag) -> None:
+        """Say which of this command's hand-made flags give ``owner``'s names their values, so that
+        an error naming them prints the flag: ``spell("decompose()", levels="--levels",
+        verify=("--no-verify", False))``; a plain string is a valued flag, a pair an on/off flag
+        and the value it sets. ``owner``: a function (``"name()"``) or an option class name."""
+        for name, flag in flags.items():
+            self.spellings[f"{owner}.{name}"] = (flag, None) if isinstance(flag, str) else flag
+
     def values(self, cls: type, args: argparse.Namespace) -> dict[str, Any]:
         """The fields of ``cls`` that this command's flags set, from ``args``."""
         return {name: getattr(args, dest) for (owner, name), (_, dest, _) in self.fields.items()
@@ -89,6 +99,10 @@ class OptionFlags:
         for (owner, name), (flag, _, sets) in self.fields.items():
             out[f"{owner}.{name}"] = (flag, sets)
             out.setdefault(name, (flag, sets))
+        # A bare name too: a helper (check_output_dir) raises for the argument its caller was given.
+        for key, flag in self.spellings.items():
+            out[key] = flag
+            out.setdefault(key.rpartition(".")[2], flag)
         return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.cli.args import add_json, add_quiet, print_json, progress_printer
+from fusekit.cli.args import OptionFlags, add_json, add_quiet, print_json, progress_printer
 from fusekit.errors import FusekitError
 
 # Layer rows of the default table: a pool of 10,000-node models has thousands of common layers.
@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"list every common layer (by default at most {TABLE_ROWS} rows)")
     add_quiet(parser, "per-model progress lines on stderr")
     add_json(parser)
+    # decompose's messages name its arguments; this command gives them with these flags.
+    OptionFlags(parser).spell("decompose()", out_dir="-o", levels="--levels", names="--names",
+                              force=("--force", True), verify=("--no-verify", False))
     parser.set_defaults(run=run)
 
 

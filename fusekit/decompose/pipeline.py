@@ -15,12 +15,17 @@ import onnx
 from fusekit import __version__
 from fusekit.decompose.align import Analysis, analyse, choose_levels, common_layers, layer_classes
 from fusekit.errors import FusekitError
+from fusekit.options import quote
 from fusekit.decompose.graph import ModelGraph, load_graph, read_model
 from fusekit.io import atomic_dir, check_output_dir, sha256_file
 from fusekit.decompose.manifest import Boundary, CommonLayerEntry, InputSpec, Manifest, ModelEntry, \
     relative_source_path
 from fusekit.decompose.surgery import cut_component, verify_chain
 from fusekit.onnxio import optable
+
+
+# The function whose arguments (levels, names, verify, out_dir, force) decompose's messages name.
+OWNER = "decompose()"
 
 
 @dataclass
@@ -81,7 +86,8 @@ class DecomposeResult:
         run of left-out rows shown as one "... N more (hint)" line; None for all of them.
         """
         lines = [f"models: {', '.join(f'{n} ({c} layers)' for n, c in zip(self.names, self.layer_counts))}",
-                 "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}" for i in self.inputs), ""]
+                 "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}"
+                                        for i in self.inputs), ""]
         width = max(8, *(len(n) for n in self.names))
         header = f"{'#':>3}  {'common layer':<36} {'output':<22}" + "".join(f" {n:>{width}}" for n in self.names)
         lines += [f"{len(self.common)} common cuttable layers (index of the layer in each model; the layer "
@@ -105,7 +111,7 @@ class DecomposeResult:
             lines.append(f"verified: components chained in onnxruntime reproduce every model, worst max abs "
                          f"difference {worst:.2e} (tolerance 1e-5)")
         else:
-            lines.append("not verified (--no-verify)")
+            lines.append("not verified (verification was skipped)")
         lines.append(f"wrote {self.out_dir}/manifest.json and {len(self.names) * (self.levels + 1)} component "
                      f"files in {self.seconds:.2f} s")
         return "\n".join(lines)
@@ -170,8 +176,8 @@ def _no_common_message(names: list[str], analyses: list[Analysis]) -> str:
                         None)
             if pair:
                 x, y = pair
-                nearest = (f"; nearest candidates: {names[0]} layer {x.index} {x.summary}->{_fmt(x.shape)} vs "
-                           f"{name} layer {y.index} {y.summary}->{_fmt(y.shape)} ({why})")
+                nearest = (f"; nearest candidates: {names[0]} layer {x.index} {x.summary}->{_fmt(x.shape)} "
+                           f"vs {name} layer {y.index} {y.summary}->{_fmt(y.shape)} ({why})")
                 break
         if nearest:
             break
@@ -194,11 +200,12 @@ def analyse_models(paths: list[Path], names: list[str] | None = None,
         raise FusekitError(f"got {len(names)} names for {len(paths)} models; give one name per model")
     bad = [n for n in names if not n or n in (".", "..", "manifest.json") or "/" in n or "\\" in n]
     if bad:
-        raise FusekitError(f"model name {bad[0]!r} cannot be a folder name; pass plain names with --names")
+        raise FusekitError(f"model name {quote(bad[0])} cannot be a folder name; give plain names in {{names}}",
+                           owner=OWNER)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise FusekitError(f"two models are named {dupes[0]!r} (from their file names); give distinct names "
-                           f"(rename the files or pass --names)")
+        raise FusekitError(f"two models are named {quote(dupes[0])} (from their file names); give distinct names "
+                           "(rename the files or give {names})", owner=OWNER)
     say = progress or (lambda text: None)
     models = [read_model(p) for p in paths]
     _refuse_unsupported(paths, models)
@@ -269,15 +276,15 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
     n_common = len(index)
     if isinstance(levels, str):
         if levels != "all":
-            raise FusekitError(f"--levels must be a positive number or 'all', not {levels!r}")
+            raise FusekitError(f"{{levels}} must be a positive number or 'all', not {quote(levels)}", owner=OWNER)
         requested: int | None = n_common
     else:
         requested = levels
     if requested is not None and requested < 1:
-        raise FusekitError(f"--levels must be at least 1 (got {requested})")
+        raise FusekitError(f"{{levels}} must be at least 1, got {quote(requested)}", owner=OWNER)
     if requested is not None and requested > n_common:
-        raise FusekitError(f"--levels {requested} asks for more levels than the {n_common} common layers the models "
-                           f"share; use --levels {n_common} or fewer")
+        raise FusekitError(f"{{levels={requested}}} asks for more levels than the {n_common} common layers the "
+                           f"models share; use {{levels={n_common}}} or fewer", owner=OWNER)
     # layer index (among all layers) of each common layer in each model
     layer_idx = np.array([[analyses[m].candidates[index[k, m]].index for m in range(len(names))]
                           for k in range(n_common)], dtype=np.int64)
@@ -285,9 +292,9 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
     if levels is None:
         reason = f"default min(3, {n_common} common layers) = {len(chosen)}; {reason}"
     elif levels == "all":
-        reason = f"--levels all: {reason}"
+        reason = f"all levels asked for: {reason}"
     else:
-        reason = f"--levels {levels}; {reason}"
+        reason = f"{levels} levels asked for; {reason}"
     common = []
     for k in range(n_common):
         layer = analyses[0].candidates[index[k, 0]]
