@@ -28,6 +28,19 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+# Rows of a default table (decompose, inspect): a pool of 10,000-node models has thousands of layers.
+TABLE_ROWS = 20
+
+
+def add_verbose(parser: argparse.ArgumentParser, what: str) -> None:
+    """``-v`` / ``--verbose``: the full table instead of at most TABLE_ROWS rows of ``what``."""
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help=f"list every {what} (by default at most {TABLE_ROWS} rows)")
+
+
+# What a table cut short says about the rows it left out.
+TABLE_HINT = "use --verbose or --json"
+
 _TYPES = {"int": int, "float": float, "str": str, "path": Path, "int_list": int_list}
 
 

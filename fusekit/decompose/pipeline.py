@@ -21,6 +21,7 @@ from fusekit.io import atomic_dir, check_output_dir, sha256_file
 from fusekit.decompose.manifest import Boundary, CommonLayerEntry, InputSpec, Manifest, ModelEntry, \
     relative_source_path
 from fusekit.decompose.surgery import cut_component, verify_chain
+from fusekit.decompose.tables import format_shape, shown_rows
 from fusekit.onnxio import optable
 
 
@@ -86,25 +87,25 @@ class DecomposeResult:
         run of left-out rows shown as one "... N more (hint)" line; None for all of them.
         """
         lines = [f"models: {', '.join(f'{n} ({c} layers)' for n, c in zip(self.names, self.layer_counts))}",
-                 "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}"
+                 "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {format_shape(i['shape'])}"
                                         for i in self.inputs), ""]
         width = max(8, *(len(n) for n in self.names))
         header = f"{'#':>3}  {'common layer':<36} {'output':<22}" + "".join(f" {n:>{width}}" for n in self.names)
         lines += [f"{len(self.common)} common cuttable layers (index of the layer in each model; the layer "
                   f"giving a model's outputs is its head, never a cut):", header]
-        for k in _shown(len(self.common), self.chosen, limit, lines, hint):
+        for k in shown_rows(len(self.common), self.chosen, limit, lines, hint):
             c = self.common[k]
             mark = f"L{self.chosen.index(k) + 1}" if k in self.chosen else ""
             summary = c.summary if len(c.summary) <= 36 else c.summary[:33] + "..."
-            lines.append(f"{k + 1:>3}  {summary:<36} {_fmt(c.shape) + ' ' + c.dtype:<22}"
+            lines.append(f"{k + 1:>3}  {summary:<36} {format_shape(c.shape) + ' ' + c.dtype:<22}"
                          + "".join(f" {i:>{width}}" for i in c.indices) + (f"  <- end of level {mark[1:]}" if mark else ""))
         lines.append("")
         lines.append(f"levels: {self.levels} ({self.reason})")
-        for lv in _shown(len(self.chosen), [0, len(self.chosen) - 1], limit, lines, hint):
+        for lv in shown_rows(len(self.chosen), [0, len(self.chosen) - 1], limit, lines, hint):
             k = self.chosen[lv]
             c = self.common[k]
-            start = "model inputs" if lv == 0 else _fmt(self.common[self.chosen[lv - 1]].shape)
-            lines.append(f"  level {lv + 1}: {start} -> {_fmt(c.shape)} {c.dtype}")
+            start = "model inputs" if lv == 0 else format_shape(self.common[self.chosen[lv - 1]].shape)
+            lines.append(f"  level {lv + 1}: {start} -> {format_shape(c.shape)} {c.dtype}")
         lines.append("  head: last cut -> model outputs (each model keeps its own)")
         if self.worst_diff:
             worst = max(self.worst_diff.values())
@@ -117,32 +118,6 @@ class DecomposeResult:
         return "\n".join(lines)
 
 
-def _shown(n: int, keep: list[int], limit: int | None, lines: list[str], hint: str) -> Iterator[int]:
-    """Row indices to print: all, or with ``limit`` the rows in ``keep`` and then the first ones up
-    to ``limit`` rows; each run of skipped rows becomes one "... N more" line appended to ``lines``."""
-    if limit is None or n <= limit:
-        yield from range(n)
-        return
-    kept = set(sorted(set(keep))[:limit])
-    for k in range(n):
-        if len(kept) >= limit:
-            break
-        kept.add(k)
-    skipped = 0
-    for k in range(n + 1):
-        if (k == n or k in kept) and skipped:
-            lines.append(f"  ... {skipped} more" + (f" ({hint})" if hint else ""))
-            skipped = 0
-        if k < n and k in kept:
-            yield k
-        elif k < n:
-            skipped += 1
-
-
-def _fmt(shape: list | tuple | None) -> str:
-    return "[" + ",".join(str(d) for d in shape) + "]" if shape is not None else "?"
-
-
 def _input_specs(graph: ModelGraph) -> list[dict]:
     return [{"name": n, "shape": list(graph.canonical_shape(n) or ()), "dtype": graph.tensors[n].dtype}
             for n in graph.inputs]
@@ -153,7 +128,7 @@ def _check_inputs(names: list[str], graphs: list[ModelGraph]) -> list[dict]:
     for name, spec in zip(names[1:], specs[1:]):
         if spec != specs[0]:
             def show(s: list[dict]) -> str:
-                return ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}" for i in s) or "none"
+                return ", ".join(f"{i['name']} {i['dtype']} {format_shape(i['shape'])}" for i in s) or "none"
             raise FusekitError(f"models have different inputs: {names[0]} takes {show(specs[0])} but {name} "
                                f"takes {show(spec)}; decompose models that share the same inputs")
     return specs[0]
@@ -163,7 +138,7 @@ def _no_common_message(names: list[str], analyses: list[Analysis]) -> str:
     kinds = []
     for name, a in zip(names, analyses):
         cands = a.candidates
-        shown = ", ".join(f"{layer.summary}->{_fmt(layer.shape)}" for layer in cands[:6])
+        shown = ", ".join(f"{layer.summary}->{format_shape(layer.shape)}" for layer in cands[:6])
         if len(cands) > 6:
             shown += ", ..."
         kinds.append(f"{name} has {len(cands)} cuttable layers [{shown or 'none'}]")
@@ -176,8 +151,8 @@ def _no_common_message(names: list[str], analyses: list[Analysis]) -> str:
                         None)
             if pair:
                 x, y = pair
-                nearest = (f"; nearest candidates: {names[0]} layer {x.index} {x.summary}->{_fmt(x.shape)} "
-                           f"vs {name} layer {y.index} {y.summary}->{_fmt(y.shape)} ({why})")
+                nearest = (f"; nearest candidates: {names[0]} layer {x.index} {x.summary}->{format_shape(x.shape)} "
+                           f"vs {name} layer {y.index} {y.summary}->{format_shape(y.shape)} ({why})")
                 break
         if nearest:
             break
