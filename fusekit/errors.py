@@ -5,6 +5,11 @@ A message may name options of a class (``owner``) as placeholders: ``{field}`` o
 ``FusionOptions.fuse_at='all'``); the command line renders the same error with its own flags
 (``--fuse-at``, ``--fuse-at all``) through :meth:`FusekitError.render`, so the library never
 names a flag.
+
+An owner ending in ``()`` is a library function, and its placeholders name the function's
+arguments: the library renders them bare (``levels``, ``levels=5``), a command renders them with
+the flags it passes to those arguments (``--levels``, ``--levels 5``; see
+``fusekit.cli.args.OptionFlags.spell``).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ Flag = tuple[str, object]
 class FusekitError(Exception):
     """A problem with the user's input or environment; the CLI prints it without a traceback.
 
-    ``owner``: the option class whose fields the message names as placeholders (none: a plain message).
+    ``owner``: the option class whose fields the message names as placeholders, or the function
+    (``"decompose()"``) whose arguments they name; none: a plain message.
     """
 
     def __init__(self, message: str = "", *, owner: str | None = None):
@@ -32,7 +38,8 @@ class FusekitError(Exception):
 
     def render(self, flags: Mapping[str, Flag] | None = None) -> str:
         """The message with option placeholders spelled by ``flags`` (``field`` or ``Owner.field``
-        -> (flag, value the flag sets)); fields without a flag keep their library name."""
+        -> (flag, value the flag sets)); fields without a flag keep their library name
+        (``Owner.field``, or the bare argument name for a function owner)."""
         if self.owner is None:
             return str(self)
         flags = flags or {}
@@ -43,7 +50,9 @@ class FusekitError(Exception):
                 return match.group(0)[0]
             flag = flags.get(f"{self.owner}.{name}", flags.get(name))
             if flag is None:
-                return f"{self.owner}.{name}" + (f"={value}" if value is not None else "")
+                # A library caller passed the argument by its name; an option lives in its class.
+                spelled = name if self.owner.endswith("()") else f"{self.owner}.{name}"
+                return spelled + (f"={value}" if value is not None else "")
             text, sets = flag
             if value is None:
                 return text

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from fusekit.errors import FusekitError
+from fusekit.options import literal
 
 
 def sha256_file(path: Path) -> str:
@@ -41,13 +42,23 @@ def _umask() -> int:
     return mask
 
 
+# The function whose arguments the output-directory messages name.
+OUTPUT_OWNER = "check_output_dir()"
+
+
 def check_output_dir(path: Path, force: bool) -> None:
-    """Refuse an existing, non-empty output directory unless ``force``."""
+    """Refuse an existing, non-empty output directory unless ``force``.
+
+    The message names the ``out_dir`` and ``force`` arguments of the function that was given them
+    (decompose, fuse, run_bench ...); a command prints its own flags for them.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise FusekitError(f"output path {path} exists and is not a directory; choose another -o")
+        raise FusekitError(f"output path {literal(path)} exists and is not a directory; choose another {{out_dir}}",
+                           owner=OUTPUT_OWNER)
     if path.is_dir() and any(path.iterdir()) and not force:
-        raise FusekitError(f"output directory {path} exists and is not empty; choose another -o or pass --force")
+        raise FusekitError(f"output directory {literal(path)} exists and is not empty; choose another {{out_dir}} "
+                           "or pass {force=True}", owner=OUTPUT_OWNER)
 
 
 @contextlib.contextmanager

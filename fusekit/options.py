@@ -9,6 +9,7 @@ and choices are written once. Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -120,6 +121,22 @@ def _check_range(value: float, meta: dict) -> str | None:
 class Options:
     """Base of the option classes: every field checked when made and by :meth:`validate`;
     a subclass checks combinations of fields in :meth:`_check`."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Options":
+        # The arguments are checked here, before the dataclass's generated __init__ would raise a
+        # bare TypeError; pickling, copying and dataclasses.replace keep working (they either call
+        # __new__ without arguments or pass only field names).
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        unknown = [k for k in kwargs if k not in names]
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], names, n=1)
+            raise OptionError(f"{cls.__name__} has no option {quote(unknown[0])}"
+                              + (f" (did you mean {near[0]}?)" if near else "")
+                              + f"; its options are {', '.join(names)}", owner=cls.__name__)
+        if len(args) > len(names):
+            raise OptionError(f"{cls.__name__} takes at most {len(names)} options, got {len(args)} positional "
+                              f"values; pass them by name ({', '.join(names)})", owner=cls.__name__)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         self.validate()

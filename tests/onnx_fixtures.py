@@ -268,6 +268,23 @@ def _linear(rng, name: str, n_from: int, n_to: int) -> list:
             numpy_helper.from_array(rng.standard_normal(n_to).astype(np.float32) * 0.1, f"{name}_b")]
 
 
+def gemm_chain(path: Path, layers: int, width: int = 6, seed: int = 0) -> Path:
+    """An onnx.helper model: ``layers`` Gemm+Relu layers of ``width`` on a 4-wide ``x``, then a
+    Gemm to the 1-wide ``y``."""
+    import numpy as np
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, previous = [], [], "x"
+    for k in range(layers):
+        nodes += [helper.make_node("Gemm", [previous, f"fc{k}_w", f"fc{k}_b"], [f"g{k}"]),
+                  helper.make_node("Relu", [f"g{k}"], [f"r{k}"])]
+        inits += _linear(rng, f"fc{k}", 4 if k == 0 else width, width)
+        previous = f"r{k}"
+    nodes.append(helper.make_node("Gemm", [previous, "out_w", "out_b"], ["y"]))
+    return _save_helper_model(nodes, inits + _linear(rng, "out", width, 1), path)
+
+
 def branch_model(path: Path, branches: Sequence[str], combine: str, operands: tuple[str, str],
                  width: int = 6, seed: int = 0) -> Path:
     """An onnx.helper model: ``h = Gemm(x)``, one unary op per name in ``branches`` on ``h``

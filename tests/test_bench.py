@@ -175,7 +175,7 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, capsys):
         run_bench("census-income", TASKS2, 1, True, tmp_path / "x", methods=["mmoe", "nope"])
     with pytest.raises(FusekitError, match="two or more distinct tasks"):
         run_bench("census-income", ["income"], 1, True, tmp_path / "x", methods=["mmoe"])
-    with pytest.raises(FusekitError, match="--models"):
+    with pytest.raises(FusekitError, match="give a folder of models in models_dir"):
         run_bench("census-income", TASKS2, 1, True, tmp_path / "x", methods=["average"], three_tasks=None,
                   models_dir=tmp_path / "no-models")
     assert not (tmp_path / "x").exists()

@@ -114,7 +114,7 @@ def test_json_is_the_only_thing_on_stdout_and_progress_goes_to_stderr(tmp_path):
 
 
 def test_a_long_table_is_cut_short_unless_verbose(tmp_path, capsys):
-    from fusekit.cli.decompose import TABLE_ROWS
+    from fusekit.cli.args import TABLE_ROWS
     from fusekit.cli.main import main
 
     x = (torch.randn(2, 8),)

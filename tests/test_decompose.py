@@ -126,7 +126,7 @@ def test_default_explicit_and_all_levels(dense, tmp_path):
     assert "default min(3, 5 common layers)" in default.reason
     assert decompose([a, b], tmp_path / "two", levels=2).chosen == [2, 4]
     assert decompose([a, b], tmp_path / "all", levels="all").levels == 5
-    with pytest.raises(FusekitError, match="use --levels 5 or fewer"):
+    with pytest.raises(FusekitError, match="use levels=5 or fewer"):
         decompose([a, b], tmp_path / "six", levels=6)
     assert not (tmp_path / "six").exists()
 

@@ -21,7 +21,7 @@ def test_non_empty_output_needs_force(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    with pytest.raises(FusekitError, match="--force"):
+    with pytest.raises(FusekitError, match="pass force=True"):
         check_output_dir(target, force=False)
     with atomic_dir(target, force=True) as tmp:
         (tmp / "new.txt").write_text("new")

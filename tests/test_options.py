@@ -173,3 +173,25 @@ def test_defaults_are_read_from_the_fields():
     assert default_of(Architecture, "hidden") == [64, 32, 16]
     assert default_of(Architecture, "hidden") is not default_of(Architecture, "hidden")  # a fresh list
     assert default_of(TrainConfig, "max_epochs") == TrainConfig().max_epochs
+
+
+@pytest.mark.parametrize("cls", [FusionOptions, FuseOptions, TrainConfig, Architecture, Budget])
+def test_an_unknown_keyword_is_an_option_error_listing_the_fields(cls):
+    with pytest.raises(OptionError) as caught:
+        cls(no_such_option=1)
+    message = str(caught.value)
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert caught.value.owner == cls.__name__ and "\n" not in message
+    assert message.startswith(f"{cls.__name__} has no option 'no_such_option'; its options are ")
+    assert message.endswith(", ".join(names))
+
+
+def test_a_misspelt_keyword_gets_the_nearest_field_and_valid_ones_still_work():
+    with pytest.raises(OptionError, match=r"^FusionOptions has no option 'fuseat' \(did you mean fuse_at\?\)"):
+        FusionOptions(fuseat="all")
+    with pytest.raises(OptionError, match="pass them by name"):
+        Architecture([8], 4, False, False, 0.0, "extra")
+    options = FuseOptions(max_rows=5, fusion=FusionOptions(top_k=2))
+    assert pickle.loads(pickle.dumps(options)) == options
+    assert dataclasses.replace(options, max_rows=7).max_rows == 7
+    assert Architecture([8], 2).emb_dim == 2  # positional fields are still accepted

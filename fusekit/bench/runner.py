@@ -297,7 +297,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     tasks = list(tasks or DEFAULT_TASKS)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list or any(int(s) < 0 for s in seed_list):
-        raise FusekitError("--seeds must be a positive number of seeds")
+        raise FusekitError("{seeds} must be a positive number of seeds", owner="run_bench()")
     if quick and isinstance(seeds, int):
         seed_list = seed_list[:1]
     chosen = _check_methods(methods)

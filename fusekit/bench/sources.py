@@ -9,6 +9,7 @@ import numpy as np
 from fusekit.data.dataset import Split
 from fusekit.decompose.manifest import SPEC_KEY, group_by_task, shared_feature_spec, task_of
 from fusekit.errors import FusekitError
+from fusekit.options import literal
 
 
 @dataclass
@@ -36,8 +37,9 @@ def find_sources(models_dir: Path, tasks: list[str]) -> list[SourceModel]:
 
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
-        raise FusekitError(f"source model folder {models_dir} does not exist; make the sample models "
-                           "(see sample_models/README.md) or pass --models DIR")
+        raise FusekitError(f"source model folder {literal(models_dir)} does not exist; make the sample models "
+                           "(see sample_models/README.md) or give a folder of models in {models_dir}",
+                           owner="run_bench()")
     found: dict[str, SourceModel] = {}
     for path in sorted(models_dir.glob("*.onnx")):
         model = onnx.load(str(path), load_external_data=False)

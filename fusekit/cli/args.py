@@ -28,6 +28,19 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+# Rows of a default table (decompose, inspect): a pool of 10,000-node models has thousands of layers.
+TABLE_ROWS = 20
+
+
+def add_verbose(parser: argparse.ArgumentParser, what: str) -> None:
+    """``-v`` / ``--verbose``: the full table instead of at most TABLE_ROWS rows of ``what``."""
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help=f"list every {what} (by default at most {TABLE_ROWS} rows)")
+
+
+# What a table cut short says about the rows it left out.
+TABLE_HINT = "use --verbose or --json"
+
 _TYPES = {"int": int, "float": float, "str": str, "path": Path, "int_list": int_list}
 
 
@@ -38,6 +51,8 @@ class OptionFlags:
         self.parser = parser
         # (class name, field) -> (flag as printed, dest, value an on/off flag sets or None)
         self.fields: dict[tuple[str, str], tuple[str, str, Any]] = {}
+        # "Owner.name" -> (flag, value it sets): flags made by hand that give a library name its value.
+        self.spellings: dict[str, Flag] = {}
         parser.set_defaults(_option_flags=self)
 
     def add(self, cls: type, name: str, *flags: str, dest: str | None = None, help: str | None = None,
@@ -74,6 +89,14 @@ class OptionFlags:
             self.fields[(owner.__name__, name)] = (shown, dest, sets)
         return action
 
+    def spell(self, owner: str, **flags: str | Flag) -> None:
+        """Say which of this command's hand-made flags give ``owner``'s names their values, so that
+        an error naming them prints the flag: ``spell("decompose()", levels="--levels",
+        verify=("--no-verify", False))``; a plain string is a valued flag, a pair an on/off flag
+        and the value it sets. ``owner``: a function (``"name()"``) or an option class name."""
+        for name, flag in flags.items():
+            self.spellings[f"{owner}.{name}"] = (flag, None) if isinstance(flag, str) else flag
+
     def values(self, cls: type, args: argparse.Namespace) -> dict[str, Any]:
         """The fields of ``cls`` that this command's flags set, from ``args``."""
         return {name: getattr(args, dest) for (owner, name), (_, dest, _) in self.fields.items()
@@ -89,6 +112,10 @@ class OptionFlags:
         for (owner, name), (flag, _, sets) in self.fields.items():
             out[f"{owner}.{name}"] = (flag, sets)
             out.setdefault(name, (flag, sets))
+        # A bare name too: a helper (check_output_dir) raises for the argument its caller was given.
+        for key, flag in self.spellings.items():
+            out[key] = flag
+            out.setdefault(key.rpartition(".")[2], flag)
         return out
 
 

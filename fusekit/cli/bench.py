@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", type=Path, help="source models for --tasks (default sample_models/census2)")
     p.add_argument("--three-models", type=Path, help="source models for --three-tasks (default sample_models/census3)")
     flags = OptionFlags(p)
+    flags.spell("run_bench()", seeds="--seeds", models_dir="--models", out_dir="-o", force=("--force", True))
     # None: the budget's own (the quick budget has other defaults).
     flags.add(Budget, "max_epochs", default=None,
               help=f"override the epoch budget (default {default_of(Budget, 'max_epochs')}, quick 2)")
@@ -77,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     m.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     add_json(m)
+    OptionFlags(m).spell("write_merged()", out_dir="-o", force=("--force", True))
     m.set_defaults(run=run_merge)
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.cli.args import add_json, add_quiet, print_json, progress_printer
+from fusekit.cli.args import (TABLE_HINT, TABLE_ROWS, OptionFlags, add_json, add_quiet, add_verbose, print_json,
+                              progress_printer)
 from fusekit.errors import FusekitError
-
-# Layer rows of the default table: a pool of 10,000-node models has thousands of common layers.
-TABLE_ROWS = 20
 
 
 def _levels(text: str) -> int | str:
@@ -37,10 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--names", nargs="+", default=None, help="model names (default: file names without .onnx)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the components")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help=f"list every common layer (by default at most {TABLE_ROWS} rows)")
+    add_verbose(parser, "common layer")
     add_quiet(parser, "per-model progress lines on stderr")
     add_json(parser)
+    # decompose's messages name its arguments; this command gives them with these flags.
+    OptionFlags(parser).spell("decompose()", out_dir="-o", levels="--levels", names="--names",
+                              force=("--force", True), verify=("--no-verify", False))
     parser.set_defaults(run=run)
 
 
@@ -55,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_json())
     else:
-        print(result.table(None if args.verbose else TABLE_ROWS, hint="use --verbose or --json"))
+        print(result.table(None if args.verbose else TABLE_ROWS, hint=TABLE_HINT))
     return 0

@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add(TrainConfig, "max_epochs", "--epochs", help="maximum fusion epochs (early stopping decides)")
     flags.add(TrainConfig, "device")
     p.add_argument("--force", action="store_true", help="replace the output directory")
+    flags.spell("run_demo()", out_dir="-o", force=("--force", True), models_dir="--models")
     add_quiet(p, "per-epoch lines or progress bars")
     add_json(p)
     p.set_defaults(run=run)

@@ -77,6 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add(FuseOptions, "resume")
     flags.add(FuseOptions, "force")
     flags.add(TrainConfig, "progress", "-q", "--quiet", help="no per-epoch lines or progress bars on stderr")
+    flags.spell("fuse()", tasks="--tasks", out_dir="-o")
+    flags.spell("FuseOptions", labels="--label")
     add_json(p)
     p.set_defaults(run=run, _parser=p)
 

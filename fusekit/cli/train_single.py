@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--dense", type=_name_list, default=None, metavar="COL,...", help="files: dense feature columns")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the Census-Income files")
     flags = OptionFlags(p)
+    flags.spell("train_single()", train_rows="--train-rows", pool_tasks="--pool-tasks")
+    flags.spell("load_dataset()", labels="--label", categorical="--categorical", dense="--dense",
+                exclude="--exclude", holdout="--holdout")
     flags.add(Architecture, "hidden")
     flags.add(Architecture, "emb_dim")
     flags.add(Architecture, "batch_norm")

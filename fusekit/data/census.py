@@ -315,7 +315,7 @@ def load_census(
         if leaked:
             raise FusekitError(
                 f"the feature specification uses the source column of task(s) {', '.join(leaked)} as an input; "
-                "use models trained with that task in --pool-tasks"
+                "use source models trained with that task among their pool tasks (its column left out)"
             )
     train = Split(*spec.encode(train_df, "census-income.data"), {t: task_labels(train_df, t) for t in tasks})
     rest = Split(*spec.encode(test_df, "census-income.test"), {t: task_labels(test_df, t) for t in tasks})

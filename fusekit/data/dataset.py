@@ -8,6 +8,7 @@ import numpy as np
 from fusekit.data.features import FeatureSpec
 from fusekit.data.splits import holdout_partition
 from fusekit.errors import FusekitError
+from fusekit.options import quote
 
 
 @dataclass
@@ -76,5 +77,5 @@ class TabularDataset:
 def holdout_dict(fraction: float, seed: int) -> dict | None:
     """The spec's ``holdout`` field for a fraction (None for no holdout)."""
     if not 0.0 <= fraction < 1.0:
-        raise FusekitError(f"--holdout must be in [0, 1), got {fraction}")
+        raise FusekitError(f"{{holdout}} must be in [0, 1), got {quote(fraction)}", owner="load_dataset()")
     return {"fraction": float(fraction), "seed": int(seed)} if fraction > 0 else None

@@ -22,6 +22,10 @@ from fusekit.errors import FusekitError
 from fusekit.data.dataset import Split, TabularDataset, holdout_dict
 from fusekit.data.features import FeatureSpec, fit_spec
 from fusekit.data.splits import stratified_halves, stratified_split
+from fusekit.options import literal, quote
+
+# The function whose arguments (labels, categorical, dense) these messages name.
+OWNER = "load_dataset()"
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -51,7 +55,8 @@ def binary_labels(frame: pd.DataFrame, column: str, where: str) -> np.ndarray:
     """float32 0/1 labels from a column of 0/1 (or true/false) values."""
     if column not in frame.columns:
         shown = ", ".join(map(str, list(frame.columns)[:8])) + (", ..." if frame.shape[1] > 8 else "")
-        raise FusekitError(f"{where} has no label column {column!r} (columns: {shown}); fix --label task=column")
+        raise FusekitError(f"{literal(where)} has no label column {quote(column)} (columns: {literal(shown)}); "
+                           "name the task's label column in {labels}", owner=OWNER)
     values = frame[column]
     if pd.api.types.is_bool_dtype(values):
         return values.to_numpy().astype(np.float32)
@@ -143,7 +148,8 @@ def load_tabular(
     labels = dict(labels or {})
     unknown = sorted(set(labels) - set(tasks))
     if unknown:
-        raise FusekitError(f"--label names task(s) {', '.join(unknown)} that are not among the tasks {tasks}")
+        raise FusekitError(f"{{labels}} names task(s) {literal(', '.join(unknown))} that are not among the tasks "
+                           f"{quote(tasks)}; map only those tasks", owner=OWNER)
     columns = {t: labels.get(t, t) for t in tasks}
     path = Path(path)
     train_df = read_table(path)
@@ -161,11 +167,13 @@ def load_tabular(
             categorical, dense = list(categorical or []), list(dense or [])
         for name in categorical + dense:
             if name not in train_df.columns:
-                raise FusekitError(f"{path} has no feature column {name!r}; check --categorical/--dense")
+                raise FusekitError(f"{literal(path)} has no feature column {quote(name)}; check {{categorical}} and "
+                                   "{dense}", owner=OWNER)
             if name in columns.values():
                 raise FusekitError(f"column {name!r} is a label and cannot also be a feature")
         if not categorical and not dense:
-            raise FusekitError(f"{path} has no feature columns besides the labels; name them with --categorical/--dense")
+            raise FusekitError(f"{literal(path)} has no feature columns besides the labels; name them in "
+                               "{categorical} or {dense}", owner=OWNER)
         spec = fit_spec(
             train_df, categorical, dense, dataset=path.name,
             excluded=sorted(skip), holdout=holdout_dict(holdout, holdout_seed), source=str(path),

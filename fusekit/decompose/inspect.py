@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fusekit.decompose.align import Analysis, analyse
 from fusekit.decompose.graph import load_graph, read_model
+from fusekit.decompose.tables import shown_rows
 from fusekit.onnxio import optable
 
 
@@ -40,8 +41,12 @@ class InspectResult:
                        for layer in self.analysis.layers],
         }
 
-    def table(self) -> str:
-        """Readable listing of layers and cut points."""
+    def table(self, limit: int | None = None, hint: str = "") -> str:
+        """Readable listing of layers and cut points.
+
+        ``limit``: at most this many layer rows and cut-point lines (the first and the last of each
+        kept), each run of left-out rows shown as one "... N more (hint)" line; None for all of them.
+        """
         data = self.to_json()
         lines = [f"{self.path}: opset {data['opset']}, {data['nodes']} nodes ({data['data_nodes']} on the data path)",
                  "inputs: " + ", ".join(f"{i['name']} {i['dtype']} [{','.join(map(str, i['shape']))}]"
@@ -52,13 +57,17 @@ class InspectResult:
             lines.append(f"unsupported: {optable.describe(self.unsupported)} (fusekit's ONNX interpreter cannot run "
                          "them, so decompose refuses this model; re-export it without them)")
         lines += ["", f"{'#':>3}  {'layer':<44} {'output':<22} {'signature':<17} cut"]
-        for layer in self.analysis.layers:
+        layers = self.analysis.layers
+        for k in shown_rows(len(layers), [0, len(layers) - 1], limit, lines, hint):
+            layer = layers[k]
             summary = layer.summary if len(layer.summary) <= 44 else layer.summary[:41] + "..."
             cut = "yes" if layer.cuttable else f"no: {layer.why_not}"
             lines.append(f"{layer.index:>3}  {summary:<44} {layer.describe_output():<22} {layer.signature:<17} {cut}")
         lines.append("")
         lines.append(f"{len(self.analysis.cuts)} cut points (tensors every input-to-output path passes through):")
-        for gap, t in self.analysis.cuts:
+        cuts = self.analysis.cuts
+        for k in shown_rows(len(cuts), [0, len(cuts) - 1], limit, lines, hint):
+            gap, t = cuts[k]
             shape = self.analysis.graph.canonical_shape(t)
             lines.append(f"  after op {gap:>4}: {t} [{','.join(map(str, shape or ()))}]")
         return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from fusekit import __version__
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_file, sha256_file
+from fusekit.options import literal
 
 if TYPE_CHECKING:
     from fusekit.data.features import FeatureSpec
@@ -61,8 +62,8 @@ def group_by_task(models: Iterable[tuple[str, str | None]], tasks: Sequence[str]
     for name, task in models:
         if tasks is None:
             if not task:
-                raise FusekitError(f"model {name} in {where} has no {TASK_KEY} metadata; "
-                                   "name the tasks and their models explicitly")
+                raise FusekitError(f"model {literal(name)} in {literal(where)} has no {TASK_KEY} metadata; "
+                                   "name the tasks and their models in {tasks}", owner=TASKS_OWNER)
             groups.setdefault(task, []).append(name)
         elif task in groups:
             groups[task].append(name)
@@ -82,9 +83,13 @@ def task_groups(paths: Sequence[Path]) -> dict[str, list[str]]:
     for path in paths:
         task = task_of(onnx_metadata(path))
         if not task:
-            raise FusekitError(f"{path} has no {TASK_KEY} metadata; name the tasks and their models explicitly")
+            raise FusekitError(f"{literal(path)} has no {TASK_KEY} metadata; name the tasks and their models in "
+                               "{tasks}", owner=TASKS_OWNER)
         named.append((Path(path).stem, task))
     return group_by_task(named)
+
+# The function whose ``tasks`` argument (task -> models) the task-mapping messages name.
+TASKS_OWNER = "fuse()"
 
 
 def check_task_mapping(tasks: Mapping[str, Sequence[str]], known: Sequence[str],
@@ -92,7 +97,8 @@ def check_task_mapping(tasks: Mapping[str, Sequence[str]], known: Sequence[str],
     """Validate an explicit ``{task: [models]}``: two or more tasks, each with models that ``known``
     holds, every model in one task only. Returns a plain copy."""
     if len(tasks) < 2:
-        raise FusekitError("fusing needs at least two tasks; map two or more tasks to their models")
+        raise FusekitError("fusing needs at least two tasks; map two or more tasks to their models in {tasks}",
+                           owner=TASKS_OWNER)
     seen: dict[str, str] = {}
     for task, models in tasks.items():
         if not models:
@@ -101,7 +107,8 @@ def check_task_mapping(tasks: Mapping[str, Sequence[str]], known: Sequence[str],
             if m not in known:
                 raise FusekitError(f"task {task} names unknown model {m!r}; {where} hold {', '.join(known)}")
             if m in seen:
-                raise FusekitError(f"model {m} is in two tasks ({seen[m]} and {task}); put each model in one task")
+                raise FusekitError(f"model {literal(m)} is in two tasks ({literal(seen[m])} and {literal(task)}); "
+                                   "put each model in one task of {tasks}", owner=TASKS_OWNER)
             seen[m] = task
     return {t: list(ms) for t, ms in tasks.items()}
 

@@ -15,12 +15,18 @@ import onnx
 from fusekit import __version__
 from fusekit.decompose.align import Analysis, analyse, choose_levels, common_layers, layer_classes
 from fusekit.errors import FusekitError
+from fusekit.options import quote
 from fusekit.decompose.graph import ModelGraph, load_graph, read_model
 from fusekit.io import atomic_dir, check_output_dir, sha256_file
 from fusekit.decompose.manifest import Boundary, CommonLayerEntry, InputSpec, Manifest, ModelEntry, \
     relative_source_path
 from fusekit.decompose.surgery import cut_component, verify_chain
+from fusekit.decompose.tables import format_shape, shown_rows
 from fusekit.onnxio import optable
+
+
+# The function whose arguments (levels, names, verify, out_dir, force) decompose's messages name.
+OWNER = "decompose()"
 
 
 @dataclass
@@ -81,60 +87,35 @@ class DecomposeResult:
         run of left-out rows shown as one "... N more (hint)" line; None for all of them.
         """
         lines = [f"models: {', '.join(f'{n} ({c} layers)' for n, c in zip(self.names, self.layer_counts))}",
-                 "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}" for i in self.inputs), ""]
+                 "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {format_shape(i['shape'])}"
+                                        for i in self.inputs), ""]
         width = max(8, *(len(n) for n in self.names))
         header = f"{'#':>3}  {'common layer':<36} {'output':<22}" + "".join(f" {n:>{width}}" for n in self.names)
         lines += [f"{len(self.common)} common cuttable layers (index of the layer in each model; the layer "
                   f"giving a model's outputs is its head, never a cut):", header]
-        for k in _shown(len(self.common), self.chosen, limit, lines, hint):
+        for k in shown_rows(len(self.common), self.chosen, limit, lines, hint):
             c = self.common[k]
             mark = f"L{self.chosen.index(k) + 1}" if k in self.chosen else ""
             summary = c.summary if len(c.summary) <= 36 else c.summary[:33] + "..."
-            lines.append(f"{k + 1:>3}  {summary:<36} {_fmt(c.shape) + ' ' + c.dtype:<22}"
+            lines.append(f"{k + 1:>3}  {summary:<36} {format_shape(c.shape) + ' ' + c.dtype:<22}"
                          + "".join(f" {i:>{width}}" for i in c.indices) + (f"  <- end of level {mark[1:]}" if mark else ""))
         lines.append("")
         lines.append(f"levels: {self.levels} ({self.reason})")
-        for lv in _shown(len(self.chosen), [0, len(self.chosen) - 1], limit, lines, hint):
+        for lv in shown_rows(len(self.chosen), [0, len(self.chosen) - 1], limit, lines, hint):
             k = self.chosen[lv]
             c = self.common[k]
-            start = "model inputs" if lv == 0 else _fmt(self.common[self.chosen[lv - 1]].shape)
-            lines.append(f"  level {lv + 1}: {start} -> {_fmt(c.shape)} {c.dtype}")
+            start = "model inputs" if lv == 0 else format_shape(self.common[self.chosen[lv - 1]].shape)
+            lines.append(f"  level {lv + 1}: {start} -> {format_shape(c.shape)} {c.dtype}")
         lines.append("  head: last cut -> model outputs (each model keeps its own)")
         if self.worst_diff:
             worst = max(self.worst_diff.values())
             lines.append(f"verified: components chained in onnxruntime reproduce every model, worst max abs "
                          f"difference {worst:.2e} (tolerance 1e-5)")
         else:
-            lines.append("not verified (--no-verify)")
+            lines.append("not verified (verification was skipped)")
         lines.append(f"wrote {self.out_dir}/manifest.json and {len(self.names) * (self.levels + 1)} component "
                      f"files in {self.seconds:.2f} s")
         return "\n".join(lines)
-
-
-def _shown(n: int, keep: list[int], limit: int | None, lines: list[str], hint: str) -> Iterator[int]:
-    """Row indices to print: all, or with ``limit`` the rows in ``keep`` and then the first ones up
-    to ``limit`` rows; each run of skipped rows becomes one "... N more" line appended to ``lines``."""
-    if limit is None or n <= limit:
-        yield from range(n)
-        return
-    kept = set(sorted(set(keep))[:limit])
-    for k in range(n):
-        if len(kept) >= limit:
-            break
-        kept.add(k)
-    skipped = 0
-    for k in range(n + 1):
-        if (k == n or k in kept) and skipped:
-            lines.append(f"  ... {skipped} more" + (f" ({hint})" if hint else ""))
-            skipped = 0
-        if k < n and k in kept:
-            yield k
-        elif k < n:
-            skipped += 1
-
-
-def _fmt(shape: list | tuple | None) -> str:
-    return "[" + ",".join(str(d) for d in shape) + "]" if shape is not None else "?"
 
 
 def _input_specs(graph: ModelGraph) -> list[dict]:
@@ -147,7 +128,7 @@ def _check_inputs(names: list[str], graphs: list[ModelGraph]) -> list[dict]:
     for name, spec in zip(names[1:], specs[1:]):
         if spec != specs[0]:
             def show(s: list[dict]) -> str:
-                return ", ".join(f"{i['name']} {i['dtype']} {_fmt(i['shape'])}" for i in s) or "none"
+                return ", ".join(f"{i['name']} {i['dtype']} {format_shape(i['shape'])}" for i in s) or "none"
             raise FusekitError(f"models have different inputs: {names[0]} takes {show(specs[0])} but {name} "
                                f"takes {show(spec)}; decompose models that share the same inputs")
     return specs[0]
@@ -157,7 +138,7 @@ def _no_common_message(names: list[str], analyses: list[Analysis]) -> str:
     kinds = []
     for name, a in zip(names, analyses):
         cands = a.candidates
-        shown = ", ".join(f"{layer.summary}->{_fmt(layer.shape)}" for layer in cands[:6])
+        shown = ", ".join(f"{layer.summary}->{format_shape(layer.shape)}" for layer in cands[:6])
         if len(cands) > 6:
             shown += ", ..."
         kinds.append(f"{name} has {len(cands)} cuttable layers [{shown or 'none'}]")
@@ -170,8 +151,8 @@ def _no_common_message(names: list[str], analyses: list[Analysis]) -> str:
                         None)
             if pair:
                 x, y = pair
-                nearest = (f"; nearest candidates: {names[0]} layer {x.index} {x.summary}->{_fmt(x.shape)} vs "
-                           f"{name} layer {y.index} {y.summary}->{_fmt(y.shape)} ({why})")
+                nearest = (f"; nearest candidates: {names[0]} layer {x.index} {x.summary}->{format_shape(x.shape)} "
+                           f"vs {name} layer {y.index} {y.summary}->{format_shape(y.shape)} ({why})")
                 break
         if nearest:
             break
@@ -194,11 +175,12 @@ def analyse_models(paths: list[Path], names: list[str] | None = None,
         raise FusekitError(f"got {len(names)} names for {len(paths)} models; give one name per model")
     bad = [n for n in names if not n or n in (".", "..", "manifest.json") or "/" in n or "\\" in n]
     if bad:
-        raise FusekitError(f"model name {bad[0]!r} cannot be a folder name; pass plain names with --names")
+        raise FusekitError(f"model name {quote(bad[0])} cannot be a folder name; give plain names in {{names}}",
+                           owner=OWNER)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise FusekitError(f"two models are named {dupes[0]!r} (from their file names); give distinct names "
-                           f"(rename the files or pass --names)")
+        raise FusekitError(f"two models are named {quote(dupes[0])} (from their file names); give distinct names "
+                           "(rename the files or give {names})", owner=OWNER)
     say = progress or (lambda text: None)
     models = [read_model(p) for p in paths]
     _refuse_unsupported(paths, models)
@@ -269,15 +251,15 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
     n_common = len(index)
     if isinstance(levels, str):
         if levels != "all":
-            raise FusekitError(f"--levels must be a positive number or 'all', not {levels!r}")
+            raise FusekitError(f"{{levels}} must be a positive number or 'all', not {quote(levels)}", owner=OWNER)
         requested: int | None = n_common
     else:
         requested = levels
     if requested is not None and requested < 1:
-        raise FusekitError(f"--levels must be at least 1 (got {requested})")
+        raise FusekitError(f"{{levels}} must be at least 1, got {quote(requested)}", owner=OWNER)
     if requested is not None and requested > n_common:
-        raise FusekitError(f"--levels {requested} asks for more levels than the {n_common} common layers the models "
-                           f"share; use --levels {n_common} or fewer")
+        raise FusekitError(f"{{levels={requested}}} asks for more levels than the {n_common} common layers the "
+                           f"models share; use {{levels={n_common}}} or fewer", owner=OWNER)
     # layer index (among all layers) of each common layer in each model
     layer_idx = np.array([[analyses[m].candidates[index[k, m]].index for m in range(len(names))]
                           for k in range(n_common)], dtype=np.int64)
@@ -285,9 +267,9 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
     if levels is None:
         reason = f"default min(3, {n_common} common layers) = {len(chosen)}; {reason}"
     elif levels == "all":
-        reason = f"--levels all: {reason}"
+        reason = f"all levels asked for: {reason}"
     else:
-        reason = f"--levels {levels}; {reason}"
+        reason = f"{levels} levels asked for; {reason}"
     common = []
     for k in range(n_common):
         layer = analyses[0].candidates[index[k, 0]]

@@ -30,6 +30,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from fusekit import __version__
 from fusekit.errors import FusekitError
+from fusekit.options import literal, quote
 from fusekit.decompose.graph import ModelGraph
 
 TOLERANCE = 1e-5
@@ -322,8 +323,8 @@ def random_inputs(graph: ModelGraph, batch: int = 3, seed: int = 0, int_high: in
         elif dtype.kind == "b":
             feeds[name] = rng.integers(0, 2, size=shape).astype(bool)
         else:
-            raise FusekitError(f"{graph.path}: cannot make random values for input {name!r} of type {t.dtype}; "
-                               f"pass --no-verify")
+            raise FusekitError(f"{literal(graph.path)}: cannot make random values for input {quote(name)} of type "
+                               f"{literal(t.dtype)}; pass {{verify=False}} to skip the check", owner="decompose()")
     return feeds
 
 
@@ -359,8 +360,9 @@ def verify_chain(graph: ModelGraph, components: list[Path], head: Path, boundari
         try:
             ref = reference_values(graph, boundaries, feeds)
         except Exception as exc:  # noqa: BLE001
-            raise FusekitError(f"{graph.path}: onnxruntime cannot run the model on random inputs "
-                               f"({str(exc).splitlines()[0][:160]}); pass --no-verify") from None
+            raise FusekitError(f"{literal(graph.path)}: onnxruntime cannot run the model on random inputs "
+                               f"({literal(str(exc).splitlines()[0][:160])}); pass {{verify=False}} to skip the check",
+                               owner="decompose()") from None
     worst = 0.0
     value: dict[str, np.ndarray] = feeds
     for k, path in enumerate(components):

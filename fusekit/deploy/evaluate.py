@@ -10,6 +10,7 @@ import pandas as pd
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_file
 from fusekit.metrics import roc_auc
+from fusekit.options import literal
 
 
 @dataclass
@@ -81,7 +82,8 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
         rows = rows.sample(max_rows, seed)
     missing = [t for t in tasks if t not in rows.labels]
     if missing:
-        raise FusekitError(f"the data has no label for output(s) {', '.join(missing)}; pass --label task=column")
+        raise FusekitError(f"the data has no label for output(s) {literal(', '.join(missing))}; name the label "
+                           "column of each in {labels}", owner="evaluate_onnx()")
     sess, provider = session(model_path, device)
     probs = run(sess, rows, batch_size)
     return EvalResult({t: roc_auc(rows.labels[t], probs[t].reshape(-1)) for t in tasks}, provider, len(rows), split)
@@ -117,7 +119,8 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
 
     out_csv = Path(out_csv)
     if out_csv.exists() and not force:
-        raise FusekitError(f"{out_csv} exists; choose another -o or pass --force")
+        raise FusekitError(f"{literal(out_csv)} exists; choose another {{out_csv}} or pass {{force=True}}",
+                           owner="predict_onnx()")
     info = model_info(model_path)
     arrays, n = read_inputs(info, input_path)
     sess, provider = session(model_path, device)

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from fusekit.errors import FusekitError
+from fusekit.options import literal
 from fusekit.onnxio import optable
 
 
@@ -105,7 +106,8 @@ def _layer_weight_buffers(component: nn.Module, onnx_path: str) -> dict[str, str
 
 
 def _no_weights(action: str, fix: str) -> FusekitError:
-    return FusekitError(f"cannot {action}: no {'/'.join(optable.weight_ops())} weight found in it; {fix}")
+    return FusekitError(f"cannot {literal(action)}: no {'/'.join(optable.weight_ops())} weight found in it; {fix}",
+                        owner="FusionOptions")
 
 
 def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Module:
@@ -130,7 +132,7 @@ def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Mo
             fresh.zero_()
         fresh_weights[name] = fresh.to(buf.device)
     if not fresh_weights:
-        raise _no_weights(f"train {onnx_path} from scratch", "drop --from-scratch")
+        raise _no_weights(f"train {onnx_path} from scratch", "drop {pretrained=False}")
     return TrainableComponent(clone, fresh_weights)
 
 
@@ -139,5 +141,5 @@ def trainable_copy(component: nn.Module, onnx_path: str) -> nn.Module:
     clone = copy.deepcopy(component)
     names = _layer_weight_buffers(clone, onnx_path)
     if not names:
-        raise _no_weights(f"fine-tune {onnx_path}", "choose another --finetune")
+        raise _no_weights(f"fine-tune {onnx_path}", "choose another {finetune}")
     return TrainableComponent(clone, {n: clone._buffers[n].detach().clone() for n in names})

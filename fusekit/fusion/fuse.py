@@ -27,6 +27,7 @@ from torch import nn
 from fusekit.data.dataset import Split
 from fusekit.decompose.manifest import Manifest
 from fusekit.errors import FusekitError
+from fusekit.options import literal
 from fusekit.provenance import run_record
 from fusekit.io import atomic_dir, atomic_file, check_output_dir, portable_path
 from fusekit.metrics import roc_auc
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from fusekit.train import TrainResult
 
 INPUT_ORDER = ["categorical", "dense"]  # fusekit.train calls model(cat, dense)
-TRAIN_ROWS = ("holdout", "all")
 
 
 @dataclass
@@ -94,8 +94,8 @@ def load_data(data, tasks: list[str], spec, options: FuseOptions):
     for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)):
         missing = [t for t in tasks if t not in split.labels]
         if missing:
-            raise FusekitError(f"the {name} data has no label for task(s) {', '.join(missing)}; "
-                               "name the label column of each task (labels)")
+            raise FusekitError(f"the {name} data has no label for task(s) {literal(', '.join(missing))}; "
+                               "name the label column of each task in {labels}", owner="FuseOptions")
     if spec is not None and getattr(ds, "spec", None) is not None and ds.spec.fingerprint() != spec.fingerprint():
         raise FusekitError("the data was encoded with a different feature specification than the models; "
                            "encode it with the models' specification")
@@ -123,6 +123,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     from fusekit.train import resolve_device
 
     options = options or FuseOptions()
+    options.validate()  # a caller may have changed a field since it was made (train_rows='x')
     resolve_device(options.training.device)  # a missing GPU is reported before anything is written
     manifest = parts if isinstance(parts, Manifest) else Manifest.load(Path(parts))
     mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups())
@@ -135,8 +136,6 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     if out_dir is not None:
         check_output_dir(Path(out_dir), options.force)
     ds = load_data(data, list(mapping), spec, options)
-    if options.train_rows not in TRAIN_ROWS:
-        raise FusekitError(f"unknown train_rows {options.train_rows!r}; use holdout or all")
     holdout = bool(spec is not None and spec.holdout) and options.train_rows == "holdout"
     seed = options.training.seed
     rows = (ds.fusion_rows() if holdout else ds.train).sample(options.max_rows, seed)
@@ -244,14 +243,16 @@ def _start_work_dir(plan: FusePlan, out_dir: Path) -> Path:
     marker = work / "run.json"
     if plan.options.resume:
         if not marker.is_file():
-            raise FusekitError(f"nothing to resume: no interrupted run at {work}; run without resume")
+            raise FusekitError(f"nothing to resume: no interrupted run at {literal(work)}; run without {{resume}}",
+                               owner="FuseOptions")
         if json.loads(marker.read_text()) != json.loads(json.dumps(identity)):
-            raise FusekitError(f"the interrupted run at {work} used other tasks, parts or options; "
-                               "repeat them exactly to resume, or use force to start over")
+            raise FusekitError(f"the interrupted run at {literal(work)} used other tasks, parts or options; "
+                               "repeat them exactly to resume, or pass {force=True} to start over", owner="FuseOptions")
         return work
     if work.exists():
         if not plan.options.force:
-            raise FusekitError(f"an interrupted run exists at {work}; use resume to continue it or force to start over")
+            raise FusekitError(f"an interrupted run exists at {literal(work)}; pass {{resume=True}} to continue it or "
+                               "{force=True} to start over", owner="FuseOptions")
         shutil.rmtree(work)
     work.mkdir(parents=True)
     with atomic_file(marker) as tmp:

@@ -22,6 +22,7 @@ from torch import nn
 
 from fusekit.fusion.akf import AKFLevel
 from fusekit.errors import FusekitError
+from fusekit.options import literal
 # The options and their choices live in fusion/options.py; imported from here too by older code.
 from fusekit.fusion.options import FINETUNE, FUSE_AT, MODES, FusionOptions  # noqa: F401
 
@@ -85,7 +86,8 @@ class FusedModel(nn.Module):
                 raise FusekitError(f"model {m} has {len(sources[m].components)} components but the manifest has "
                                    f"{self.n_levels} levels; decompose the models again")
             if options.mode == "residual" and sources[m].head is None:
-                raise FusekitError(f"residual mode needs the head of model {m}; decompose again or use --mode paper")
+                raise FusekitError(f"residual mode needs the head of model {literal(m)}; decompose again or use "
+                                   "{mode='paper'}", owner="FusionOptions")
         # Components live in a ModuleDict per model so checkpoints name them stably.
         self.components = nn.ModuleDict({self.mkey[m]: nn.ModuleList(sources[m].components) for m in ordered})
         if options.mode == "residual":

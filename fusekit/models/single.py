@@ -125,7 +125,7 @@ def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, con
     train = dataset.source_rows()
     if train_rows is not None and train_rows < len(train):
         if train_rows < 2:
-            raise FusekitError(f"--train-rows must be at least 2, got {train_rows}")
+            raise FusekitError(f"{{train_rows}} must be at least 2, got {train_rows}", owner="train_single()")
         pick = np.sort(np.random.default_rng([config.seed, 7]).choice(len(train), train_rows, replace=False))
         train = train.subset(pick)
     for name, split in (("training", train), ("validation", dataset.val), ("test", dataset.test)):
@@ -177,7 +177,9 @@ def train_single(
                                    seed=split_seed, holdout=holdout, holdout_seed=holdout_seed)
         else:
             if others:
-                raise FusekitError("--pool-tasks applies to census-income; for files, drop columns with --exclude")
+                # The command line checks this itself, with its --exclude, before calling here.
+                raise FusekitError("pool_tasks applies to census-income only; for a file, load it with "
+                                   "load_dataset(..., exclude=[columns]) and pass it as dataset")
             dataset = load_dataset(data, [task], labels={task: label or task}, seed=split_seed,
                                    holdout=holdout, holdout_seed=holdout_seed)
     began = time.perf_counter()
