@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -169,6 +169,11 @@ def _require(raw: Any, keys: Sequence[str], where: Path | str, what: str = "") -
         raise FusekitError(f"{prefix} lacks {', '.join(repr(k) for k in missing)}; {_AGAIN}")
 
 
+def _plain(entry: Any) -> dict:
+    """An entry's fields as a dict, without asdict's deep copy (thousands of common layers)."""
+    return {f.name: getattr(entry, f.name) for f in fields(entry)}
+
+
 @dataclass
 class InputSpec:
     """One model input: name, shape (``batch`` symbolic) and dtype."""
@@ -274,9 +279,9 @@ class Manifest:
     def to_dict(self) -> dict:
         """The JSON form (key order as written to manifest.json)."""
         return {"fusekit_version": self.fusekit_version, "levels": self.levels,
-                "inputs": [asdict(i) for i in self.inputs], "boundaries": [asdict(b) for b in self.boundaries],
-                "common_layers": [asdict(c) for c in self.common_layers], "level_choice": self.level_choice,
-                "models": [asdict(m) for m in self.models]}
+                "inputs": [_plain(i) for i in self.inputs], "boundaries": [_plain(b) for b in self.boundaries],
+                "common_layers": [_plain(c) for c in self.common_layers], "level_choice": self.level_choice,
+                "models": [_plain(m) for m in self.models]}
 
     @classmethod
     def from_dict(cls, data: Any, root: Path | None = None) -> Manifest:

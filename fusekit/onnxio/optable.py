@@ -236,7 +236,7 @@ def unsupported_ops(source: onnx.ModelProto | onnx.GraphProto | Iterable[onnx.No
 
 def _collect(nodes: list[onnx.NodeProto], functions: dict, opset: int | None, found: set[str],
              expanded: set[tuple[str, str]], consts: set[str]) -> None:
-    consts = _constants(nodes, functions, consts)
+    folded: set[str] | None = None  # computed on the first If: most graphs have none, and it costs a pass
     for node in nodes:
         key = (node.domain, node.op_type)
         if key in functions:
@@ -247,10 +247,15 @@ def _collect(nodes: list[onnx.NodeProto], functions: dict, opset: int | None, fo
         info = lookup(node.op_type, node.domain)
         if not supported(node.op_type, node.domain, opset):
             found.add(node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}")
-        elif info.static_condition and (not node.input or node.input[0] not in consts):
-            found.add(DATA_CONDITION)
-        for sub in subgraphs(node):
-            _collect(list(sub.node), functions, opset, found, expanded, consts | {t.name for t in sub.initializer})
+        elif info.static_condition:
+            folded = _constants(nodes, functions, consts) if folded is None else folded
+            if not node.input or node.input[0] not in folded:
+                found.add(DATA_CONDITION)
+        subs = subgraphs(node)
+        if subs:
+            folded = _constants(nodes, functions, consts) if folded is None else folded
+            for sub in subs:
+                _collect(list(sub.node), functions, opset, found, expanded, folded | {t.name for t in sub.initializer})
 
 
 def _constants(nodes: list[onnx.NodeProto], functions: dict, known: set[str]) -> set[str]:
