@@ -55,6 +55,7 @@ def run_demo(out_dir: Path, pool: str = "census2", models_dir: Path | None = Non
     with atomic_dir(out_dir, force) as tmp:
         say(f"== 1/3 decompose {len(paths)} models from {folder}")
         parts = decompose(paths, tmp / "parts")
+        parts.out_dir = out_dir / "parts"  # where it will be once the demo's output folder is in place
         say(parts.table())
         say(f"\n== 2/3 fuse tasks {json.dumps(tasks)} on Census-Income")
         result = fuse(tmp / "parts", tasks, "census-income", tmp / "fused",
