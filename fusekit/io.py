@@ -22,16 +22,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def portable_path(path: Path | str, base: Path | str | None = None) -> str:
+def portable_path(path: Path | str, base: Path | str | None = None, *, home: bool = False) -> str:
     """``path`` as written into outputs: relative to ``base`` (default: the working directory).
 
     Records name files relative to the run or the repository, never by an absolute path of
-    the machine that made them; a file on another drive keeps only its name.
+    the machine that made them. With ``home``, a path under the home directory and outside
+    ``base`` is written ``~/...``; a file on another drive keeps only its name.
     """
-    target = Path(path).resolve()
-    start = Path(base).resolve() if base is not None else Path.cwd()
+    start = Path(os.path.abspath(base if base is not None else Path.cwd()))
+    target = Path(os.path.abspath(start / Path(path).expanduser()))
+    if home and target != start and start not in target.parents:
+        user = Path(os.path.abspath(Path.home()))
+        if user in target.parents and user != Path(target.anchor):
+            return "~/" + target.relative_to(user).as_posix()
     try:
-        return os.path.relpath(target, start)
+        return Path(os.path.relpath(target, start)).as_posix()
     except ValueError:  # no relative path across drives
         return target.name
 

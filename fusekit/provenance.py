@@ -26,12 +26,7 @@ PACKAGES = ("torch", "onnx", "onnxruntime", "numpy")
 def portable_path(path: str | os.PathLike, cwd: Path | None = None) -> str:
     """``path`` relative to ``cwd`` (default: the current directory), or ``~/...`` when it is under
     the home directory and not under ``cwd``; never absolute."""
-    cwd = Path(os.path.abspath(cwd or Path.cwd()))
-    absolute = Path(os.path.abspath(cwd / Path(path).expanduser()))
-    home = Path(os.path.abspath(Path.home()))
-    if cwd not in absolute.parents and absolute != cwd and home in absolute.parents and home != Path(absolute.anchor):
-        return "~/" + absolute.relative_to(home).as_posix()
-    return Path(relative_path(absolute, cwd)).as_posix()
+    return relative_path(path, cwd, home=True)
 
 
 def portable_command(argv: Sequence[str], cwd: Path | None = None) -> list[str]:

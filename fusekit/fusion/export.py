@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusekit.decompose.manifest import TASKS_KEY
 from fusekit.errors import FusekitError
 from fusekit.fusion.finetune import deployable_copy
 from fusekit.fusion.model import FusedModel, ProbabilityOutputs
@@ -21,7 +22,7 @@ def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...
     file's metadata_props next to ``fusekit.tasks`` and ``fusekit.version``.
     """
     model = deployable_copy(model.cpu().eval()).eval()
-    meta = {"fusekit.tasks": json.dumps(model.task_names), **(metadata or {})}
+    meta = {TASKS_KEY: json.dumps(model.task_names), **(metadata or {})}
     inputs = ", ".join(model.input_names)
     doc = (f"fusekit fused multi-task model (EMM, {model.options.mode} mode) over source models "
            f"{', '.join(model.model_names)}: inputs {inputs}; one probability output [batch] per task "

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusekit.decompose.manifest import TASK_KEY
 from fusekit.data import FeatureSpec, Split, TabularDataset, load_dataset
 from fusekit.errors import FusekitError
 from fusekit.models.architecture import Architecture
@@ -85,7 +86,7 @@ def export_onnx(model: SingleTaskModel, spec: FeatureSpec, path: Path, sample: S
         sample = Split(np.zeros((4, len(spec.categorical)), np.int64), np.zeros((4, len(spec.dense)), np.float32))
     rows = sample.head(64)
     example = (torch.as_tensor(rows.cat, dtype=torch.int64), torch.as_tensor(rows.dense, dtype=torch.float32))
-    meta = {"fusekit.feature_spec": spec.to_json(), "fusekit.task": model.task, **(extra_metadata or {})}
+    meta = {"fusekit.feature_spec": spec.to_json(), TASK_KEY: model.task, **(extra_metadata or {})}
     doc = (f"fusekit single-task model for task {model.task!r}: inputs categorical int64 [batch, "
            f"{len(spec.categorical)}] and dense float32 [batch, {len(spec.dense)}] encoded by the feature "
            f"specification in metadata 'fusekit.feature_spec'; output {model.task!r}, the probability [batch].")

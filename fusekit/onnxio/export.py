@@ -128,7 +128,7 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
     :mod:`fusekit.onnxio.serving` (every output stays bit-identical).
     """
     from fusekit.onnxio.serving import optimize_for_serving
-    from fusekit.onnxio.sessions import run, session_from_bytes
+    from fusekit.onnxio.sessions import run, session
 
     module = module.cpu().eval()
     wrapper = _Positional(module).eval()
@@ -160,7 +160,7 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
     data = proto.SerializeToString()
     arrays = [t.numpy() for t in rows]
     expected = torch_outputs(module, arrays)
-    sess, _ = session_from_bytes(data)
+    sess, _ = session(data, "cpu", threads=1)
     got = run(sess, dict(zip(input_names, arrays)))
     diff = max_abs_diff(expected, [got[n] for n in output_names])
     if not diff <= tol:

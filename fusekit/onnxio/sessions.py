@@ -63,11 +63,6 @@ def session(model: Path | str | bytes | Any, device: str = "auto", threads: int 
     return sess, used
 
 
-def session_from_bytes(data: bytes):
-    """A CPU session over a serialized model (export checks before the file exists)."""
-    return session(data, "cpu", threads=1)
-
-
 def run(sess, data: Mapping[str, np.ndarray] | Any, batch_size: int = 65536) -> dict[str, np.ndarray]:
     """Run ``sess`` over every row of ``data`` (arrays by input name, or anything with ``arrays()``)
     in batches; outputs by name, concatenated."""
