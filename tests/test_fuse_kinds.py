@@ -110,3 +110,19 @@ def test_labels_that_do_not_fit_the_kind_are_refused(mixed):
     broken = TabularDataset(ds.spec, ds.tasks, ds.train, ds.val, bad, ds.kinds)
     with pytest.raises(FusekitError, match="class index .* is not one of 0..4"):
         prepare(mixed["parts"], mixed["tasks"], broken, FuseOptions(max_rows=200))
+
+
+def test_a_task_trained_below_its_average_gets_the_average_back(mixed, tmp_path):
+    """A learning rate far too high wrecks the trained fusion; per task, the exported model must
+    still score at least the sources' plain average on validation (the untrained model)."""
+    options = FuseOptions(training=TrainConfig(max_epochs=1, lr=10.0, progress=False, device="cpu"), max_rows=1000)
+    result = fuse(mixed["parts"], mixed["tasks"], mixed["ds"], tmp_path / "wild", options)
+    per_task = result.metrics["per_task"]
+    restored = [t for t in TASKS if per_task[t]["restored_average"]]
+    assert restored, per_task  # lr 10 leaves at least one task worse than its average
+    for task in TASKS:
+        entry = per_task[task]
+        assert entry["val_score"] >= entry["average_val_score"] - 1e-6
+        if task in restored:
+            assert entry["trained_val_score"] < entry["average_val_score"]
+            assert entry["test_score"] == pytest.approx(entry["average_test_score"], abs=1e-5)

@@ -167,7 +167,9 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, tas
     the full benchmark goes through ``fuse`` itself (``_fuse_variant``).
     """
     from fusekit.decompose.manifest import Manifest
-    from fusekit.fusion.fuse import build, prepare, train
+    import copy
+
+    from fusekit.fusion.fuse import build, guard, prepare, train
     from fusekit.fusion.report import gate_statistics
     from fusekit.train import evaluate
 
@@ -177,7 +179,10 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, tas
     for seed in seeds:
         plan = prepare(parts, task_models, ds, _fuse_options(fusion_kw, seed, budget, progress))
         model = build(plan)
+        untrained = copy.deepcopy(model.state_dict())
         result = train(plan, model)
+        kept = guard(plan, model, untrained)  # as fuse does: no task below its sources' average on validation
+        row.extra.setdefault("restored_average", []).append(kept.restored)
         test_auc = evaluate(model, test, tasks, "cpu")
         for t in tasks:
             row.auc[t].append(test_auc[t])

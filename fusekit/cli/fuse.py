@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fusekit.cli.args import OptionFlags, add_json, print_json
@@ -129,5 +130,13 @@ def run(args: argparse.Namespace) -> int:
         sources = "  ".join(f"{name} {score:.5f}" for name, score in row["sources"].items())
         print(f"{row['task']:<16}{row['score']:<10}{row['fused']:>9.5f}{row['average']:>9.5f}"
               f"{row['fused'] - row['average']:>+10.5f}  {sources}")
+    for task, entry in m["per_task"].items():
+        if entry.get("restored_average"):
+            print(f"{task}: the trained fusion scored below the sources' average on validation "
+                  f"({entry['trained_val_score']:.5f} < {entry['average_val_score']:.5f}); fused.onnx gives their "
+                  "plain average for this task")
+        elif entry.get("below_average_on_validation"):
+            print(f"warning: {task} scores below the sources' average on validation ({entry['val_score']:.5f} < "
+                  f"{entry['average_val_score']:.5f}); paper mode cannot fall back to the average", file=sys.stderr)
     print(f"wrote {result.out_dir}/fused.onnx (onnxruntime matches torch to {m['onnx_parity_max_abs_diff']:.1e})")
     return 0

@@ -12,6 +12,7 @@ and it is removed once OUT/ is complete.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -344,6 +345,39 @@ def compare(plan: FusePlan, fused: dict[str, np.ndarray], sources: dict[str, np.
     return per_task, rows
 
 
+@dataclass
+class Guard:
+    """Per task, the validation score of the trained model and of the sources' plain average, and
+    the tasks whose trained output was replaced by the average because it scored below it."""
+
+    trained: dict[str, float]
+    average: dict[str, float]
+    restored: list[str]
+    final: dict[str, float]
+
+
+def guard(plan: FusePlan, model: FusedModel, untrained: dict[str, torch.Tensor]) -> Guard:
+    """Keep, per task, the better on validation of the trained output and the untrained one.
+
+    In residual mode the untrained output is exactly the plain average of the task's sources, so
+    the exported model is never below that average on validation; ``untrained`` is the model's
+    state before training. Paper mode has no average inside the network: nothing is restored
+    (the report says which tasks fell below it).
+    """
+    from fusekit.train import evaluate
+
+    trained = evaluate(model, plan.val, plan.task_names, "cpu", kinds=plan.kinds)
+    average = average_scores(plan, plan.val, score_sources(plan, plan.val))
+    below = [t for t in plan.task_names if trained[t] < average[t]]
+    restored = below if plan.options.fusion.mode == "residual" else []
+    if restored:
+        model.restore_tasks(restored, untrained)
+        final = evaluate(model, plan.val, plan.task_names, "cpu", kinds=plan.kinds)
+    else:
+        final = dict(trained)
+    return Guard(trained, average, restored, final)
+
+
 # -- step 5: outputs -------------------------------------------------------------------------------
 @dataclass
 class Exported:
@@ -429,23 +463,26 @@ def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_d
     ``data`` is ``"census-income"``, a CSV/Parquet path (with ``options.labels``), or an already
     loaded TabularDataset. Raises FusekitError on bad input before anything is written.
     """
-    from fusekit.train import CHECKPOINT_NAME, evaluate
+    from fusekit.train import CHECKPOINT_NAME
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     plan = prepare(parts_dir, tasks, data, options, out_dir)
     model = build(plan)
+    untrained = copy.deepcopy(model.state_dict())
     work = _start_work_dir(plan, out_dir)
     result = train(plan, model, work)
-    val_score = evaluate(model, plan.val, plan.task_names, "cpu", kinds=plan.kinds)
+    kept = guard(plan, model, untrained)
     source_out = score_sources(plan)
-    val_average = average_scores(plan, plan.val, score_sources(plan, plan.val))
     with atomic_dir(out_dir, force=plan.options.force) as tmp:
         exported = export(plan, model, tmp / "fused.onnx")
-        # The test AUC is the deployed file's (onnxruntime), so `fusekit eval fused.onnx` prints the same.
-        per_task, rows = compare(plan, exported.outputs, source_out, val_score)
-        for task in plan.task_names:
-            per_task[task]["average_val_score"] = val_average[task]
+        # The test scores are the deployed file's (onnxruntime), so `fusekit eval fused.onnx` prints the same.
+        per_task, rows = compare(plan, exported.outputs, source_out, kept.final)
+        for task, row in zip(plan.task_names, rows):
+            per_task[task].update({"average_val_score": kept.average[task], "trained_val_score": kept.trained[task],
+                                   "restored_average": task in kept.restored,
+                                   "below_average_on_validation": kept.final[task] < kept.average[task]})
+            row["restored_average"] = task in kept.restored
         metrics = write_outputs(plan, model, result, per_task, exported.parity, tmp, work / CHECKPOINT_NAME,
                                 time.perf_counter() - started)
     shutil.rmtree(work, ignore_errors=True)

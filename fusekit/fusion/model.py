@@ -213,6 +213,22 @@ class FusedModel(nn.Module):
             preds[task] = pred
         return preds, stats
 
+    def task_state_keys(self, task: str) -> list[str]:
+        """The state entries that shape ``task``'s output and no other task's: its models'
+        components and heads, their projections, the task's tower and head mix. (AKF's z_t reaches
+        task t's output only through these, so restoring them restores the output.)"""
+        mine = {f".{self.mkey[m]}." for m in self.task_models[task]} | {f".{self.tkey[task]}."}
+        return [k for k in self.state_dict() if any(tag in f".{k}" for tag in mine)
+                or k == f"head_weights.{self.tkey[task]}"]
+
+    def restore_tasks(self, tasks: list[str], state: dict[str, torch.Tensor]) -> None:
+        """Put ``tasks``' own entries back to ``state`` (the untrained model's: in residual mode,
+        exactly the plain average of each task's sources)."""
+        keys = {k for t in tasks for k in self.task_state_keys(t)}
+        current = self.state_dict()
+        current.update({k: state[k].to(current[k].device) for k in keys})
+        self.load_state_dict(current)
+
     def fusion_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters (the components' own only when trained from scratch or fine-tuned)."""
         return [p for p in self.parameters() if p.requires_grad]
