@@ -163,6 +163,15 @@ def test_csv_casts_that_lose_information_are_refused(tmp_path, dtype, values, me
     assert "\n" not in str(info.value)
 
 
+def test_csv_text_that_parses_exactly(tmp_path):
+    # Written by hand: integral floats, signs and padding, quoted names with commas, quoted newlines.
+    (tmp_path / "d.csv").write_text('"a, b",n,"note"\n 3.0 ,+4,"two\nlines"\n-1e2,5,x\n7,,y\n')
+    read = read_named(tmp_path / "d.csv", [InputSpec("a, b", ["batch"], "int64"), InputSpec("n", ["batch"], "float64")])
+    np.testing.assert_array_equal(read.inputs["a, b"], [3, -100, 7])
+    np.testing.assert_array_equal(read.inputs["n"], [4.0, 5.0, np.nan])  # an empty cell is a missing float
+    assert read.ignored == ["note"]
+
+
 def test_numeric_casts():
     where = "d.parquet: column 'x' for input 'x'"
     np.testing.assert_array_equal(cast_values(np.array([1.0, -3.0]), "int64", where), [1, -3])

@@ -80,7 +80,9 @@ def parse_labels(values: Any, kind: str, classes: int | None = None, where: str 
     if kind == "regression":
         x = _as_float64(raw, where, "regression labels must be numbers")
         _refuse(~np.isfinite(x), raw, where, "is not a finite number; regression labels must be finite numbers")
-        _refuse(~np.isfinite(x.astype(np.float32)), raw, where,
+        with np.errstate(over="ignore"):
+            narrowed = x.astype(np.float32)
+        _refuse(~np.isfinite(narrowed), raw, where,
                 "is beyond the float32 range; rescale the regression target")
         return x.astype(np.float32)
     what = "count labels must be non-negative integers" if kind == "count" else \
