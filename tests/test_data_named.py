@@ -234,6 +234,16 @@ def test_labels_in_files(tmp_path):
     np.testing.assert_array_equal(read.labels["purchase"], frame["click"].to_numpy(np.float32))
 
 
+def test_task_kinds_and_inputs_are_checked(tmp_path):
+    path = _csv(tmp_path, _frame())
+    with pytest.raises(FusekitError, match="unknown kind 'ordinal' of task 'click'"):
+        read_named(path, INPUTS, {"click": "ordinal"})
+    with pytest.raises(FusekitError, match="declare input 'flag' twice"):
+        read_named(path, INPUTS + [InputSpec("flag", ["batch"], "bool")])
+    with pytest.raises(FusekitError, match="'flag' is a scalar without a batch dimension"):
+        read_named(path, [InputSpec("flag", [], "bool")])
+
+
 def test_empty_files(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(FusekitError, match="is empty"):

@@ -278,8 +278,14 @@ def _text_to_int(text: np.ndarray, where: str) -> np.ndarray:
         return text.astype(np.int64)
     except (ValueError, OverflowError):
         pass
-    out = []
-    for row, item in enumerate(text.reshape(-1)):
+    per_row = _per_row(text)
+
+    def refuse(pos: int, why: str) -> FusekitError:
+        return FusekitError(f"{literal(where)}: value {quote(str(text.reshape(-1)[pos]))} at row {pos // per_row} "
+                            f"{why}")
+
+    out: list[int] = []
+    for pos, item in enumerate(text.reshape(-1)):
         try:
             out.append(int(item))
             continue
@@ -288,22 +294,18 @@ def _text_to_int(text: np.ndarray, where: str) -> np.ndarray:
         try:
             number = float(item)
         except ValueError:
-            why = "is empty (a missing value)" if not item else "is not a number"
-            raise FusekitError(f"{literal(where)}: value {quote(str(item))} at row {row // _per_row(text)} {why}; "
-                               "give an integer in every row") from None
+            what = "is empty (a missing value)" if not item else "is not a number"
+            raise refuse(pos, f"{what}; give an integer in every row") from None
         if not np.isfinite(number):
-            raise FusekitError(f"{literal(where)}: value {quote(str(item))} at row {row // _per_row(text)} is not a "
-                               "finite number; give an integer in every row")
+            raise refuse(pos, "is not a finite number; give an integer in every row")
         if number != int(number):
-            raise FusekitError(f"{literal(where)}: value {quote(str(item))} at row {row // _per_row(text)} is "
-                               "fractional; an integer input takes whole numbers only")
+            raise refuse(pos, "is fractional; an integer input takes whole numbers only (fusekit never rounds)")
         out.append(int(number))
-    low, high = min(out), max(out)
-    if low < np.iinfo(np.int64).min or high > np.iinfo(np.uint64).max:
-        bad = next(i for i, v in enumerate(out) if v == (low if low < np.iinfo(np.int64).min else high))
-        raise FusekitError(f"{literal(where)}: value {quote(str(text.reshape(-1)[bad]))} at row "
-                           f"{bad // _per_row(text)} is beyond the 64-bit integer range; give smaller integers")
-    dtype = np.uint64 if high > np.iinfo(np.int64).max else np.int64
+    lowest, highest = int(np.iinfo(np.int64).min), int(np.iinfo(np.uint64).max)
+    beyond = next((pos for pos, v in enumerate(out) if v < lowest or v > highest), None)
+    if beyond is not None:
+        raise refuse(beyond, "is beyond the 64-bit integer range; give smaller integers")
+    dtype = np.uint64 if max(out) > np.iinfo(np.int64).max else np.int64
     return np.array(out, dtype=dtype).reshape(text.shape)
 
 
