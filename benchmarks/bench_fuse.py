@@ -34,7 +34,7 @@ from fusekit.decompose.manifest import Manifest  # noqa: E402
 from fusekit.decompose.pipeline import decompose  # noqa: E402
 from fusekit.fusion.export import export_fused  # noqa: E402
 from fusekit.fusion.fuse import build_model  # noqa: E402
-from fusekit.fusion.model import FusionOptions, ProbabilityOutputs  # noqa: E402
+from fusekit.fusion.model import FusionOptions, DeployedOutputs  # noqa: E402
 from fusekit.onnxio.sessions import session  # noqa: E402
 from fusekit.sample_models import sample_pool  # noqa: E402
 from fusekit.train import TrainConfig, fit  # noqa: E402
@@ -88,7 +88,7 @@ def main() -> int:
         print("note: torch timings use an untrained network of the same structure as --fused")
     fused_sess, provider = session(fused_path, "cpu", threads=1)
     source_sess = [session(p, "cpu", threads=1)[0] for p in sources]
-    wrapper = ProbabilityOutputs(model).eval()
+    wrapper = DeployedOutputs(model).eval()
 
     results: dict = {"pool": str(args.pool), "mode": args.mode, "fused_levels": [i + 1 for i in model.fused_levels],
                      "provider": provider, "tasks": tasks,

@@ -19,14 +19,16 @@ class DemoResult:
     provider: str
 
 
-def comparison_table(rows: list[dict], fused_onnx_auc: dict[str, float]) -> str:
-    """Per task: each source model's test AUC, their plain average, and the fused model's."""
-    lines = [f"{'task':<15} {'source models (test AUC)':<48} {'average':>8} {'fused':>8} {'gain':>9}"]
+def comparison_table(rows: list[dict], fused_onnx_scores: dict[str, float]) -> str:
+    """Per task: each source model's test score (AUC, accuracy or R2), their plain average, and the fused model's."""
+    from fusekit.task_kinds import SCORE_LABEL
+
+    lines = [f"{'task':<15} {'metric':<9} {'source models (test)':<48} {'average':>8} {'fused':>8} {'gain':>9}"]
     for row in rows:
         sources = ", ".join(f"{m} {a:.5f}" for m, a in row["sources"].items())
-        fused = fused_onnx_auc[row["task"]]
-        lines.append(f"{row['task']:<15} {sources:<48} {row['average']:>8.5f} {fused:>8.5f} "
-                     f"{fused - row['average']:>+9.5f}")
+        fused = fused_onnx_scores[row["task"]]
+        lines.append(f"{row['task']:<15} {SCORE_LABEL[row['score']]:<9} {sources:<48} {row['average']:>8.5f} "
+                     f"{fused:>8.5f} {fused - row['average']:>+9.5f}")
     return "\n".join(lines)
 
 
@@ -64,7 +66,7 @@ def run_demo(out_dir: Path, pool: str = "census2", models_dir: Path | None = Non
         say(f"   {result.metrics['epochs']} epochs, {result.metrics['train_seconds']:.0f} s on {result.metrics['device']}")
         say("\n== 3/3 evaluate fused.onnx with onnxruntime on the test split")
         evaluation = evaluate_onnx(tmp / "fused" / "fused.onnx", "census-income", device=device, data_dir=data_dir)
-        table = comparison_table(result.rows, evaluation.auc)
+        table = comparison_table(result.rows, evaluation.scores)
         say(f"execution provider: {evaluation.provider}; {evaluation.rows} test rows")
         say(table)
     say(f"\noutputs in {out_dir}/ (parts/, fused/fused.onnx, fused/metrics.json, plots)")

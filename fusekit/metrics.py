@@ -29,3 +29,44 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     ranks = np.empty(scores.size, dtype=np.float64)
     ranks[order] = np.repeat(avg_rank, ends - starts)
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean negative log-likelihood: binary (``probabilities`` [N] of class 1) or multiclass
+    (``probabilities`` [N, K], ``labels`` class indices)."""
+    labels = np.asarray(labels).reshape(-1)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] > 1:
+        picked = p[np.arange(len(labels)), labels.astype(np.int64)]
+    else:
+        p = p.reshape(-1)
+        picked = np.where(labels.astype(bool), p, 1.0 - p)
+    return float(-np.mean(np.log(np.clip(picked, eps, 1.0))))
+
+
+def accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Share of rows whose most probable class ([N, K]) is the label."""
+    return float(np.mean(np.argmax(np.asarray(probabilities), axis=1) == np.asarray(labels).reshape(-1)))
+
+
+def macro_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean one-vs-rest AUC over the classes present with both signs in ``labels``."""
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    scores = [roc_auc(labels == k, p[:, k]) for k in range(p.shape[1]) if 0 < int(np.sum(labels == k)) < len(labels)]
+    if not scores:
+        raise FusekitError("macro AUC is undefined when the labels hold a single class; use more rows")
+    return float(np.mean(scores))
+
+
+def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R² (1 - SSE/SST; 0 when the targets are constant and matched exactly)."""
+    y = np.asarray(targets, dtype=np.float64).reshape(-1)
+    f = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    if y.shape != f.shape:
+        raise FusekitError(f"regression metrics need as many predictions as targets ({f.size} vs {y.size})")
+    err = f - y
+    sst = float(np.sum((y - y.mean()) ** 2))
+    sse = float(np.sum(err ** 2))
+    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))),
+            "r2": 1.0 - sse / sst if sst > 0 else (1.0 if sse == 0 else -np.inf)}

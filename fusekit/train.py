@@ -1,8 +1,11 @@
 """The one training loop of fusekit: single-task models, the fusion network and the baselines.
 
-A model takes ``(cat, dense)`` tensors and returns ``{task: logits [B]}``. Only parameters with
+A model takes its inputs as tensors, in the order of its ``input_names`` (fusekit's tabular
+models: ``categorical``, ``dense``), and returns ``{task: prediction}`` in the training space of
+each task's kind (fusekit/task_kinds.py: a logit, K logits, a value). Only parameters with
 ``requires_grad`` are optimised, so frozen components stay frozen. Data stays in memory as
 tensors on the training device; batches are slices of a seeded permutation (no per-row Python).
+Early stopping watches the mean over tasks of each kind's score (AUC, accuracy, R²).
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ from torch import nn
 from fusekit.data.dataset import Split
 from fusekit.errors import FusekitError, OptionError, TrainingInterrupted
 from fusekit.io import atomic_file
-from fusekit.metrics import roc_auc
 from fusekit.options import literal
 from fusekit.seeding import seed_everything
+from fusekit.task_kinds import BINARY, TaskKind
 from fusekit.train_config import DEVICES, TrainConfig  # noqa: F401  (TrainConfig's home before train_config.py)
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -35,8 +38,8 @@ class EpochRecord:
 
     epoch: int
     train_loss: float
-    val_auc: dict[str, float]
-    mean_val_auc: float
+    val_score: dict[str, float]  # per task, its kind's score (AUC for binary tasks)
+    mean_val_score: float
     seconds: float
 
 
@@ -46,7 +49,7 @@ class TrainResult:
 
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_auc: dict[str, float] = field(default_factory=dict)
+    best_val_score: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     device: str = "cpu"
     amp: bool = False
@@ -69,40 +72,64 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _tensors(split: Split, tasks: list[str], device: torch.device):
+def input_names_of(model: nn.Module, split: Split) -> list[str]:
+    """The order in which ``model`` takes the split's inputs: its ``input_names``, else the split's."""
+    names = list(getattr(model, "input_names", None) or split.inputs)
+    missing = [n for n in names if n not in split.inputs]
+    if missing:
+        raise FusekitError(f"the data has no input(s) {literal(', '.join(missing))} that the model takes "
+                           f"(the data holds {literal(', '.join(split.inputs))}); give data with those inputs")
+    return names
+
+
+def kinds_of(model: nn.Module, tasks: list[str], kinds: dict[str, TaskKind] | None = None) -> dict[str, TaskKind]:
+    """Each task's kind: given, else the model's ``task_kinds``, else binary."""
+    known = dict(getattr(model, "task_kinds", None) or {})
+    known.update(kinds or {})
+    return {t: known.get(t, BINARY) for t in tasks}
+
+
+def _as_tensor(array: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    tensor = torch.from_numpy(np.require(array, requirements=["C", "W"]))  # torch cannot wrap read-only arrays
+    return tensor.to(device) if device is not None else tensor
+
+
+def _tensors(split: Split, names: list[str], tasks: list[str], kinds: dict[str, TaskKind], device: torch.device):
     missing = [t for t in tasks if t not in split.labels]
     if missing:
         raise FusekitError(f"the data has no labels for task(s) {', '.join(missing)}; give labels for every task")
-    cat = torch.as_tensor(split.cat, dtype=torch.int64, device=device)
-    dense = torch.as_tensor(split.dense, dtype=torch.float32, device=device)
-    labels = torch.stack([torch.as_tensor(split.labels[t], dtype=torch.float32) for t in tasks], 1).to(device)
-    return cat, dense, labels
+    inputs = [_as_tensor(split.inputs[n], device) for n in names]
+    labels = [_as_tensor(np.asarray(split.labels[t], dtype=kinds[t].label_dtype), device) for t in tasks]
+    return inputs, labels
 
 
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, tasks: list[str], device: torch.device | str | None = None,
-            batch_size: int = 16384) -> dict[str, np.ndarray]:
-    """Probabilities per task for every row of ``split`` (model in eval mode)."""
+            batch_size: int = 16384, kinds: dict[str, TaskKind] | None = None) -> dict[str, np.ndarray]:
+    """Deployed outputs per task for every row of ``split`` (model in eval mode): probabilities of
+    binary and multiclass tasks (or logits, when that is the task's output form), values otherwise."""
     device = torch.device(device) if device is not None else next(
         (t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
+    kinds = kinds_of(model, tasks, kinds)
+    names = input_names_of(model, split)
     was_training = model.training
     model.eval()
-    cat = torch.as_tensor(split.cat, dtype=torch.int64)
-    dense = torch.as_tensor(split.dense, dtype=torch.float32)
+    inputs = [_as_tensor(split.inputs[n]) for n in names]
     out: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     for start in range(0, len(split), batch_size):
-        logits = model(cat[start:start + batch_size].to(device), dense[start:start + batch_size].to(device))
+        preds = model(*[x[start:start + batch_size].to(device) for x in inputs])
         for t in tasks:
-            out[t].append(torch.sigmoid(logits[t].float()).cpu().numpy())
+            out[t].append(kinds[t].deployed(preds[t].float()).cpu().numpy())
     model.train(was_training)
-    return {t: np.concatenate(v) if v else np.zeros(0, np.float32) for t, v in out.items()}
+    return {t: np.concatenate(v) if v else np.zeros((0, *kinds[t].shape), np.float32) for t, v in out.items()}
 
 
 def evaluate(model: nn.Module, split: Split, tasks: list[str], device: torch.device | str | None = None,
-             batch_size: int = 16384) -> dict[str, float]:
-    """Test AUC per task."""
-    probs = predict(model, split, tasks, device, batch_size)
-    return {t: roc_auc(split.labels[t], probs[t]) for t in tasks}
+             batch_size: int = 16384, kinds: dict[str, TaskKind] | None = None) -> dict[str, float]:
+    """Each task's score on ``split`` (its kind's: AUC for binary tasks, accuracy, R²)."""
+    kinds = kinds_of(model, tasks, kinds)
+    outputs = predict(model, split, tasks, device, batch_size, kinds)
+    return {t: kinds[t].score(split.labels[t], outputs[t]) for t in tasks}
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -141,8 +168,10 @@ def _progress_line(text: str, tqdm=None) -> None:
 
 
 def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: TrainConfig | None = None,
-        on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
-    """Train ``model`` with Adam on the summed-over-tasks mean BCE; early-stop on mean val AUC.
+        on_epoch: Callable[[EpochRecord], None] | None = None,
+        kinds: dict[str, TaskKind] | None = None) -> TrainResult:
+    """Train ``model`` with Adam on the sum over tasks of each kind's mean loss; early-stop on the
+    mean validation score (``kinds``: each task's kind, default the model's ``task_kinds`` or binary).
 
     Returns the history; the model ends with the best epoch's weights. With
     ``config.checkpoint_dir`` a checkpoint is written after every epoch and
@@ -164,8 +193,9 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     optimizer = torch.optim.Adam([{"params": g["params"], "lr": config.lr * g["lr_scale"]} for g in groups if g["params"]],
                                  lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    cat, dense, labels = _tensors(train, tasks, device)
-    loss_fn = nn.BCEWithLogitsLoss()
+    kinds = kinds_of(model, tasks, kinds)
+    names = input_names_of(model, train)
+    inputs, labels = _tensors(train, names, tasks, kinds, device)
 
     result = TrainResult(device=str(device), amp=use_amp)
     best_score = -math.inf
@@ -189,7 +219,7 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
         bad_epochs = state["bad_epochs"]
         result.best_epoch = state["best_epoch"]
         result.history = [EpochRecord(**r) for r in state["history"]]
-        result.best_val_auc = dict(state["best_val_auc"])
+        result.best_val_score = dict(state["best_val_score"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"] + 1
@@ -212,8 +242,8 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
             for i, start in enumerate(bar):
                 idx = order[start:start + config.batch_size]
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    out = model(cat[idx], dense[idx])
-                    loss = sum(loss_fn(out[t].float().reshape(-1), labels[idx, k]) for k, t in enumerate(tasks))
+                    out = model(*[x[idx] for x in inputs])
+                    loss = sum(kinds[t].loss(out[t], labels[k][idx]) for k, t in enumerate(tasks))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -226,27 +256,27 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                 where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path else ""
                 raise OptionError(f"training loss became {train_loss} in epoch {epoch}{literal(where)}; lower {{lr}} "
                                   "and retry", owner="TrainConfig")
-            val_auc = evaluate(model, val, tasks, device, config.eval_batch_size)
-            mean_auc = float(np.mean(list(val_auc.values())))
-            record = EpochRecord(epoch, train_loss, val_auc, mean_auc, time.perf_counter() - t0)
+            val_score = evaluate(model, val, tasks, device, config.eval_batch_size, kinds)
+            mean_score = float(np.mean(list(val_score.values())))
+            record = EpochRecord(epoch, train_loss, val_score, mean_score, time.perf_counter() - t0)
             result.history.append(record)
-            if mean_auc > best_score:
-                best_score, bad_epochs = mean_auc, 0
+            if mean_score > best_score:
+                best_score, bad_epochs = mean_score, 0
                 best_state = copy.deepcopy(model.state_dict())
-                result.best_epoch, result.best_val_auc = epoch, dict(val_auc)
+                result.best_epoch, result.best_val_score = epoch, dict(val_score)
             else:
                 bad_epochs += 1
             if ckpt_path is not None:
                 _save_checkpoint(ckpt_path, {
                     "epoch": epoch, "tasks": list(tasks), "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "best_model": best_state, "best_score": best_score,
-                    "best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc,
+                    "best_epoch": result.best_epoch, "best_val_score": result.best_val_score,
                     "bad_epochs": bad_epochs, "history": [asdict(r) for r in result.history],
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 })
             if config.progress:
-                _progress_line(f"epoch {epoch}: loss {train_loss:.4f}, validation AUC "
-                               + ", ".join(f"{t} {a:.5f}" for t, a in val_auc.items())
+                _progress_line(f"epoch {epoch}: loss {train_loss:.4f}, validation: "
+                               + ", ".join(f"{t} {kinds[t].score_label} {a:.5f}" for t, a in val_score.items())
                                + (" (best so far)" if bad_epochs == 0 else ""), tqdm)
             if on_epoch is not None:
                 on_epoch(record)

@@ -67,13 +67,13 @@ def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(
     lines = fused["stdout"].splitlines()
     for task, models in TASKS.items():
         entry = metrics["per_task"][task]
-        assert set(entry["sources_test_auc"]) == set(models)
+        assert set(entry["sources_test_score"]) == set(models)
         row = next(line for line in lines if line.startswith(task + " "))
         # fused, average, then every source model with its AUC, as in metrics.json
-        assert f"{entry['test_auc']:.5f}" in row and f"{entry['average_test_auc']:.5f}" in row
-        assert f"{entry['test_auc'] - entry['average_test_auc']:+.5f}" in row
+        assert f"{entry['test_score']:.5f}" in row and f"{entry['average_test_score']:.5f}" in row
+        assert f"{entry['test_score'] - entry['average_test_score']:+.5f}" in row
         for m in models:
-            assert f"{m} {entry['sources_test_auc'][m]:.5f}" in row
+            assert f"{m} {entry['sources_test_score'][m]:.5f}" in row
     proto = onnx.load(str(out / "fused.onnx"))
     assert [o.name for o in proto.graph.output] == list(TASKS)
     assert [i.name for i in proto.graph.input] == ["categorical", "dense"]
@@ -87,7 +87,7 @@ def test_fuse_prints_fused_auc_beside_sources_and_average_and_writes_everything(
     # Outputs name no absolute path; the training curves' reference is the validation average.
     assert not metrics["parts"].startswith("/") and (out / metrics["parts"] / "manifest.json").is_file()
     for task in TASKS:
-        assert 0.5 < metrics["per_task"][task]["average_val_auc"] < 1.0
+        assert 0.5 < metrics["per_task"][task]["average_val_score"] < 1.0
     gates = json.loads((out / "gates.json").read_text())
     levels = json.loads((pool["parts"] / "manifest.json").read_text())["levels"]
     assert [lv["level"] for lv in gates["levels"]] == [levels]  # residual mode fuses at the last level
@@ -104,18 +104,18 @@ def test_eval_reports_the_same_auc_for_the_fused_model_and_works_on_sources(fuse
     text = capsys.readouterr().out
     assert "CPUExecutionProvider" in text
     for task in TASKS:
-        assert f"{task:<16} AUC {metrics['per_task'][task]['test_auc']:.5f}" in text
+        assert f"{task:<16} AUC {metrics['per_task'][task]['test_score']:.5f}" in text
     assert main(["eval", str(fused["out"] / "fused.onnx"), "--data", str(pool["csv"]), *LABEL_ARGS,
                  "--device", "cpu", "--split-seed", "0", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["split"] == "test" and data["split_seed"] == 0 and data["provider"] == "CPUExecutionProvider"
-    assert data["auc"] == pytest.approx({t: metrics["per_task"][t]["test_auc"] for t in TASKS}, abs=1e-12)
+    assert data["scores"] == pytest.approx({t: metrics["per_task"][t]["test_score"] for t in TASKS}, abs=1e-12)
     source = TASKS["income"][0]
     assert main(["eval", str(pool["models"][source]), "--data", str(pool["csv"]), "--label", "income=income"]) == 0
     text = capsys.readouterr().out
     # metrics.json scored the source through fusekit's torch interpreter, eval through onnxruntime:
     # the barely trained fixture has near-tied scores whose order can differ at 1e-7, hence 4 decimals.
-    assert f"AUC {metrics['per_task']['income']['sources_test_auc'][source]:.4f}" in text
+    assert f"AUC {metrics['per_task']['income']['sources_test_score'][source]:.4f}" in text
 
 
 def test_predict_writes_one_probability_column_per_task(fused, pool, tmp_path, capsys):

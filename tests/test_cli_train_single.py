@@ -39,13 +39,13 @@ def test_csv_training_prints_auc_and_writes_model(tmp_path, capsys):
                           "-q", "--json", "-o", str(out_path))
     assert code == 0, err
     result = json.loads(out)
-    assert result["test_auc"] > 0.8 and result["path"] == str(out_path)
+    assert result["score"] == "auc" and result["test_score"] > 0.8 and result["path"] == str(out_path)
     meta = {p.key: p.value for p in onnx.load(str(out_path)).metadata_props}
     spec = FeatureSpec.from_json(meta["fusekit.feature_spec"])
     assert spec.columns == ["shop", "price"] and meta["fusekit.task"] == "click"
     # the ONNX file gives the reported test AUC on the same split
     ds = load_dataset(data, ["click"], labels={"click": "clicked"}, spec=spec)
-    assert roc_auc(ds.test.labels["click"], onnx_probabilities(out_path, ds.test)) == pytest.approx(result["test_auc"], abs=1e-6)
+    assert roc_auc(ds.test.labels["click"], onnx_probabilities(out_path, ds.test)) == pytest.approx(result["test_score"], abs=1e-6)
 
 
 def test_census_pool_tasks_and_holdout(tmp_path, capsys, census_dir):

@@ -4,7 +4,7 @@ from fusekit.data.dataset import Split
 
 
 def make(n):
-    return Split(np.arange(n * 2).reshape(n, 2), np.arange(n, dtype=np.float32)[:, None],
+    return Split.tabular(np.arange(n * 2).reshape(n, 2), np.arange(n, dtype=np.float32)[:, None],
                  {"t": (np.arange(n) % 2).astype(np.float32)})
 
 

@@ -4,7 +4,7 @@ from fusekit.demo import comparison_table
 
 
 def test_comparison_table_shows_gain_over_the_average():
-    rows = [{"task": "income", "sources": {"a": 0.95, "b": 0.94}, "average": 0.951}]
+    rows = [{"task": "income", "score": "auc", "sources": {"a": 0.95, "b": 0.94}, "average": 0.951}]
     text = comparison_table(rows, {"income": 0.953})
     assert "a 0.95000, b 0.94000" in text and "+0.00200" in text
 

@@ -31,14 +31,14 @@ def quick_options(**kw):
 # -- tests ----------------------------------------------------------------------------------------
 def test_residual_model_over_real_parts_starts_at_the_source_ensemble(pool):
     from fusekit.fusion.fuse import build_model
-    from fusekit.fusion.model import FusionOptions, ProbabilityOutputs
+    from fusekit.fusion.model import FusionOptions, DeployedOutputs
     from fusekit.onnxio.sessions import run, session
 
     manifest = Manifest.load(pool["parts"])
     model = build_model(manifest, TASKS, FusionOptions(mode="residual")).eval()
     test = pool["ds"].test
     with torch.no_grad():
-        fused = ProbabilityOutputs(model)(torch.as_tensor(test.cat), torch.as_tensor(test.dense))
+        fused = DeployedOutputs(model)(torch.as_tensor(test.cat), torch.as_tensor(test.dense))
     for task, probs in zip(model.task_names, fused):
         # The untrained fused model is the plain average of the original ONNX models (run by onnxruntime).
         sources = [run(session(pool["models"][m], "cpu")[0], test)[task] for m in TASKS[task]]
@@ -102,7 +102,7 @@ def test_from_scratch_components_are_trainable_copies_with_fresh_weights(pool):
 @pytest.mark.parametrize("finetune", ["heads", "last", "all"])
 def test_finetuning_trains_the_chosen_source_weights_slower_and_starts_at_the_ensemble(pool, finetune):
     from fusekit.fusion.fuse import build_model
-    from fusekit.fusion.model import FusionOptions, ProbabilityOutputs
+    from fusekit.fusion.model import FusionOptions, DeployedOutputs
     from fusekit.train import TrainConfig, fit
 
     manifest = Manifest.load(pool["parts"])
@@ -120,7 +120,7 @@ def test_finetuning_trains_the_chosen_source_weights_slower_and_starts_at_the_en
     test = pool["ds"].test
     inputs = (torch.as_tensor(test.cat[:64]), torch.as_tensor(test.dense[:64]))
     with torch.no_grad():  # trainable copies of the trained weights: the same function at the start
-        for a, b in zip(ProbabilityOutputs(frozen)(*inputs), ProbabilityOutputs(model)(*inputs)):
+        for a, b in zip(DeployedOutputs(frozen)(*inputs), DeployedOutputs(model)(*inputs)):
             assert torch.allclose(a, b, atol=1e-6)
     head = next(p for n, p in model.named_parameters() if n.startswith("heads."))
     before = head.detach().clone()

@@ -7,7 +7,7 @@ from torch import nn
 
 from fusekit.errors import FusekitError
 from fusekit.decompose.manifest import Boundary, Manifest
-from fusekit.fusion.model import FusedModel, FusionOptions, ProbabilityOutputs, SourceModel
+from fusekit.fusion.model import FusedModel, FusionOptions, DeployedOutputs, SourceModel
 
 
 TASKS = {"a": ["a1", "a2"], "b": ["b1"], "c": ["c1", "c.v2"]}  # "." is not allowed in torch module keys
@@ -75,7 +75,7 @@ def _model(mode: str = "residual", **kw) -> tuple[FusedModel, dict]:
 def test_residual_mode_starts_exactly_at_the_average_of_the_source_models(fuse_at):
     model, sources = _model("residual", fuse_at=fuse_at)
     cat, dense = _inputs()
-    probs = ProbabilityOutputs(model)(cat, dense)
+    probs = DeployedOutputs(model)(cat, dense)
     for task, p in zip(model.task_names, probs):
         average = torch.stack([_source_prob(sources[m], cat, dense) for m in TASKS[task]]).mean(0)
         assert torch.allclose(p, average, atol=1e-6), task

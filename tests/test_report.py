@@ -37,7 +37,7 @@ def _fused(use_mtm: bool = True) -> FusedModel:
 
 def _split(rows: int = 300) -> Split:
     rng = np.random.default_rng(0)
-    return Split(rng.integers(0, 5, (rows, 4)).astype(np.int64), rng.normal(size=(rows, 3)).astype(np.float32),
+    return Split.tabular(rng.integers(0, 5, (rows, 4)).astype(np.int64), rng.normal(size=(rows, 3)).astype(np.float32),
                  {t: rng.integers(0, 2, rows).astype(np.float32) for t in TASKS})
 
 
@@ -51,8 +51,8 @@ def _history(tasks: list[str], means: list[float]) -> list[dict]:
     out = []
     for epoch, mean in enumerate(means, start=1):
         val = {t: mean + 0.001 * (i - (len(tasks) - 1) / 2) for i, t in enumerate(tasks)}
-        out.append({"epoch": epoch, "train_loss": 0.5 / epoch, "val_auc": val,
-                    "mean_val_auc": float(np.mean(list(val.values()))), "seconds": 0.1})
+        out.append({"epoch": epoch, "train_loss": 0.5 / epoch, "val_score": val,
+                    "mean_val_score": float(np.mean(list(val.values()))), "seconds": 0.1})
     return out
 
 
@@ -95,7 +95,7 @@ def test_training_figure_marks_the_best_epoch_and_the_sources_average_in_every_t
             assert "validation AUC" in ax.get_ylabel() and "not from 0" in ax.get_ylabel()
             # Zoomed, yet the reference line and every epoch are inside the visible range.
             low, high = ax.get_ylim()
-            values = [r["val_auc"][task] for r in _history(tasks, MEANS)] + [reference[task]]
+            values = [r["val_score"][task] for r in _history(tasks, MEANS)] + [reference[task]]
             assert 0.9 < low < min(values) and max(values) < high < 1.0
         assert _vertical_at(panels["training loss (all tasks)"], 3)
         labels = [t.get_text() for t in fig.legends[0].get_texts()]

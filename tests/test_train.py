@@ -51,7 +51,7 @@ def test_learns_real_census_tasks(small):
     result = fit(model, train, val, TASKS, TrainConfig(max_epochs=4, batch_size=128, lr=3e-3, progress=False))
     auc = evaluate(model, val, TASKS)
     assert auc["income"] > 0.85 and auc["never_married"] > 0.95
-    assert result.best_val_auc == pytest.approx(auc)
+    assert result.best_val_score == pytest.approx(auc)
     assert result.device == "cpu" and result.amp is False
 
 
@@ -122,6 +122,6 @@ def test_epoch_lines_go_to_stderr_and_bars_only_to_a_terminal(small, capsys):
     assert out == ""  # stdout is for results only
     lines = err.splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["epoch 1", "epoch 2"], err
-    assert "validation AUC income" in lines[0] and "\r" not in err  # captured stderr is no terminal: no bar
+    assert "validation: income AUC" in lines[0] and "\r" not in err  # captured stderr is no terminal: no bar
     fit(build(spec), train, val, TASKS, TrainConfig(max_epochs=1, batch_size=512, progress=False))
     assert capsys.readouterr() == ("", "")

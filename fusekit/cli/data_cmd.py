@@ -50,7 +50,8 @@ def run_info(args: argparse.Namespace) -> int:
         "rows": {"train": len(train), "test": len(test)},
         "positive_rate": {t: {"train": round(float(census.task_labels(train, t).mean()), 4),
                               "test": round(float(census.task_labels(test, t).mean()), 4)} for t in census.TASKS},
-        "task_source_columns": {t: column for t, (column, _) in census.TASKS.items()},
+        "task_source_columns": {t: task.column for t, task in census.TASKS.items()},
+        "task_kinds": {t: task.kind for t, task in census.TASKS.items()},
         "categorical_columns": len(census.CATEGORICAL),
         "dense_columns": len(census.DENSE),
     }

@@ -43,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
         metrics = json.loads((Path(result.out_dir) / "fused" / "metrics.json").read_text())
         print_json({"out_dir": str(result.out_dir), "fused_onnx": str(Path(result.out_dir) / "fused" / "fused.onnx"),
                     "provider": result.provider, "tasks": metrics["tasks"], "per_task": metrics["per_task"],
-                    "mean_test_auc": metrics["mean_test_auc"], "epochs": metrics["epochs"]})
+                    "mean_test_score": metrics["mean_test_score"], "epochs": metrics["epochs"]})
     return 0

@@ -1,4 +1,4 @@
-"""``fusekit eval MODEL.onnx --data census-income``: per-task AUC with onnxruntime."""
+"""``fusekit eval MODEL.onnx --data census-income``: per-task metrics with onnxruntime."""
 from __future__ import annotations
 
 import argparse
@@ -14,10 +14,12 @@ SPLITS = ("train", "val", "test")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command."""
-    p = subparsers.add_parser("eval", help="per-task AUC of an ONNX model (source or fused) with onnxruntime")
+    p = subparsers.add_parser("eval", help="per-task metrics of an ONNX model (source or fused) with onnxruntime")
     p.add_argument("model", type=Path, help="ONNX model written by fusekit")
     p.add_argument("--data", required=True, help="census-income, or a CSV/Parquet file")
     p.add_argument("--label", action="append", metavar="TASK=COLUMN", help="label column of an output in a CSV/Parquet file")
+    p.add_argument("--task-kind", action="append", metavar="OUTPUT=KIND",
+                   help="an output's kind (binary, multiclass, regression, count); default: detected")
     flags = OptionFlags(p)
     flags.spell("evaluate_onnx()", labels="--label")
     flags.add(FuseOptions, "data_dir")
@@ -37,12 +39,15 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate_onnx(args.model, args.data, labels=parse_labels(args.label), split=args.split,
                            device=args.device, batch_size=args.batch_size, data_dir=args.data_dir,
-                           seed=args.split_seed)
+                           seed=args.split_seed, task_kinds=parse_labels(args.task_kind, "--task-kind", "kind"))
     if args.json:
         print_json({"model": str(args.model), "split": result.split, "rows": result.rows,
-                    "provider": result.provider, "split_seed": args.split_seed, "auc": result.auc})
+                    "provider": result.provider, "split_seed": args.split_seed, "scores": result.scores,
+                    "metrics": result.metrics, "kinds": {t: k.to_dict() for t, k in result.kinds.items()}})
         return 0
     print(f"{args.model} on {result.rows} {result.split} rows with onnxruntime ({result.provider})")
-    for task, auc in result.auc.items():
-        print(f"{task:<16} AUC {auc:.5f}")
+    for task, metrics in result.metrics.items():
+        kind = result.kinds[task]
+        others = ", ".join(f"{name} {value:.5f}" for name, value in metrics.items() if name != kind.score_name)
+        print(f"{task:<16} {kind.score_label} {metrics[kind.score_name]:.5f}  ({kind.kind}; {others})")
     return 0

@@ -24,15 +24,15 @@ def parse_tasks(items: list[str]) -> dict[str, list[str]]:
     return tasks
 
 
-def parse_labels(items: list[str] | None) -> dict[str, str] | None:
-    """``["income=y"]`` -> ``{"income": "y"}``."""
+def parse_labels(items: list[str] | None, flag: str = "--label", value: str = "column") -> dict[str, str] | None:
+    """``["income=y"]`` -> ``{"income": "y"}`` (for ``--label``, ``--task-kind``, ``--task-output``)."""
     if not items:
         return None
     labels = {}
     for item in items:
         task, sep, column = item.partition("=")
         if not sep or not task or not column:
-            raise FusekitError(f"cannot read --label {item!r}; write task=column")
+            raise FusekitError(f"cannot read {flag} {item!r}; write task={value}")
         labels[task] = column
     return labels
 
@@ -49,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", metavar="TASK=M1,M2", help="models of each task")
     p.add_argument("--data", help="census-income, or a CSV/Parquet file")
     p.add_argument("--label", action="append", metavar="TASK=COLUMN", help="label column of a task in a CSV/Parquet file")
+    p.add_argument("--task-kind", action="append", metavar="TASK=KIND",
+                   help="a task's kind: binary, multiclass, regression or count (binary:logit names the output form "
+                        "too); default: detected from how the sources' outputs end")
+    p.add_argument("--task-output", action="append", metavar="TASK=OUTPUT",
+                   help="the source models' output that serves the task, for models with several outputs")
     p.add_argument("-o", "--output", type=Path, help="output directory")
     p.add_argument("--config", type=Path, metavar="RUN.toml",
                    help="read options from this TOML file (keys: the option names, e.g. batch-size = 512)")
@@ -78,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add(FuseOptions, "force")
     flags.add(TrainConfig, "progress", "-q", "--quiet", help="no per-epoch lines or progress bars on stderr")
     flags.spell("fuse()", tasks="--tasks", out_dir="-o")
-    flags.spell("FuseOptions", labels="--label")
+    flags.spell("FuseOptions", labels="--label", task_kinds="--task-kind", outputs="--task-output")
     add_json(p)
     p.set_defaults(run=run, _parser=p)
 
@@ -88,6 +93,8 @@ def options_from_args(args: argparse.Namespace) -> FuseOptions:
     flags: OptionFlags = args._option_flags
     return flags.build(FuseOptions, args, fusion=flags.build(FusionOptions, args),
                        training=flags.build(TrainConfig, args), labels=parse_labels(args.label),
+                       task_kinds=parse_labels(args.task_kind, "--task-kind", "kind"),
+                       outputs=parse_labels(args.task_output, "--task-output", "output"),
                        command=["fusekit", *getattr(args, "_argv", [])])
 
 
@@ -110,17 +117,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"out_dir": str(result.out_dir), "fused_onnx": str(Path(result.out_dir) / "fused.onnx"),
                     "tasks": tasks, "mode": options.fusion.mode, "per_task": m["per_task"],
-                    "mean_test_auc": m["mean_test_auc"], "epochs": m["epochs"], "best_epoch": m["best_epoch"],
+                    "mean_test_score": m["mean_test_score"], "epochs": m["epochs"], "best_epoch": m["best_epoch"],
                     "device": m["device"], "rows": m["rows"], "total_seconds": m["total_seconds"],
                     "onnx_parity_max_abs_diff": m["onnx_parity_max_abs_diff"]})
         return 0
     print(f"fused {len(tasks)} tasks ({options.fusion.mode} mode) on {m['device']} in {m['total_seconds']:.0f} s, "
           f"{m['epochs']} epochs (best {m['best_epoch']}), trained on {m['rows']['train']} rows "
           f"({m['rows']['train_source']})")
-    print(f"{'task':<16}{'fused':>9}{'average':>9}{'gain':>10}  sources (test AUC)")
+    print(f"{'task':<16}{'metric':<10}{'fused':>9}{'average':>9}{'gain':>10}  sources (test)")
     for row in result.rows:
-        sources = "  ".join(f"{name} {auc:.5f}" for name, auc in row["sources"].items())
-        print(f"{row['task']:<16}{row['fused']:>9.5f}{row['average']:>9.5f}{row['fused'] - row['average']:>+10.5f}  "
-              f"{sources}")
+        sources = "  ".join(f"{name} {score:.5f}" for name, score in row["sources"].items())
+        print(f"{row['task']:<16}{row['score']:<10}{row['fused']:>9.5f}{row['average']:>9.5f}"
+              f"{row['fused'] - row['average']:>+10.5f}  {sources}")
     print(f"wrote {result.out_dir}/fused.onnx (onnxruntime matches torch to {m['onnx_parity_max_abs_diff']:.1e})")
     return 0

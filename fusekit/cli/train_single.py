@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     """Parse options, train, print the test AUC."""
     from fusekit.data import load_dataset
     from fusekit.models.single import train_single
+    from fusekit.task_kinds import SCORE_LABEL
 
     labels = {}
     for item in args.label:
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_dict())
     else:
-        print(f"{result.task}: test AUC {result.test_auc:.5f} (validation {result.val_auc:.5f}, best epoch "
+        print(f"{result.task}: test {SCORE_LABEL[result.score]} {result.test_score:.5f} (validation {result.val_score:.5f}, best epoch "
               f"{result.best_epoch}/{result.epochs}, {result.train_rows} training rows, "
               f"{result.rows_per_second:,.0f} rows/s)")
         print(f"wrote {result.path}")

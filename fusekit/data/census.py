@@ -18,6 +18,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +51,51 @@ COLLEGE = {
     "Masters degree(MA MS MEng MEd MSW MBA)", "Prof school degree (MD DDS DVM LLB JD)",
     "Doctorate degree(PhD EdD)",
 }
-# task -> (source column removed from the inputs, positive values)
-TASKS: dict[str, tuple[str, set[str]]] = {
-    "income": (LABEL, {"50000+."}),
-    "never_married": ("marital_stat", {"Never married"}),
-    "education": ("education", COLLEGE),
+# Education in five ordered classes, for the multiclass task "education_level".
+EDUCATION_LEVELS: list[set[str]] = [
+    {"Children", "Less than 1st grade", "1st 2nd 3rd or 4th grade", "5th or 6th grade", "7th and 8th grade",
+     "9th grade", "10th grade", "11th grade", "12th grade no diploma"},
+    {"High school graduate"},
+    {"Some college but no degree", "Associates degree-occup /vocational", "Associates degree-academic program"},
+    {"Bachelors degree(BA AB BS)"},
+    {"Masters degree(MA MS MEng MEd MSW MBA)", "Prof school degree (MD DDS DVM LLB JD)", "Doctorate degree(PhD EdD)"},
+]
+
+
+@dataclass(frozen=True)
+class CensusTask:
+    """A Census-Income task: its source column (removed from the inputs), its kind, and the
+    positive values (binary) or the value sets of the classes (multiclass); regression reads the
+    column's number."""
+
+    column: str
+    kind: str = "binary"
+    positives: frozenset = frozenset()
+    levels: tuple = ()
+
+    def labels(self, frame: pd.DataFrame) -> np.ndarray:
+        """The task's labels of ``frame``: float32 0/1, int64 class indices or float32 values."""
+        values = frame[self.column]
+        if self.kind == "binary":
+            return values.isin(self.positives).to_numpy().astype(np.float32)
+        if self.kind == "multiclass":
+            out = np.full(len(frame), -1, dtype=np.int64)
+            for k, level in enumerate(self.levels):
+                out[values.isin(level).to_numpy()] = k
+            if (out < 0).any():
+                raise FusekitError(f"census-income: {self.column} value {values[out < 0].iloc[0]!r} is in no class; "
+                                   "the data is not the UCI file")
+            return out
+        return pd.to_numeric(values).to_numpy(dtype=np.float32)
+
+
+# task -> its definition; the source column is removed from the inputs of a pool with the task.
+TASKS: dict[str, CensusTask] = {
+    "income": CensusTask(LABEL, positives=frozenset({"50000+."})),
+    "never_married": CensusTask("marital_stat", positives=frozenset({"Never married"})),
+    "education": CensusTask("education", positives=frozenset(COLLEGE)),
+    "education_level": CensusTask("education", "multiclass", levels=tuple(frozenset(v) for v in EDUCATION_LEVELS)),
+    "weeks_worked": CensusTask("weeks_worked", "regression"),
 }
 
 SUBDIR = "census-income-kdd"
@@ -260,11 +301,22 @@ def read_census(data_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFram
 
 
 def task_labels(frame: pd.DataFrame, task: str) -> np.ndarray:
-    """float32 0/1 labels of a Census task."""
+    """Labels of a Census task (see :class:`CensusTask`)."""
     if task not in TASKS:
         raise FusekitError(f"unknown Census-Income task {task!r}; choose from {', '.join(TASKS)}")
-    column, positives = TASKS[task]
-    return frame[column].isin(positives).to_numpy().astype(np.float32)
+    return TASKS[task].labels(frame)
+
+
+def task_kind(task: str):
+    """The TaskKind of a Census task's labels (output form: probability, or the value)."""
+    from fusekit.task_kinds import TaskKind
+
+    if task not in TASKS:
+        raise FusekitError(f"unknown Census-Income task {task!r}; choose from {', '.join(TASKS)}")
+    definition = TASKS[task]
+    if definition.kind == "multiclass":
+        return TaskKind("multiclass", len(definition.levels), "probability", (len(definition.levels),))
+    return TaskKind(definition.kind, None, "probability" if definition.kind == "binary" else "value")
 
 
 def excluded_columns(tasks: list[str]) -> list[str]:
@@ -272,7 +324,7 @@ def excluded_columns(tasks: list[str]) -> list[str]:
     for task in tasks:
         if task not in TASKS:
             raise FusekitError(f"unknown Census-Income task {task!r}; choose from {', '.join(TASKS)}")
-    cols = {TASKS[t][0] for t in tasks} | {WEIGHT, LABEL}
+    cols = {TASKS[t].column for t in tasks} | {WEIGHT, LABEL}
     return [c for c in COLUMNS if c in cols]
 
 
@@ -311,13 +363,14 @@ def load_census(
     else:
         if not isinstance(spec, FeatureSpec):
             raise TypeError("spec must be a FeatureSpec")
-        leaked = [f"{t} ({TASKS[t][0]})" for t in tasks if TASKS[t][0] in spec.columns]
+        leaked = [f"{t} ({TASKS[t].column})" for t in tasks if TASKS[t].column in spec.columns]
         if leaked:
             raise FusekitError(
                 f"the feature specification uses the source column of task(s) {', '.join(leaked)} as an input; "
                 "use source models trained with that task among their pool tasks (its column left out)"
             )
-    train = Split(*spec.encode(train_df, "census-income.data"), {t: task_labels(train_df, t) for t in tasks})
-    rest = Split(*spec.encode(test_df, "census-income.test"), {t: task_labels(test_df, t) for t in tasks})
+    train = Split.tabular(*spec.encode(train_df, "census-income.data"), {t: task_labels(train_df, t) for t in tasks})
+    rest = Split.tabular(*spec.encode(test_df, "census-income.test"), {t: task_labels(test_df, t) for t in tasks})
     val_idx, test_idx = stratified_halves(task_labels(test_df, "income"), seed)
-    return TabularDataset(spec, list(tasks), train, rest.subset(val_idx), rest.subset(test_idx))
+    return TabularDataset(spec, list(tasks), train, rest.subset(val_idx), rest.subset(test_idx),
+                          kinds={t: task_kind(t) for t in tasks})

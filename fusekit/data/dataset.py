@@ -1,4 +1,4 @@
-"""Encoded tabular data held in memory as numpy arrays: splits and datasets."""
+"""Data held in memory as numpy arrays: splits (model inputs by name, labels by task) and datasets."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,26 +13,52 @@ from fusekit.options import quote
 
 @dataclass
 class Split:
-    """Rows of encoded features and binary labels.
+    """Rows of model inputs and task labels.
 
-    ``cat``: int64 [N, C] category ids (0 = unseen); ``dense``: float32 [N, D];
-    ``labels``: task name -> float32 [N] of 0/1.
+    ``inputs``: model input name -> array, batch first (fusekit's own tabular models take
+    ``categorical`` int64 [N, C] ids, 0 = unseen, and ``dense`` float32 [N, D]);
+    ``labels``: task name -> [N] array (float32 0/1 for binary tasks, int64 class indices for
+    multiclass ones, float32 values for regression and counts).
     """
 
-    cat: np.ndarray
-    dense: np.ndarray
+    inputs: dict[str, np.ndarray]
     labels: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.inputs = dict(self.inputs)
+        if not self.inputs:
+            raise FusekitError("a split needs at least one model input")
+        lengths = {name: len(a) for name, a in self.inputs.items()}
+        lengths.update({f"label {t}": len(a) for t, a in self.labels.items()})
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
+            raise FusekitError(f"the arrays of one split have different lengths ({shown}); give one row per example")
+
+    @classmethod
+    def tabular(cls, cat: np.ndarray, dense: np.ndarray, labels: dict[str, np.ndarray] | None = None) -> "Split":
+        """A split of fusekit's tabular convention (``categorical`` ids and ``dense`` features)."""
+        return cls({"categorical": cat, "dense": dense}, dict(labels or {}))
+
+    @property
+    def cat(self) -> np.ndarray:
+        """The ``categorical`` input of fusekit's tabular models."""
+        return self.inputs["categorical"]
+
+    @property
+    def dense(self) -> np.ndarray:
+        """The ``dense`` input of fusekit's tabular models."""
+        return self.inputs["dense"]
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """The model inputs of fusekit's tabular convention, by name."""
-        return {"categorical": self.cat, "dense": self.dense}
+        """The model inputs by name."""
+        return self.inputs
 
     def __len__(self) -> int:
-        return int(self.cat.shape[0])
+        return int(len(next(iter(self.inputs.values()))))
 
     def subset(self, idx: np.ndarray) -> "Split":
         """The rows at ``idx`` (a copy)."""
-        return Split(self.cat[idx], self.dense[idx], {k: v[idx] for k, v in self.labels.items()})
+        return Split({k: v[idx] for k, v in self.inputs.items()}, {k: v[idx] for k, v in self.labels.items()})
 
     def sample(self, n: int | None, seed: int) -> "Split":
         """A seeded random subset of ``n`` rows in their original order (all rows when ``n`` is None or larger)."""
@@ -47,18 +73,20 @@ class Split:
 
 @dataclass
 class TabularDataset:
-    """An encoded dataset: the spec, the task names and the three splits."""
+    """An encoded dataset: the spec, the task names, the three splits and, when the data says,
+    each task's kind (tasks it does not name are binary)."""
 
-    spec: FeatureSpec
+    spec: FeatureSpec | None
     tasks: list[str]
     train: Split
     val: Split
     test: Split
+    kinds: dict = field(default_factory=dict)  # task -> fusekit.task_kinds.TaskKind
 
     def holdout_indices(self) -> tuple[np.ndarray, np.ndarray]:
         """(source rows, holdout rows) of the training split; no holdout -> (all rows, all rows)."""
         n = len(self.train)
-        if not self.spec.holdout or float(self.spec.holdout.get("fraction", 0.0)) <= 0.0:
+        if self.spec is None or not self.spec.holdout or float(self.spec.holdout.get("fraction", 0.0)) <= 0.0:
             everything = np.arange(n)
             return everything, everything
         return holdout_partition(n, float(self.spec.holdout["fraction"]), int(self.spec.holdout["seed"]))

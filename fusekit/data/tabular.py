@@ -183,7 +183,7 @@ def load_tabular(
         if leaked:
             raise FusekitError(f"label column(s) {', '.join(leaked)} are inputs of the feature specification; use other labels")
     cat, dns = spec.encode(train_df, str(path))
-    train = Split(cat, dns, train_labels)
+    train = Split.tabular(cat, dns, train_labels)
 
     if val_df is not None and test_df is not None:
         val = _encoded(val_df, spec, columns, str(val_path))
@@ -202,4 +202,4 @@ def load_tabular(
 
 def _encoded(frame: pd.DataFrame, spec: FeatureSpec, columns: dict[str, str], where: str) -> Split:
     cat, dense = spec.encode(frame, where)
-    return Split(cat, dense, {t: binary_labels(frame, c, where) for t, c in columns.items()})
+    return Split.tabular(cat, dense, {t: binary_labels(frame, c, where) for t, c in columns.items()})

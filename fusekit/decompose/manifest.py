@@ -26,6 +26,7 @@ MANIFEST = "manifest.json"
 TASK_KEY = "fusekit.task"  # single-task models: the task they serve
 TASKS_KEY = "fusekit.tasks"  # fused models: JSON list of the tasks, in output order
 SPEC_KEY = "fusekit.feature_spec"
+KINDS_KEY = "fusekit.task_kinds"  # fused models: JSON {task: TaskKind.to_dict()}
 _AGAIN = "run fusekit decompose again"
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pandas as pd
 
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_file
-from fusekit.metrics import roc_auc
 from fusekit.options import literal
+from fusekit.task_kinds import TaskKind, kind_from_ending
 
 
 @dataclass
@@ -22,11 +24,32 @@ class ModelInfo:
     outputs: list[str]
     spec_json: str | None
     metadata: dict[str, str]
+    endings: dict = None  # output -> fusekit.onnxio.endings.Ending
+
+    def kinds(self, labels: dict[str, np.ndarray] | None = None,
+              overrides: dict[str, str] | None = None) -> dict[str, TaskKind]:
+        """Each output's task kind: the fused file's record, else detected from how the output
+        ends (with the labels for an output without activation), ``overrides`` first."""
+        from fusekit.decompose.manifest import KINDS_KEY
+
+        recorded = json.loads(self.metadata[KINDS_KEY]) if KINDS_KEY in self.metadata else {}
+        kinds = {}
+        for name in self.outputs:
+            if name in recorded and not (overrides and name in overrides):
+                kinds[name] = TaskKind.from_dict(recorded[name])
+                continue
+            ending = self.endings[name]
+            kinds[name] = kind_from_ending(ending.activation, ending.shape,
+                                           labels=None if labels is None else labels.get(name),
+                                           override=(overrides or {}).get(name), where=f"{self.path} (output {name})")
+        return kinds
 
 
 def model_info(path: Path) -> ModelInfo:
     """Inputs, outputs and fusekit metadata of an ONNX file (weights not loaded)."""
     import onnx
+
+    from fusekit.onnxio.endings import output_endings
 
     path = Path(path)
     if not path.is_file():
@@ -38,14 +61,19 @@ def model_info(path: Path) -> ModelInfo:
     inits = {i.name for i in proto.graph.initializer}
     meta = {p.key: p.value for p in proto.metadata_props}
     return ModelInfo(path, [i.name for i in proto.graph.input if i.name not in inits],
-                     [o.name for o in proto.graph.output], meta.get("fusekit.feature_spec"), meta)
+                     [o.name for o in proto.graph.output], meta.get("fusekit.feature_spec"), meta,
+                     output_endings(proto))
 
 
 @dataclass
 class EvalResult:
-    """Per-task AUC of one model on one split, and which execution provider ran it."""
+    """Per-task metrics of one model on one split, and which execution provider ran it.
 
-    auc: dict[str, float]
+    ``scores``: per task its kind's score (AUC, accuracy, R²); ``metrics``: every metric of the kind."""
+
+    scores: dict[str, float]
+    metrics: dict[str, dict[str, float]]
+    kinds: dict[str, TaskKind]
     provider: str
     rows: int
     split: str
@@ -59,9 +87,13 @@ def _spec(info: ModelInfo):
 
 def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = None, split: str = "test",
                   device: str = "auto", batch_size: int = 65536, data_dir: Path | None = None,
-                  seed: int = 0, max_rows: int | None = None) -> EvalResult:
-    """AUC per output of ``model_path`` on ``split`` of ``data`` (``census-income``, a CSV/Parquet
-    path or a loaded TabularDataset), encoded with the model's own feature specification."""
+                  seed: int = 0, max_rows: int | None = None,
+                  task_kinds: dict[str, str] | None = None) -> EvalResult:
+    """Metrics per output of ``model_path`` on ``split`` of ``data`` (``census-income``, a CSV/Parquet
+    path or a loaded TabularDataset), encoded with the model's own feature specification.
+
+    Each output's kind is the fused file's record or detected from how it ends (``task_kinds``
+    overrides: output -> kind)."""
     from fusekit.data import load_dataset
     from fusekit.onnxio.sessions import run, session
 
@@ -84,9 +116,13 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
     if missing:
         raise FusekitError(f"the data has no label for output(s) {literal(', '.join(missing))}; name the label "
                            "column of each in {labels}", owner="evaluate_onnx()")
+    kinds = info.kinds(rows.labels, task_kinds)
     sess, provider = session(model_path, device)
-    probs = run(sess, rows, batch_size)
-    return EvalResult({t: roc_auc(rows.labels[t], probs[t].reshape(-1)) for t in tasks}, provider, len(rows), split)
+    outputs = run(sess, rows, batch_size)
+    metrics = {t: kinds[t].metrics(kinds[t].check_labels(rows.labels[t], f"the labels of {t}"), outputs[t])
+               for t in tasks}
+    return EvalResult({t: m[kinds[t].score_name] for t, m in metrics.items()}, metrics, kinds, provider, len(rows),
+                      split)
 
 
 def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray], int]:

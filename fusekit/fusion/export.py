@@ -7,33 +7,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusekit.decompose.manifest import TASKS_KEY
+from fusekit.decompose.manifest import KINDS_KEY, TASKS_KEY
 from fusekit.errors import FusekitError
 from fusekit.fusion.finetune import deployable_copy
-from fusekit.fusion.model import FusedModel, ProbabilityOutputs
+from fusekit.fusion.model import FusedModel, DeployedOutputs
 from fusekit.onnxio.export import export_onnx, max_abs_diff, torch_outputs
 
 
 def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...],
                  metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model`` as ONNX: inputs named as the sources', one probability output per task.
+    """Write ``model`` as ONNX: inputs named as the sources', one output per task of the kind and
+    shape its sources give.
 
     The batch dimension is dynamic (named ``batch``). ``metadata`` entries are added to the
-    file's metadata_props next to ``fusekit.tasks`` and ``fusekit.version``.
+    file's metadata_props next to ``fusekit.tasks``, ``fusekit.task_kinds`` and ``fusekit.version``.
     """
     model = deployable_copy(model.cpu().eval()).eval()
-    meta = {TASKS_KEY: json.dumps(model.task_names), **(metadata or {})}
+    meta = {TASKS_KEY: json.dumps(model.task_names), KINDS_KEY: json.dumps(
+        {t: k.to_dict() for t, k in model.task_kinds.items()}), **(metadata or {})}
     inputs = ", ".join(model.input_names)
+    outputs = ", ".join(f"{t}: {k.describe()}" for t, k in model.task_kinds.items())
     doc = (f"fusekit fused multi-task model (EMM, {model.options.mode} mode) over source models "
-           f"{', '.join(model.model_names)}: inputs {inputs}; one probability output [batch] per task "
-           f"({', '.join(model.task_names)}).")
-    return export_onnx(ProbabilityOutputs(model).eval(), Path(path), example, model.input_names, model.task_names,
+           f"{', '.join(model.model_names)}: inputs {inputs}; one output per task ({outputs}).")
+    return export_onnx(DeployedOutputs(model).eval(), Path(path), example, model.input_names, model.task_names,
                        meta, doc, serving=True)
 
 
 def check_parity(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarray], tol: float = 1e-5,
                  batch_size: int = 8192) -> float:
-    """Max abs difference of probabilities between torch and onnxruntime on ``arrays``.
+    """Max abs difference of the outputs between torch and onnxruntime on ``arrays``.
 
     Raises FusekitError above ``tol``.
     """
@@ -42,13 +44,13 @@ def check_parity(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarra
 
 def parity_and_outputs(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarray], tol: float = 1e-5,
                        batch_size: int = 8192) -> tuple[float, dict[str, np.ndarray]]:
-    """:func:`check_parity`, also returning onnxruntime's probabilities per task (what deployment sees)."""
+    """:func:`check_parity`, also returning onnxruntime's outputs per task (what deployment sees)."""
     from fusekit.onnxio.sessions import run, session
 
     sess, _ = session(onnx_path, device="cpu")
     got = run(sess, arrays, batch_size)
     model = model.cpu().eval()
-    expected = torch_outputs(ProbabilityOutputs(model), [arrays[n] for n in model.input_names], batch_size)
+    expected = torch_outputs(DeployedOutputs(model), [arrays[n] for n in model.input_names], batch_size)
     worst = max_abs_diff(expected, [got[t] for t in model.task_names])
     if not worst <= tol:
         raise FusekitError(f"fused.onnx differs from the torch model by {worst:.2e} (> {tol:.0e}) on the test data; "

@@ -30,17 +30,15 @@ from fusekit.errors import FusekitError
 from fusekit.options import literal
 from fusekit.provenance import run_record
 from fusekit.io import atomic_dir, atomic_file, check_output_dir, portable_path
-from fusekit.metrics import roc_auc
 from fusekit.fusion.finetune import reinitialised_copy, trainable_copy
-from fusekit.fusion.model import FusedModel, SourceModel
+from fusekit.fusion.kinds import detect_kinds
+from fusekit.fusion.model import FusedModel, SourceModel, run_head, split_carry
 from fusekit.fusion.options import FuseOptions, FusionOptions
+from fusekit.task_kinds import TaskKind
 
 if TYPE_CHECKING:
     from fusekit.data.features import FeatureSpec
     from fusekit.train import TrainResult
-
-INPUT_ORDER = ["categorical", "dense"]  # fusekit.train calls model(cat, dense)
-
 
 @dataclass
 class FuseResult:
@@ -48,7 +46,7 @@ class FuseResult:
 
     out_dir: Path
     metrics: dict
-    rows: list[dict]  # per task: fused, sources, average
+    rows: list[dict]  # per task: kind, score (the metric's name), fused, sources, average
 
 
 @dataclass
@@ -64,6 +62,8 @@ class FusePlan:
     test: Split  # the figures fuse reports
     holdout: bool  # train_rows are the rows the source models never saw
     data_source: object = None  # what fuse was given as data: a name, a path or a loaded dataset
+    kinds: dict[str, TaskKind] = dataclasses.field(default_factory=dict)  # each task's kind
+    output_index: dict[str, int] = dataclasses.field(default_factory=dict)  # each model's task output
 
     @property
     def task_names(self) -> list[str]:
@@ -102,13 +102,19 @@ def load_data(data, tasks: list[str], spec, options: FuseOptions):
     return ds
 
 
-def check_widths(parts: Manifest, split: Split) -> None:
-    """The data has as many columns as the models take (when the manifest records a fixed width)."""
+def check_inputs(parts: Manifest, split: Split) -> None:
+    """The data holds every input the models take, with the fixed dims the models record."""
     arrays = split.arrays()
+    missing = [spec.name for spec in parts.inputs if spec.name not in arrays]
+    if missing:
+        raise FusekitError(f"the data has no input(s) {literal(', '.join(missing))} that the models take (it holds "
+                           f"{literal(', '.join(arrays))}); give data with an array or column per model input")
     for spec in parts.inputs:
-        if spec.width is not None and spec.name in arrays and arrays[spec.name].shape[1] != spec.width:
-            raise FusekitError(f"the data has {arrays[spec.name].shape[1]} {spec.name} columns but the models take "
-                               f"{spec.width}; encode it with the models' feature specification")
+        got = arrays[spec.name].shape[1:]
+        want = spec.shape[1:]
+        if len(got) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, got)):
+            raise FusekitError(f"the data's {literal(spec.name)} has shape [N, {', '.join(map(str, got))}] but the "
+                               f"models take [batch, {', '.join(map(str, want))}]; give data of the models' shape")
 
 
 def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | None, data,
@@ -128,9 +134,6 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     manifest = parts if isinstance(parts, Manifest) else Manifest.load(Path(parts))
     mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups())
     manifest.boundary_dims()  # refuses feature maps and sequences early
-    if manifest.input_names != INPUT_ORDER:
-        raise FusekitError(f"fusekit fuse trains tabular models with inputs {INPUT_ORDER}; "
-                           f"these take {manifest.input_names}")
     names = [m for ms in mapping.values() for m in ms]
     spec = manifest.feature_spec(names)
     if out_dir is not None:
@@ -141,7 +144,12 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     rows = (ds.fusion_rows() if holdout else ds.train).sample(options.max_rows, seed)
     plan = FusePlan(manifest, mapping, options, spec, rows, ds.val.sample(options.max_rows, seed + 1),
                     ds.test.sample(options.max_rows, seed + 2), holdout, data)
-    check_widths(manifest, plan.test)
+    check_inputs(manifest, plan.test)
+    plan.kinds, plan.output_index = detect_kinds(manifest, mapping, ds.train.labels, options.task_kinds,
+                                                 options.outputs)
+    for task, kind in plan.kinds.items():
+        for name, split in (("training", plan.train_rows), ("validation", plan.val), ("test", plan.test)):
+            split.labels[task] = kind.check_labels(split.labels[task], f"the {name} labels of task {task}")
     return plan
 
 
@@ -154,8 +162,10 @@ def _onnx_inputs(path: Path) -> list[str]:
     return [i.name for i in graph.input if i.name not in inits]
 
 
-def load_sources(parts: Manifest, names: list[str], heads: bool = True) -> dict[str, SourceModel]:
-    """The chosen models' components (and heads) as frozen torch modules."""
+def load_sources(parts: Manifest, names: list[str], heads: bool = True,
+                 output_index: dict[str, int] | None = None) -> dict[str, SourceModel]:
+    """The chosen models' components (and heads) as frozen torch modules; ``output_index``: which
+    head output is each model's task output (default the first)."""
     from fusekit.onnxio.interpreter import load_component
 
     sources = {}
@@ -169,14 +179,16 @@ def load_sources(parts: Manifest, names: list[str], heads: bool = True) -> dict[
             head=load_component(head_path) if head_path else None,
             component_paths=[str(p) for p in paths],
             head_path=str(head_path) if head_path else None,
+            output_index=(output_index or {}).get(name, 0),
         )
     return sources
 
 
-def build_model(parts: Manifest, tasks: dict[str, list[str]], fusion: FusionOptions) -> FusedModel:
+def build_model(parts: Manifest, tasks: dict[str, list[str]], fusion: FusionOptions,
+                kinds: dict[str, TaskKind] | None = None, output_index: dict[str, int] | None = None) -> FusedModel:
     """The fused model over the decomposed parts (components re-initialised when not pretrained)."""
     names = [m for ms in tasks.values() for m in ms]
-    sources = load_sources(parts, names, heads=fusion.mode == "residual")
+    sources = load_sources(parts, names, heads=fusion.mode == "residual", output_index=output_index)
     torch.manual_seed(fusion.seed)
     if not fusion.pretrained:
         for k, name in enumerate(names):
@@ -195,12 +207,12 @@ def build_model(parts: Manifest, tasks: dict[str, list[str]], fusion: FusionOpti
                     trainable_copy(c, p) for c, p in zip(src.components[start:], src.component_paths[start:])]
             if src.head is not None:
                 src.head = trainable_copy(src.head, src.head_path)
-    return FusedModel(tasks, sources, parts.boundary_dims(), parts.input_names, fusion)
+    return FusedModel(tasks, sources, parts.boundary_dims(), parts.input_names, fusion, kinds)
 
 
 def build(plan: FusePlan) -> FusedModel:
     """The fused model of ``plan`` (untrained fusion network)."""
-    return build_model(plan.parts, plan.tasks, plan.options.fusion)
+    return build_model(plan.parts, plan.tasks, plan.options.fusion, plan.kinds, plan.output_index)
 
 
 # -- step 3: training ------------------------------------------------------------------------------
@@ -216,7 +228,8 @@ def train(plan: FusePlan, model: FusedModel, work_dir: Path | None = None) -> Tr
     if work_dir is not None:
         config = dataclasses.replace(config, checkpoint_dir=work_dir,
                                      resume=plan.options.resume and (work_dir / CHECKPOINT_NAME).exists())
-    result = fit(model, plan.train_rows, plan.val, plan.task_names, config, on_epoch=plan.options.on_epoch)
+    result = fit(model, plan.train_rows, plan.val, plan.task_names, config, on_epoch=plan.options.on_epoch,
+                 kinds=plan.kinds)
     model.cpu().eval()
     return result
 
@@ -233,7 +246,8 @@ def _run_identity(plan: FusePlan) -> dict:
     return {"tasks": plan.tasks, "components": {m: plan.parts.model(m).component_sha256 for m in plan.model_names},
             "fusion": options.fusion.to_dict(), "lr": options.training.lr, "batch_size": options.training.batch_size,
             "weight_decay": options.training.weight_decay, "seed": options.training.seed, "max_rows": options.max_rows,
-            "split_seed": options.split_seed, "train_rows": options.train_rows}
+            "split_seed": options.split_seed, "train_rows": options.train_rows,
+            "kinds": {t: k.to_dict() for t, k in plan.kinds.items()}, "outputs": plan.output_index}
 
 
 def _start_work_dir(plan: FusePlan, out_dir: Path) -> Path:
@@ -263,13 +277,14 @@ def _start_work_dir(plan: FusePlan, out_dir: Path) -> Path:
 # -- step 4: scoring -------------------------------------------------------------------------------
 class SourcePaths(nn.Module):
     """Every source model alone, through its own components and head, fed as the fused model is:
-    ``forward(*inputs)`` (in ``input_names`` order) -> one probability ``[B]`` per source."""
+    ``forward(*inputs)`` (in ``input_names`` order) -> each source's task output, as it gives it."""
 
     def __init__(self, sources: dict[str, SourceModel], input_names: list[str]):
         super().__init__()
         self.names = list(sources)
         self.input_names = list(input_names)
         self.level1_inputs = [list(src.level1_inputs) for src in sources.values()]
+        self.output_index = [src.output_index for src in sources.values()]
         missing = [m for m, src in sources.items() if src.head is None]
         if missing:
             raise FusekitError(f"model(s) {', '.join(missing)} were loaded without their heads; load them with heads")
@@ -278,17 +293,17 @@ class SourcePaths(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, inputs))
         out = []
-        for path, level1 in zip(self.paths, self.level1_inputs):
-            h = path[0](*[named[n] for n in level1])
-            for module in path[1:]:
-                h = module(h)
-            out.append(h.reshape(-1))
+        for path, level1, index in zip(self.paths, self.level1_inputs, self.output_index):
+            h, carry = split_carry(path[0](*[named[n] for n in level1]))
+            for module in path[1:-1]:
+                h, carry = split_carry(module(h, *carry))
+            out.append(run_head(path[-1], h, carry, index))
         return tuple(out)
 
 
-def source_probabilities(sources: dict[str, SourceModel], input_names: list[str], split: Split,
-                         batch_size: int = 16384) -> dict[str, np.ndarray]:
-    """Each source model's probability on ``split``, computed through its own components and head
+def source_outputs(sources: dict[str, SourceModel], input_names: list[str], split: Split,
+                   batch_size: int = 16384) -> dict[str, np.ndarray]:
+    """Each source model's task output on ``split``, computed through its own components and head
     by the batched runner that also gives the fused model's torch outputs."""
     from fusekit.onnxio.export import torch_outputs
 
@@ -297,27 +312,35 @@ def source_probabilities(sources: dict[str, SourceModel], input_names: list[str]
     return dict(zip(sources, outputs))
 
 
+
 def score_sources(plan: FusePlan, split: Split | None = None) -> dict[str, np.ndarray]:
-    """Each fused source model's probability on ``split`` (default the plan's test rows)."""
-    sources = load_sources(plan.parts, plan.model_names, heads=True)
-    return source_probabilities(sources, plan.parts.input_names, plan.test if split is None else split)
+    """Each fused source model's task output on ``split`` (default the plan's test rows)."""
+    sources = load_sources(plan.parts, plan.model_names, heads=True, output_index=plan.output_index)
+    return source_outputs(sources, plan.parts.input_names, plan.test if split is None else split)
 
 
 def compare(plan: FusePlan, fused: dict[str, np.ndarray], sources: dict[str, np.ndarray],
-            val_auc: dict[str, float]) -> tuple[dict[str, dict], list[dict]]:
-    """Test AUC per task of the fused model, of each source and of the sources' plain average.
+            val_score: dict[str, float]) -> tuple[dict[str, dict], list[dict]]:
+    """Per task, the test metrics of the fused model, of each source and of the sources' plain
+    average (in the kind's mix space); scores are each kind's (AUC, accuracy, R²).
 
     Returns metrics.json's ``per_task`` and the rows fuse prints (task, fused, sources, average).
     """
     test = plan.test
     rows, per_task = [], {}
     for task in plan.task_names:
-        fused_auc = roc_auc(test.labels[task], fused[task])
-        src_auc = {m: roc_auc(test.labels[task], sources[m]) for m in plan.tasks[task]}
-        avg_auc = roc_auc(test.labels[task], np.mean([sources[m] for m in plan.tasks[task]], axis=0))
-        per_task[task] = {"val_auc": val_auc[task], "test_auc": fused_auc, "sources_test_auc": src_auc,
-                          "average_test_auc": avg_auc, "gain_over_average": fused_auc - avg_auc}
-        rows.append({"task": task, "fused": fused_auc, "sources": src_auc, "average": avg_auc})
+        kind = plan.kinds[task]
+        y = test.labels[task]
+        fused_metrics = kind.metrics(y, fused[task])
+        src = {m: kind.score(y, sources[m]) for m in plan.tasks[task]}
+        average = kind.mix_metrics(y, kind.average([sources[m] for m in plan.tasks[task]]))
+        name = kind.score_name
+        per_task[task] = {"kind": kind.to_dict(), "score": name, "val_score": val_score[task],
+                          "test_score": fused_metrics[name], "test_metrics": fused_metrics,
+                          "sources_test_score": src, "average_test_score": average[name],
+                          "average_test_metrics": average, "gain_over_average": fused_metrics[name] - average[name]}
+        rows.append({"task": task, "kind": kind.kind, "score": name, "fused": fused_metrics[name], "sources": src,
+                     "average": average[name]})
     return per_task, rows
 
 
@@ -327,8 +350,9 @@ class Exported:
     """fused.onnx as written, checked against the torch model on the test rows."""
 
     path: Path
-    parity: float  # max abs difference of probabilities, torch vs onnxruntime
-    probabilities: dict[str, np.ndarray]  # onnxruntime's, per task, on the plan's test rows
+    parity: float  # max abs difference of the outputs, torch vs onnxruntime
+    outputs: dict[str, np.ndarray]  # onnxruntime's, per task, on the plan's test rows
+
 
 
 def export(plan: FusePlan, model: FusedModel, path: Path) -> Exported:
@@ -340,15 +364,19 @@ def export(plan: FusePlan, model: FusedModel, path: Path) -> Exported:
                 "fusekit.task_models": json.dumps(plan.tasks)}
     if plan.spec is not None:
         metadata["fusekit.feature_spec"] = plan.spec.to_json()
-    onnx_path = export_fused(model, path, (torch.as_tensor(test.cat[:2]), torch.as_tensor(test.dense[:2])), metadata)
+    arrays = test.arrays()
+    example = tuple(torch.from_numpy(np.ascontiguousarray(arrays[n][:2])) for n in model.input_names)
+    onnx_path = export_fused(model, path, example, metadata)
     parity, deployed = parity_and_outputs(model, onnx_path, test.arrays(), tol=plan.options.parity_tol)
     return Exported(onnx_path, parity, deployed)
 
 
-def average_auc(plan: FusePlan, split: Split, sources: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per task, the AUC of the plain average of the task's sources on ``split``."""
-    return {task: roc_auc(split.labels[task], np.mean([sources[m] for m in plan.tasks[task]], axis=0))
-            for task in plan.task_names}
+def average_scores(plan: FusePlan, split: Split, sources: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per task, the score (AUC, accuracy, R²) of the plain average of the task's sources on ``split``."""
+    return {task: plan.kinds[task].mix_metrics(split.labels[task],
+                                               plan.kinds[task].average([sources[m] for m in plan.tasks[task]]))
+            [plan.kinds[task].score_name] for task in plan.task_names}
+
 
 
 def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_task: dict[str, dict], parity: float,
@@ -357,7 +385,7 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
     and metrics.json into ``out``; returns the metrics. ``seconds``: the run's time so far.
 
     The training curves draw the sources' average on the validation rows (``per_task``'s
-    ``average_val_auc``, when present) as the reference the fusion has to beat."""
+    ``average_val_score``, when present) as the reference the fusion has to beat."""
     from fusekit.fusion.report import gate_statistics, plot_gates, plot_training
 
     out = Path(out)
@@ -366,13 +394,13 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
     gates = gate_statistics(model, plan.test)
     (out / "gates.json").write_text(json.dumps(gates, indent=1))
     plot_gates(gates, out / "gates.png")
-    reference = {t: per_task[t]["average_val_auc"] for t in plan.task_names if "average_val_auc" in per_task[t]}
+    reference = {t: per_task[t]["average_val_score"] for t in plan.task_names if "average_val_score" in per_task[t]}
     plot_training(history, out / "training_curves.png", best_epoch=result.best_epoch, reference=reference or None)
     if checkpoint is not None:
         shutil.copy2(checkpoint, out / "checkpoint.pt")
     metrics = {
         "tasks": plan.tasks, "per_task": per_task,
-        "mean_test_auc": float(np.mean([per_task[t]["test_auc"] for t in plan.task_names])),
+        "mean_test_score": float(np.mean([per_task[t]["test_score"] for t in plan.task_names])),
         "epochs": len(result.history), "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
         "train_seconds": result.seconds, "total_seconds": seconds,
         "device": result.device, "amp": result.amp,
@@ -409,15 +437,15 @@ def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_d
     model = build(plan)
     work = _start_work_dir(plan, out_dir)
     result = train(plan, model, work)
-    val_auc = evaluate(model, plan.val, plan.task_names, "cpu")
-    source_probs = score_sources(plan)
-    val_average = average_auc(plan, plan.val, score_sources(plan, plan.val))
+    val_score = evaluate(model, plan.val, plan.task_names, "cpu", kinds=plan.kinds)
+    source_out = score_sources(plan)
+    val_average = average_scores(plan, plan.val, score_sources(plan, plan.val))
     with atomic_dir(out_dir, force=plan.options.force) as tmp:
         exported = export(plan, model, tmp / "fused.onnx")
         # The test AUC is the deployed file's (onnxruntime), so `fusekit eval fused.onnx` prints the same.
-        per_task, rows = compare(plan, exported.probabilities, source_probs, val_auc)
+        per_task, rows = compare(plan, exported.outputs, source_out, val_score)
         for task in plan.task_names:
-            per_task[task]["average_val_auc"] = val_average[task]
+            per_task[task]["average_val_score"] = val_average[task]
         metrics = write_outputs(plan, model, result, per_task, exported.parity, tmp, work / CHECKPOINT_NAME,
                                 time.perf_counter() - started)
     shutil.rmtree(work, ignore_errors=True)

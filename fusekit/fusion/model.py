@@ -4,14 +4,20 @@ Two modes:
 
 * ``"paper"`` (EMM III-C): at each level every task runs its own models' components on its
   own input u_t (u_t = the model inputs at level 1), AKF turns them into z_t, which is u_t
-  of the next level; a new tower per task maps the last z_t to a logit. Source heads unused.
+  of the next level; a new tower per task maps the last z_t to the task's prediction (a logit,
+  K logits or a value). Source heads unused.
 * ``"residual"`` (default): each source model keeps its own path through its own components
   and its own head. At each fused level (the last by default, every level with
   ``fuse_at="all"``) AKF computes z_t from the outputs of task t's paths and adds it to each of
   those paths through a projection initialised at zero. The task's output is a
-  learned mix (initialised uniform) of its heads' probabilities plus a tower residual on the
-  logit (initialised at zero), so the untrained model is exactly the plain average of the
-  source models' probabilities, and training can only start from that ensemble.
+  learned mix (initialised uniform) of its heads' outputs in the kind's mix space
+  (probabilities for classification, values for regression; fusekit/task_kinds.py) plus a
+  tower residual on the prediction (initialised at zero), so the untrained model is exactly the
+  plain average of the source models' outputs, and training can only start from that ensemble.
+
+Components follow decompose's contract: level 1 takes the model inputs, later levels and the
+head take the previous boundary followed by the tensors carried beside it, and a component
+returns the boundary followed by what it carries on (a lone tensor when it carries nothing).
 """
 from __future__ import annotations
 
@@ -23,11 +29,9 @@ from torch import nn
 from fusekit.fusion.akf import AKFLevel
 from fusekit.errors import FusekitError
 from fusekit.options import literal
+from fusekit.task_kinds import BINARY, TaskKind
 # The options and their choices live in fusion/options.py; imported from here too by older code.
 from fusekit.fusion.options import FINETUNE, FUSE_AT, MODES, FusionOptions  # noqa: F401
-
-_EPS = 1e-6
-
 
 @dataclass
 class SourceModel:
@@ -39,10 +43,24 @@ class SourceModel:
     head: nn.Module | None = None
     component_paths: list[str] = field(default_factory=list)
     head_path: str | None = None
+    output_index: int = 0  # which of the head's outputs is the task's
 
 
-def _tower(dim: int, hidden: int, zero_last: bool) -> nn.Sequential:
-    last = nn.Linear(hidden, 1)
+def split_carry(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """A component's result as (boundary, carried tensors)."""
+    if isinstance(out, (tuple, list)):
+        return out[0], tuple(out[1:])
+    return out, ()
+
+
+def run_head(head: nn.Module, h: torch.Tensor, carry: tuple[torch.Tensor, ...], index: int) -> torch.Tensor:
+    """The head's output ``index`` on boundary ``h`` and the carried tensors."""
+    out = head(h, *carry)
+    return out[index] if isinstance(out, (tuple, list)) else out
+
+
+def _tower(dim: int, hidden: int, zero_last: bool, width: int = 1) -> nn.Sequential:
+    last = nn.Linear(hidden, width)
     if zero_last:
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -57,13 +75,16 @@ def _zero_linear(dim: int) -> nn.Linear:
 
 
 class FusedModel(nn.Module):
-    """AKF levels over frozen source components; ``forward(*inputs) -> {task: logit [B]}``.
+    """AKF levels over frozen source components; ``forward(*inputs) -> {task: prediction}`` in the
+    training space of each task's kind (a logit [B], K logits [B, K], a value [B]).
 
-    ``inputs`` are the source models' inputs in the order of ``input_names``.
+    ``inputs`` are the source models' inputs in the order of ``input_names``; ``kinds`` gives
+    each task's kind (default binary with probability outputs).
     """
 
     def __init__(self, tasks: dict[str, list[str]], sources: dict[str, SourceModel], dims: list[int],
-                 input_names: list[str], options: FusionOptions | None = None):
+                 input_names: list[str], options: FusionOptions | None = None,
+                 kinds: dict[str, TaskKind] | None = None):
         super().__init__()
         options = options or FusionOptions()
         options.validate()  # again: the options may have been changed since they were made
@@ -72,6 +93,7 @@ class FusedModel(nn.Module):
         self.options = options
         self.task_names = list(tasks)
         self.task_models = {t: list(ms) for t, ms in tasks.items()}
+        self.task_kinds = {t: (kinds or {}).get(t, BINARY) for t in self.task_names}
         self.input_names = list(input_names)
         self.dims = list(dims)
         self.n_levels = len(dims)
@@ -81,6 +103,7 @@ class FusedModel(nn.Module):
         self.mkey = {m: f"m{i}" for i, m in enumerate(ordered)}
         self.tkey = {t: f"t{i}" for i, t in enumerate(self.task_names)}
         self.level1_inputs = {m: list(sources[m].level1_inputs) for m in ordered}
+        self.output_index = {m: int(sources[m].output_index) for m in ordered}
         for m in ordered:
             if len(sources[m].components) != self.n_levels:
                 raise FusekitError(f"model {m} has {len(sources[m].components)} components but the manifest has "
@@ -99,8 +122,8 @@ class FusedModel(nn.Module):
             AKFLevel(dims[i], counts, use_mtm=options.use_mtm, top_k=options.top_k, activation=options.activation)
             for i in self.fused_levels)
         if options.mode == "paper":
-            self.towers = nn.ModuleDict({self.tkey[t]: _tower(dims[-1], options.tower_hidden, False)
-                                         for t in self.task_names})
+            self.towers = nn.ModuleDict({self.tkey[t]: _tower(dims[-1], options.tower_hidden, False,
+                                                              self.task_kinds[t].width) for t in self.task_names})
         else:
             self.projections = nn.ModuleList(
                 nn.ModuleDict({self.mkey[m]: _zero_linear(dims[i]) for m in ordered}) for i in self.fused_levels)
@@ -108,24 +131,27 @@ class FusedModel(nn.Module):
             self.head_weights = nn.ParameterDict({self.tkey[t]: nn.Parameter(torch.zeros(len(tasks[t])))
                                                   for t in self.task_names})
             if options.tower:
-                self.towers = nn.ModuleDict({self.tkey[t]: _tower(dims[-1], options.tower_hidden, True)
-                                             for t in self.task_names})
+                self.towers = nn.ModuleDict({self.tkey[t]: _tower(dims[-1], options.tower_hidden, True,
+                                                                  self.task_kinds[t].width) for t in self.task_names})
 
     # -- helpers -----------------------------------------------------------------------------
-    def _level1(self, model: str, named: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.components[self.mkey[model]][0](*[named[n] for n in self.level1_inputs[model]])
+    def _level1(self, model: str, named: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple]:
+        return split_carry(self.components[self.mkey[model]][0](*[named[n] for n in self.level1_inputs[model]]))
 
-    @staticmethod
-    def _flat_prob(p: torch.Tensor) -> torch.Tensor:
-        return p.reshape(p.shape[0])
+    def _level(self, model: str, level: int, h: torch.Tensor, carry: tuple) -> tuple[torch.Tensor, tuple]:
+        return split_carry(self.components[self.mkey[model]][level](h, *carry))
+
+    def _tower(self, t: int, task: str, z: torch.Tensor) -> torch.Tensor:
+        out = self.towers[self.tkey[task]](z).float()
+        return out if self.task_kinds[task].kind == "multiclass" else out.squeeze(-1)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits per task, each ``[B]``."""
+        """Predictions per task in training space (see the class docstring)."""
         return self.forward_with_stats(*inputs)[0]
 
     def forward_with_stats(self, *inputs: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[dict]]:
-        """Logits per task and, per level, the gate values of this batch."""
+        """Predictions per task and, per level, the gate values of this batch."""
         if len(inputs) != len(self.input_names):
             raise FusekitError(f"the fused model takes {len(self.input_names)} inputs ({', '.join(self.input_names)})")
         named = dict(zip(self.input_names, inputs))
@@ -136,25 +162,34 @@ class FusedModel(nn.Module):
     def _forward_paper(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict]]:
         stats = []
         z: list[torch.Tensor] | None = None
+        carry: dict[str, tuple] = {}
         for level in range(self.n_levels):
             outputs = []
             for t, task in enumerate(self.task_names):
-                if level == 0:
-                    outputs.append([self._level1(m, named) for m in self.task_models[task]])
-                else:
-                    outputs.append([self.components[self.mkey[m]][level](z[t]) for m in self.task_models[task]])
+                row = []
+                for m in self.task_models[task]:
+                    if level == 0:
+                        h, carry[m] = self._level1(m, named)
+                    else:
+                        h, carry[m] = self._level(m, level, z[t], carry[m])
+                    row.append(h)
+                outputs.append(row)
             z, level_stats = self.levels[level](outputs)
             stats.append(level_stats)
-        logits = {task: self.towers[self.tkey[task]](z[t]).squeeze(-1) for t, task in enumerate(self.task_names)}
-        return logits, stats
+        preds = {task: self._tower(t, task, z[t]) for t, task in enumerate(self.task_names)}
+        return preds, stats
 
     def _forward_residual(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict]]:
         stats = []
         paths: dict[str, torch.Tensor] = {}
+        carry: dict[str, tuple] = {}
         z: list[torch.Tensor] = []
         for level in range(self.n_levels):
             for m in self.model_names:
-                paths[m] = self._level1(m, named) if level == 0 else self.components[self.mkey[m]][level](paths[m])
+                if level == 0:
+                    paths[m], carry[m] = self._level1(m, named)
+                else:
+                    paths[m], carry[m] = self._level(m, level, paths[m], carry[m])
             if level not in self.fused_levels:
                 continue
             j = self.fused_levels.index(level)
@@ -164,18 +199,19 @@ class FusedModel(nn.Module):
             for t, task in enumerate(self.task_names):
                 for m in self.task_models[task]:
                     paths[m] = paths[m] + self.projections[j][self.mkey[m]](z[t])
-        logits = {}
+        preds = {}
         for t, task in enumerate(self.task_names):
-            # Probabilities are mixed in float32: under AMP, log(p) of a half-precision p loses the tails.
-            probs = [self._flat_prob(self.heads[self.mkey[m]](paths[m])).float() for m in self.task_models[task]]
+            kind = self.task_kinds[task]
+            # Outputs are mixed in float32: under AMP, log(p) of a half-precision p loses the tails.
+            mixed_in = [kind.to_mix_space(run_head(self.heads[self.mkey[m]], paths[m], carry[m], self.output_index[m]))
+                        for m in self.task_models[task]]
             weights = torch.softmax(self.head_weights[self.tkey[task]].float(), dim=0)
-            # A sum of scaled vectors, not a stack and a product: fewer ops for one row in onnxruntime.
-            p = sum(w * prob for w, prob in zip(weights, probs)).clamp(_EPS, 1.0 - _EPS)
-            logit = torch.log(p / (1.0 - p))
+            # A sum of scaled tensors, not a stack and a product: fewer ops for one row in onnxruntime.
+            pred = kind.from_mix_space(sum(w * x for w, x in zip(weights, mixed_in)))
             if self.options.tower:
-                logit = logit + self.towers[self.tkey[task]](z[t]).squeeze(-1).float()
-            logits[task] = logit
-        return logits, stats
+                pred = pred + self._tower(t, task, z[t])
+            preds[task] = pred
+        return preds, stats
 
     def fusion_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters (the components' own only when trained from scratch or fine-tuned)."""
@@ -205,13 +241,15 @@ class FusedModel(nn.Module):
         return [{"params": fusion, "lr_scale": 1.0}, {"params": source, "lr_scale": self.options.finetune_lr}]
 
 
-class ProbabilityOutputs(nn.Module):
-    """Wraps a FusedModel for deployment: one probability ``[B]`` per task, in task order."""
+class DeployedOutputs(nn.Module):
+    """Wraps a FusedModel for deployment: per task, in task order, the output its sources give
+    (probability, logit or value, in the sources' shape)."""
 
     def __init__(self, model: FusedModel):
         super().__init__()
         self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = self.model(*inputs)
-        return tuple(torch.sigmoid(logits[t]) for t in self.model.task_names)
+        preds = self.model(*inputs)
+        return tuple(self.model.task_kinds[t].deployed(preds[t]) for t in self.model.task_names)
+

@@ -80,6 +80,12 @@ class FuseOptions(Options):
     resume: bool = option(False, help="continue an interrupted run from its last checkpoint")
     force: bool = option(False, help="replace a non-empty output directory")
     labels: dict[str, str] | None = option(None, kind="str_map", help="task -> label column, for CSV/Parquet data")
+    # Detected from how the sources' outputs end (Sigmoid, Softmax, nothing) unless named here.
+    task_kinds: dict[str, str] | None = option(None, kind="str_map",
+                                               help="task -> kind: binary, multiclass, regression or count "
+                                                    "(binary:logit and the like also name the output form)")
+    outputs: dict[str, str] | None = option(None, kind="str_map",
+                                            help="task -> the source models' output to fuse, for models with several")
     data_dir: Path | None = option(None, kind="path", help="folder holding the Census-Income files")
     max_rows: int | None = option(None, kind="int", minimum=1, help="use at most this many rows of each split")
     # The validation/test split of the data: the source models' (not the training seed).
@@ -99,3 +105,10 @@ class FuseOptions(Options):
         # The nested options may have been changed since they were made.
         self.fusion.validate()
         self.training.validate()
+        from fusekit.task_kinds import parse_kind
+
+        for text in (self.task_kinds or {}).values():
+            try:
+                parse_kind(text)
+            except Exception as exc:
+                raise OptionError(f"{{task_kinds}}: {exc}", owner="FuseOptions") from None

@@ -23,9 +23,9 @@ def gate_statistics(model: FusedModel, split: Split, batch_size: int = 16384) ->
     tasks = model.task_names
     sums: list[dict] = []
     n = 0
-    cat, dense = torch.as_tensor(split.cat), torch.as_tensor(split.dense)
+    inputs = [torch.from_numpy(np.require(split.inputs[name], requirements=["C", "W"])) for name in model.input_names]
     for start in range(0, len(split), batch_size):
-        _, stats = model.forward_with_stats(cat[start:start + batch_size], dense[start:start + batch_size])
+        _, stats = model.forward_with_stats(*[x[start:start + batch_size] for x in inputs])
         rows = stats[0]["task_gate"][0].shape[0]
         n += rows
         if not sums:
@@ -70,8 +70,8 @@ def derived_best_epoch(history: list[dict]) -> int | None:
     replaces the best on a strict improvement). None for an empty history."""
     if not history:
         return None
-    best = max(r["mean_val_auc"] for r in history)
-    return next(r["epoch"] for r in history if r["mean_val_auc"] == best)
+    best = max(r["mean_val_score"] for r in history)
+    return next(r["epoch"] for r in history if r["mean_val_score"] == best)
 
 
 def _grid(n_panels: int, max_cols: int = 3) -> tuple[int, int]:
@@ -94,7 +94,7 @@ def _training_figure(history: list[dict], *, best_epoch: int | None = None,
                      reference_label: str = "sources' average", title: str | None = None) -> Figure:
     """The figure :func:`plot_training` saves (returned so tests can inspect its artists)."""
     plt = _pyplot()
-    tasks = list(history[0]["val_auc"]) if history else []
+    tasks = list(history[0]["val_score"]) if history else []
     best = best_epoch if best_epoch is not None else derived_best_epoch(history)
     reference = reference or {}
     rows, cols = _grid(len(tasks) + 1)
@@ -107,7 +107,7 @@ def _training_figure(history: list[dict], *, best_epoch: int | None = None,
     by_epoch = {r["epoch"]: r for r in history}
 
     for ax, task in zip(panels, tasks):
-        values = [r["val_auc"][task] for r in history]
+        values = [r["val_score"][task] for r in history]
         ax.plot(epochs, values, marker="o", ms=4, color="tab:blue", label="fused model (validation AUC)")
         ref = reference.get(task)
         if ref is not None:
@@ -116,7 +116,7 @@ def _training_figure(history: list[dict], *, best_epoch: int | None = None,
             right = ax.secondary_yaxis("right")
             right.set_yticks([ref], [f"{ref:.5f}"], fontsize=8, color="dimgray")
         if best in by_epoch:
-            value = by_epoch[best]["val_auc"][task]
+            value = by_epoch[best]["val_score"][task]
             ax.axvline(best, color="tab:red", ls=":", lw=1.2, label="best epoch")
             ax.plot([best], [value], marker="o", ms=9, mfc="none", mec="tab:red")
             gain = f" ({value - ref:+.5f})" if ref is not None else ""
@@ -168,7 +168,7 @@ def plot_training(history: list[dict], path: Path, *, best_epoch: int | None = N
     """Per task the validation AUC per epoch, and the training loss, each in its own panel.
 
     ``best_epoch``: the epoch whose weights were kept, marked by a vertical line; when None it is
-    derived as the first epoch with the highest ``mean_val_auc`` (what ``fit`` keeps).
+    derived as the first epoch with the highest ``mean_val_score`` (what ``fit`` keeps).
     ``reference``: per task the AUC of the plain average of the sources **on the same validation
     rows**, drawn as a dashed horizontal line labelled ``reference_label``.
     """

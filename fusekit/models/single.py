@@ -1,8 +1,9 @@
-"""Single-task models: embeddings + MLP + logit, trained by fusekit.train and exported to ONNX.
+"""Single-task models: embeddings + MLP + one prediction, trained by fusekit.train and exported to ONNX.
 
 The exported model has inputs ``categorical`` int64 [batch, C] and ``dense`` float32 [batch, D]
-and one output named after the task, the probability float32 [batch]; its metadata_props carry
-``fusekit.feature_spec``, ``fusekit.task`` and ``fusekit.version``.
+and one output named after the task: the probability float32 [batch] of a binary task, the class
+probabilities [batch, K] of a multiclass one, the value [batch] of a regression or count task.
+Its metadata_props carry ``fusekit.feature_spec``, ``fusekit.task`` and ``fusekit.version``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from fusekit.errors import FusekitError
 from fusekit.models.architecture import Architecture
 from fusekit.seeding import seed_everything
 from fusekit.models.tabular_input import TabularInput
-from fusekit.train import TrainConfig, TrainResult, evaluate, fit, predict
+from fusekit.task_kinds import BINARY, TaskKind
+from fusekit.train import TrainConfig, TrainResult, fit, predict
 
 
 class Block(nn.Module):
@@ -40,39 +42,48 @@ class Block(nn.Module):
 
 
 class SingleTaskModel(nn.Module):
-    """TabularInput, an MLP of the given widths, and one logit: ``forward(cat, dense) -> {task: [B]}``."""
+    """TabularInput, an MLP of the given widths, and the task's prediction in training space:
+    ``forward(cat, dense) -> {task: logit [B] | K logits [B, K] | value [B]}``."""
 
-    def __init__(self, cardinalities: list[int], n_dense: int, task: str, arch: Architecture):
+    input_names = ["categorical", "dense"]
+
+    def __init__(self, cardinalities: list[int], n_dense: int, task: str, arch: Architecture,
+                 kind: TaskKind = BINARY):
         super().__init__()
         arch.validate()
         self.task = task
+        self.kind = kind
+        self.task_kinds = {task: kind}
         self.arch = arch
         self.input = TabularInput(cardinalities, n_dense, emb_dim=arch.emb_dim)
         widths = [self.input.out_features] + [int(w) for w in arch.hidden]
         self.blocks = nn.Sequential(*[
             Block(widths[i], widths[i + 1], arch.batch_norm, arch.dropout, arch.residual) for i in range(len(arch.hidden))
         ])
-        self.out = nn.Linear(widths[-1], 1)
+        self.out = nn.Linear(widths[-1], kind.width)
 
     def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {self.task: self.out(self.blocks(self.input(cat, dense))).squeeze(-1)}
+        out = self.out(self.blocks(self.input(cat, dense)))
+        return {self.task: out if self.kind.kind == "multiclass" else out.squeeze(-1)}
 
 
-class _Probability(nn.Module):
-    """The export view: named inputs, the sigmoid probability [batch] as the only output."""
+class _Deployed(nn.Module):
+    """The export view: named inputs, the task's deployed output (probability, class
+    probabilities or value) as the only output."""
 
     def __init__(self, model: SingleTaskModel):
         super().__init__()
         self.model = model
 
     def forward(self, categorical: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(categorical, dense)[self.model.task])
+        return self.model.kind.deployed(self.model(categorical, dense)[self.model.task])
 
 
-def build_model(spec: FeatureSpec, task: str, arch: Architecture, seed: int = 0) -> SingleTaskModel:
+def build_model(spec: FeatureSpec, task: str, arch: Architecture, seed: int = 0,
+                kind: TaskKind = BINARY) -> SingleTaskModel:
     """A freshly initialised model for ``spec``'s inputs (seeded)."""
     seed_everything(seed)
-    return SingleTaskModel(spec.cardinalities, len(spec.dense), task, arch)
+    return SingleTaskModel(spec.cardinalities, len(spec.dense), task, arch, kind)
 
 
 def export_onnx(model: SingleTaskModel, spec: FeatureSpec, path: Path, sample: Split | None = None,
@@ -83,14 +94,15 @@ def export_onnx(model: SingleTaskModel, spec: FeatureSpec, path: Path, sample: S
 
     model = model.eval().cpu()
     if sample is None or len(sample) < 2:
-        sample = Split(np.zeros((4, len(spec.categorical)), np.int64), np.zeros((4, len(spec.dense)), np.float32))
+        sample = Split.tabular(np.zeros((4, len(spec.categorical)), np.int64),
+                               np.zeros((4, len(spec.dense)), np.float32))
     rows = sample.head(64)
     example = (torch.as_tensor(rows.cat, dtype=torch.int64), torch.as_tensor(rows.dense, dtype=torch.float32))
     meta = {"fusekit.feature_spec": spec.to_json(), TASK_KEY: model.task, **(extra_metadata or {})}
     doc = (f"fusekit single-task model for task {model.task!r}: inputs categorical int64 [batch, "
            f"{len(spec.categorical)}] and dense float32 [batch, {len(spec.dense)}] encoded by the feature "
-           f"specification in metadata 'fusekit.feature_spec'; output {model.task!r}, the probability [batch].")
-    return write_onnx(_Probability(model).eval(), Path(path), example, ["categorical", "dense"], [model.task],
+           f"specification in metadata 'fusekit.feature_spec'; output {model.task!r}: {model.kind.describe()}.")
+    return write_onnx(_Deployed(model).eval(), Path(path), example, ["categorical", "dense"], [model.task],
                       meta, doc, serving=False)
 
 
@@ -100,8 +112,11 @@ class SingleResult:
 
     task: str
     path: str | None
-    test_auc: float
-    val_auc: float
+    kind: str
+    score: str  # the metric of test_score and val_score: AUC, accuracy or R²
+    test_score: float
+    val_score: float
+    test_metrics: dict
     best_epoch: int
     epochs: int
     train_rows: int
@@ -116,8 +131,10 @@ class SingleResult:
 
 
 def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, config: TrainConfig,
-                     train_rows: int | None = None) -> tuple[SingleTaskModel, TrainResult, float, int]:
-    """Train one model on ``dataset``'s source rows; returns (model, fit result, test AUC, rows used).
+                     train_rows: int | None = None) -> tuple[SingleTaskModel, TrainResult, dict, int]:
+    """Train one model on ``dataset``'s source rows; returns (model, fit result, test metrics, rows used).
+
+    The task's kind is the dataset's (binary unless the data says otherwise).
 
     ``train_rows`` takes a seeded random subset of the source rows (for quick runs).
     """
@@ -129,14 +146,16 @@ def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, con
             raise FusekitError(f"{{train_rows}} must be at least 2, got {train_rows}", owner="train_single()")
         pick = np.sort(np.random.default_rng([config.seed, 7]).choice(len(train), train_rows, replace=False))
         train = train.subset(pick)
+    kind = dataset.kinds.get(task, BINARY)
     for name, split in (("training", train), ("validation", dataset.val), ("test", dataset.test)):
-        labels = split.labels[task]
-        if len(labels) == 0 or labels.min() == labels.max():
-            raise FusekitError(f"the {name} rows of task {task!r} hold a single class; a binary task needs both")
-    model = build_model(dataset.spec, task, arch, config.seed)
+        labels = kind.check_labels(split.labels[task], f"the {name} labels of task {task}")
+        if kind.kind != "regression" and kind.kind != "count" and (len(labels) == 0 or labels.min() == labels.max()):
+            raise FusekitError(f"the {name} rows of task {task!r} hold a single class; a {kind.kind} task needs "
+                               "two or more")
+    model = build_model(dataset.spec, task, arch, config.seed, kind)
     result = fit(model, train, dataset.val, [task], config)
-    test_auc = evaluate(model, dataset.test, [task], "cpu" if result.device == "cpu" else None)[task]
-    return model, result, test_auc, len(train)
+    outputs = predict(model, dataset.test, [task], "cpu" if result.device == "cpu" else None)
+    return model, result, kind.metrics(dataset.test.labels[task], outputs[task]), len(train)
 
 
 def train_single(
@@ -157,7 +176,7 @@ def train_single(
     dataset: TabularDataset | None = None,
 ) -> SingleResult:
     """Load ``data`` (``census-income`` or a CSV/Parquet path), train a model for ``task``, report
-    test AUC and export it to ``out`` (skipped when ``out`` is None).
+    its test metrics and export it to ``out`` (skipped when ``out`` is None).
 
     Census: ``pool_tasks`` are the tasks of the whole model pool (their source columns are removed
     from every model's inputs so that the pool shares inputs); default: just ``task``.
@@ -184,7 +203,7 @@ def train_single(
             dataset = load_dataset(data, [task], labels={task: label or task}, seed=split_seed,
                                    holdout=holdout, holdout_seed=holdout_seed)
     began = time.perf_counter()
-    model, result, test_auc, n_rows = train_on_dataset(dataset, task, arch, config, train_rows)
+    model, result, test_metrics, n_rows = train_on_dataset(dataset, task, arch, config, train_rows)
     train_seconds = sum(r.seconds for r in result.history)
     written = None
     if out is not None:
@@ -193,8 +212,11 @@ def train_single(
     return SingleResult(
         task=task,
         path=written,
-        test_auc=float(test_auc),
-        val_auc=float(result.best_val_auc.get(task, float("nan"))),
+        kind=model.kind.kind,
+        score=model.kind.score_name,
+        test_score=float(test_metrics[model.kind.score_name]),
+        val_score=float(result.best_val_score.get(task, float("nan"))),
+        test_metrics=test_metrics,
         best_epoch=result.best_epoch,
         epochs=epochs,
         train_rows=n_rows,
@@ -206,7 +228,7 @@ def train_single(
 
 
 def onnx_probabilities(path: Path, split: Split) -> np.ndarray:
-    """Run an exported single-task model with onnxruntime on ``split``; probabilities [N]."""
+    """Run an exported single-task model with onnxruntime on ``split``; its output (probabilities [N])."""
     from fusekit.onnxio.sessions import run, session
 
     sess, _ = session(path, "cpu")

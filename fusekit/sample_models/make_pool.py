@@ -54,8 +54,8 @@ def make_pool(name: str, out_root: Path, data_dir: Path | None, max_epochs: int,
             result = train_single("census-income", task, path, arch=setup["arch"], config=config, dataset=dataset)
             record = {
                 "file": path.name, "task": task, "member": member, "seed": setup["seed"], "max_epochs": epochs,
-                "architecture": vars(setup["arch"]), "test_auc": round(result.test_auc, 5),
-                "val_auc": round(result.val_auc, 5), "best_epoch": result.best_epoch, "epochs": result.epochs,
+                "architecture": vars(setup["arch"]), "test_auc": round(result.test_score, 5),
+                "val_auc": round(result.val_score, 5), "best_epoch": result.best_epoch, "epochs": result.epochs,
                 "train_rows": result.train_rows, "seconds": round(result.seconds, 1),
                 "n_parameters": result.n_parameters, "bytes": path.stat().st_size, "sha256": sha256_file(path),
             }

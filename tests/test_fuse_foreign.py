@@ -1,0 +1,138 @@
+"""Fusing models fusekit did not make: plain torch models with one ONNX input per feature
+(raw int64 codes ``[B]`` per sparse feature, raw floats ``[B]`` per dense one, names with
+spaces), a logit output ``[B, 1]`` and no fusekit metadata, trained here on real Census-Income
+rows and exported by both torch exporters. Data reaches them exactly as they were trained on it."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from fusekit.data.dataset import Split, TabularDataset
+from fusekit.decompose.pipeline import decompose
+from fusekit.fusion.fuse import build, fuse, prepare, score_sources
+from fusekit.fusion.model import DeployedOutputs
+from fusekit.fusion.options import FuseOptions
+from fusekit.onnxio.sessions import run, session
+from fusekit.train_config import TrainConfig
+
+SPARSE = {"industry code": ("det_ind_code", 52), "occupation code": ("det_occ_code", 47)}
+DENSE = {"age": "age", "weeks worked": "weeks_worked", "capital gains": "capital_gains"}
+TASKS = {"income": ["inc_script", "inc_dynamo"], "never_married": ["nm_script", "nm_dynamo"]}
+
+
+class PerFeatureModel(nn.Module):
+    """An embedding per sparse feature, the dense features as they come (log1p of gains inside
+    the model), an MLP and a logit [B, 1]."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embeddings = nn.ModuleList(nn.Embedding(size, 4) for _, size in SPARSE.values())
+        self.mlp = nn.Sequential(nn.Linear(4 * len(SPARSE) + len(DENSE), 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU())
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, industry, occupation, age, weeks, gains):
+        parts = [e(x) for e, x in zip(self.embeddings, (industry, occupation))]
+        dense = torch.stack([age / 100.0, weeks / 52.0, torch.log1p(gains) / 10.0], dim=1)
+        return self.out(self.mlp(torch.cat(parts + [dense], dim=1)))
+
+
+def _arrays(frame) -> dict[str, np.ndarray]:
+    arrays = {name: frame[col].astype(np.int64).to_numpy() for name, (col, _) in SPARSE.items()}
+    arrays.update({name: frame[col].to_numpy(np.float32) for name, col in DENSE.items()})
+    return arrays
+
+
+def _labels(frame) -> dict[str, np.ndarray]:
+    return {"income": (frame["income_50k"] == "50000+.").to_numpy(np.float32),
+            "never_married": (frame["marital_stat"] == "Never married").to_numpy(np.float32)}
+
+
+def _export(model: nn.Module, path, example, dynamo: bool) -> None:
+    names = list(SPARSE) + list(DENSE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            batch = torch.export.Dim("batch", min=1)
+            torch.onnx.export(model, example, str(path), input_names=names, output_names=["logit"], dynamo=True,
+                              dynamic_shapes=tuple({0: batch} for _ in names), verbose=False)
+        else:
+            torch.onnx.export(model, example, str(path), input_names=names, output_names=["logit"], dynamo=False,
+                              dynamic_axes={n: {0: "batch"} for n in names + ["logit"]})
+
+
+@pytest.fixture(scope="module")
+def foreign(census_dir, tmp_path_factory):
+    from fusekit.data.census import read_census
+
+    train_df, test_df = read_census(census_dir)
+    rng = np.random.default_rng(0)
+    rows = train_df.iloc[np.sort(rng.choice(len(train_df), 6000, replace=False))].reset_index(drop=True)
+    held = test_df.iloc[np.sort(rng.choice(len(test_df), 3000, replace=False))].reset_index(drop=True)
+    arrays, labels = _arrays(rows), _labels(rows)
+    root = tmp_path_factory.mktemp("foreign")
+    paths = []
+    for task, names in TASKS.items():
+        for k, name in enumerate(names):
+            model = PerFeatureModel(seed=k + (10 if task == "income" else 0))
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+            inputs = [torch.as_tensor(np.array(arrays[n])) for n in list(SPARSE) + list(DENSE)]
+            y = torch.as_tensor(labels[task])
+            for _ in range(60):  # a few full-batch steps: enough to be far better than chance
+                opt.zero_grad()
+                nn.functional.binary_cross_entropy_with_logits(model(*inputs).squeeze(1), y).backward()
+                opt.step()
+            model.eval()
+            path = root / f"{name}.onnx"
+            _export(model, path, tuple(x[:4] for x in inputs), dynamo=name.endswith("dynamo"))
+            paths.append(path)
+    decompose(paths, root / "parts")
+    part = len(held) // 2
+    ds = TabularDataset(None, list(TASKS), Split(arrays, labels),
+                        Split(_arrays(held.iloc[:part]), _labels(held.iloc[:part])),
+                        Split(_arrays(held.iloc[part:]), _labels(held.iloc[part:])))
+    return {"ds": ds, "parts": root / "parts", "paths": {p.stem: p for p in paths}}
+
+
+def test_logit_outputs_are_detected_and_kept(foreign):
+    plan = prepare(foreign["parts"], TASKS, foreign["ds"], FuseOptions(max_rows=300))
+    assert {t: (k.kind, k.output, k.shape) for t, k in plan.kinds.items()} == {
+        "income": ("binary", "logit", (1,)), "never_married": ("binary", "logit", (1,))}
+
+
+def test_sources_are_fed_the_raw_arrays_unchanged(foreign):
+    plan = prepare(foreign["parts"], TASKS, foreign["ds"], FuseOptions())
+    scored = score_sources(plan)
+    for name, path in foreign["paths"].items():
+        alone = run(session(path, "cpu")[0], plan.test)["logit"]
+        np.testing.assert_allclose(scored[name], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_untrained_fusion_averages_probabilities_and_outputs_a_logit(foreign):
+    plan = prepare(foreign["parts"], TASKS, foreign["ds"], FuseOptions(max_rows=500))
+    model = build(plan).eval()
+    arrays = plan.test.arrays()
+    with torch.no_grad():
+        fused = DeployedOutputs(model)(*[torch.as_tensor(arrays[n]) for n in model.input_names])
+    sources = score_sources(plan)
+    for task, logit in zip(plan.task_names, fused):
+        assert tuple(logit.shape) == (len(plan.test), 1)
+        average = np.mean([1 / (1 + np.exp(-sources[m])) for m in TASKS[task]], axis=0)
+        np.testing.assert_allclose(torch.sigmoid(logit).numpy(), average, rtol=1e-5, atol=1e-6)
+
+
+def test_fuse_writes_a_file_with_the_sources_inputs_and_outputs(foreign, tmp_path):
+    options = FuseOptions(training=TrainConfig(max_epochs=2, progress=False, device="cpu"))
+    result = fuse(foreign["parts"], TASKS, foreign["ds"], tmp_path / "out", options)
+    proto = onnx.load(str(tmp_path / "out" / "fused.onnx"))
+    assert [i.name for i in proto.graph.input] == list(SPARSE) + list(DENSE)
+    assert [o.name for o in proto.graph.output] == list(TASKS)
+    for task in TASKS:
+        entry = result.metrics["per_task"][task]
+        assert entry["score"] == "auc" and entry["test_score"] > 0.75
+        assert entry["kind"]["output"] == "logit"
