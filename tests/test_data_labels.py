@@ -6,6 +6,7 @@ import pytest
 
 from fusekit.data.labels import class_count, label_columns, parse_labels
 from fusekit.errors import FusekitError
+from fusekit.task_kinds import TaskKind
 
 
 def test_binary_from_numbers_booleans_and_text():
@@ -38,6 +39,13 @@ def test_multiclass_indices():
 def test_multiclass_refusals(values, why):
     with pytest.raises(FusekitError, match=f"at row 1 {why}"):
         parse_labels(values, "multiclass", classes=3)
+
+
+def test_a_task_kind_gives_its_classes():
+    np.testing.assert_array_equal(parse_labels([0, 2], TaskKind("multiclass", 3)), [0, 2])
+    with pytest.raises(FusekitError, match="not a class index 0..1"):
+        parse_labels([0, 2], TaskKind("multiclass", 2))
+    assert parse_labels([1.5], TaskKind("regression", output="value")).dtype == np.float32
 
 
 def test_multiclass_without_classes_accepts_any_index_and_needs_two_classes():

@@ -10,9 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fusekit.data.dataset import Split
 from fusekit.data.named import Partition, cast_values, carve, read_named, read_splits, rows_digest
 from fusekit.decompose.manifest import InputSpec
 from fusekit.errors import FusekitError
+from fusekit.task_kinds import TaskKind
 
 N = 60
 
@@ -263,21 +265,21 @@ def test_one_seeded_split_the_same_for_every_task(tmp_path):
     only_weeks = read_splits(path, inputs=INPUTS, tasks={"weeks": "count"})
     assert both.partition.rows == {"train": 160, "val": 20, "test": 20}
     for part in ("train", "val", "test"):
-        ids = getattr(both, part)[0]["price usd"]
-        np.testing.assert_array_equal(getattr(only_click, part)[0]["price usd"], ids)
-        np.testing.assert_array_equal(getattr(only_weeks, part)[0]["price usd"], ids)
+        ids = getattr(both, part).inputs["price usd"]
+        np.testing.assert_array_equal(getattr(only_click, part).inputs["price usd"], ids)
+        np.testing.assert_array_equal(getattr(only_weeks, part).inputs["price usd"], ids)
     assert both.partition.rows_sha256 == only_weeks.partition.rows_sha256
     # The parts are disjoint and cover every row, in file order.
     idx = carve(200, ["val", "test"], seed=0)
     assert np.array_equal(np.sort(np.concatenate(list(idx.values()))), np.arange(200))
     assert both.partition.rows_sha256["test"] == rows_digest(idx["test"])
-    np.testing.assert_array_equal(both.test[0]["user id"], frame["user id"].to_numpy()[idx["test"]])
-    np.testing.assert_array_equal(both.test[1]["weeks"], frame["weeks"].to_numpy(np.float32)[idx["test"]])
+    np.testing.assert_array_equal(both.test.inputs["user id"], frame["user id"].to_numpy()[idx["test"]])
+    np.testing.assert_array_equal(both.test.labels["weeks"], frame["weeks"].to_numpy(np.float32)[idx["test"]])
     # Reproducible with its seed, different with another; the recorded partition tells them apart.
     again = read_splits(path, inputs=INPUTS, tasks={"click": "binary"})
-    np.testing.assert_array_equal(again.val[0]["user id"], only_click.val[0]["user id"])
+    np.testing.assert_array_equal(again.val.inputs["user id"], only_click.val.inputs["user id"])
     other = read_splits(path, inputs=INPUTS, tasks={"click": "binary"}, seed=1)
-    assert not np.array_equal(other.test[0]["price usd"], both.test[0]["price usd"])
+    assert not np.array_equal(other.test.inputs["price usd"], both.test.inputs["price usd"])
     both.partition.check_same(Partition.from_dict(json.loads(json.dumps(again.partition.to_dict()))))
     with pytest.raises(FusekitError, match="the train rows differ .*seed 1 vs 0"):
         both.partition.check_same(other.partition.to_dict())
@@ -296,13 +298,25 @@ def test_explicit_splits(tmp_path):
     test = _csv(tmp_path, frame.iloc[75:], "test.csv")
     splits = read_splits(train, tmp_path / "val.parquet", test, inputs=INPUTS, tasks={"click": "binary"})
     assert splits.partition.rows == {"train": 60, "val": 15, "test": 15} and splits.partition.carved == []
-    np.testing.assert_array_equal(splits.val[0]["user id"], frame["user id"].to_numpy()[60:75])
-    np.testing.assert_array_equal(splits.test[1]["click"], frame["click"].to_numpy(np.float32)[75:])
+    np.testing.assert_array_equal(splits.val.inputs["user id"], frame["user id"].to_numpy()[60:75])
+    np.testing.assert_array_equal(splits.test.labels["click"], frame["click"].to_numpy(np.float32)[75:])
     only_test = read_splits(train, test=test, inputs=INPUTS, tasks={"click": "binary"})
     assert only_test.partition.carved == ["val"] and only_test.partition.rows == {"train": 54, "val": 6, "test": 15}
     _csv(tmp_path, frame.iloc[75:].drop(columns=["click"]), "test.csv")
     with pytest.raises(FusekitError, match="test.csv has no label column 'click'"):
         read_splits(train, test=test, inputs=INPUTS, tasks={"click": "binary"})
+
+
+def test_splits_are_splits_and_task_kinds_carry_their_classes(tmp_path):
+    frame = _frame()
+    splits = read_splits(_csv(tmp_path, frame), inputs=INPUTS,
+                         tasks={"genre": TaskKind("multiclass", 4, "logit"), "click": "binary"})
+    assert all(isinstance(s, Split) for s in (splits.train, splits.val, splits.test))
+    assert sum(len(s) for s in (splits.train, splits.val, splits.test)) == N
+    assert splits.train.labels["genre"].dtype == np.int64 and set(splits.train.inputs) == {i.name for i in INPUTS}
+    assert next(lb for lb in splits.report.labels if lb.task == "genre").classes == 4
+    with pytest.raises(FusekitError, match="value '3' at row \\d+ is not a class index 0..2"):
+        read_splits(_csv(tmp_path, frame), inputs=INPUTS, tasks={"genre": TaskKind("multiclass", 3)})
 
 
 def test_report(tmp_path):
@@ -360,7 +374,9 @@ def test_round_trip_through_a_torch_export_feeds_raw_values(tmp_path):
                                                    ("price usd", "float32"), ("age in years", "float32")]
     read = read_named(tmp_path / "raw.csv", inputs, {"click": "binary"}, index_inputs=set(sparse))
     sess, _ = session(path, device="cpu", threads=1)
-    onnx_out = run(sess, read.inputs)["click"]
+    split = read.split()
+    assert isinstance(split, Split) and len(split) == N
+    onnx_out = run(sess, split)["click"]
     with torch.no_grad():
         torch_out = model(*(torch.as_tensor(frame[c].to_numpy(copy=True)) for c in sparse),
                           *(torch.as_tensor(frame[c].to_numpy(np.float32, copy=True)) for c in dense)).numpy()

@@ -13,14 +13,16 @@ guessed). Every refusal is a one-line :class:`FusekitError` naming the value and
 from __future__ import annotations
 
 import difflib
-from typing import Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import numpy as np
 
 from fusekit.errors import FusekitError
 from fusekit.options import literal, quote
+from fusekit.task_kinds import KINDS
 
-KINDS = ("binary", "multiclass", "regression", "count")
+if TYPE_CHECKING:
+    from fusekit.task_kinds import TaskKind
 
 # The function whose ``labels`` argument (task -> column) these messages name.
 OWNER = "read_splits()"
@@ -60,13 +62,24 @@ def _refuse(mask: np.ndarray, values: np.ndarray, where: str, why: str) -> None:
         raise FusekitError(f"{literal(where)}: value {quote(shown)} at row {row} {literal(why)}")
 
 
-def parse_labels(values: Any, kind: str, classes: int | None = None, where: str = "the labels") -> np.ndarray:
+def kind_name(kind: "str | TaskKind") -> tuple[str, int | None]:
+    """(kind, classes) of a kind name or a :class:`fusekit.task_kinds.TaskKind`."""
+    if isinstance(kind, str):
+        return kind, None
+    return kind.kind, kind.classes
+
+
+def parse_labels(values: Any, kind: "str | TaskKind", classes: int | None = None,
+                 where: str = "the labels") -> np.ndarray:
     """One task's labels ``[N]`` parsed by ``kind`` (see the module docstring).
 
-    ``values``: a 1-D array-like (or ``[N, 1]``) of numbers, booleans or text. ``classes``: K of a
+    ``values``: a 1-D array-like (or ``[N, 1]``) of numbers, booleans or text. ``kind``: a name
+    of ``task_kinds.KINDS`` or a ``TaskKind`` (whose classes then apply). ``classes``: K of a
     multiclass task (the width of its models' output); None accepts any index >= 0. ``where``
     names the column and file in the messages.
     """
+    kind, own = kind_name(kind)
+    classes = classes if classes is not None else own
     if kind not in KINDS:
         raise FusekitError(f"unknown task kind {quote(kind)} for {literal(where)}; use one of {', '.join(KINDS)}")
     raw = np.asarray(values)

@@ -40,10 +40,12 @@ from typing import Any, Collection, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from fusekit.data.labels import KINDS, class_count, label_columns, parse_labels
+from fusekit.data.dataset import Split
+from fusekit.data.labels import class_count, kind_name, label_columns, parse_labels
 from fusekit.errors import FusekitError
 from fusekit.io import portable_path, sha256_file
 from fusekit.options import literal, quote
+from fusekit.task_kinds import KINDS
 
 # The function whose arguments (labels, index_inputs, val, test) these messages name.
 OWNER = "read_splits()"
@@ -553,9 +555,11 @@ class NamedRead:
     ignored: list[str]
     rows: int
 
-    def subset(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(inputs, labels) of the rows at ``idx``."""
-        return ({k: v[idx] for k, v in self.inputs.items()}, {k: v[idx] for k, v in self.labels.items()})
+    def split(self, idx: np.ndarray | None = None) -> Split:
+        """The rows at ``idx`` (all rows when None) as a :class:`Split`."""
+        if idx is None:
+            return Split(self.inputs, self.labels)
+        return Split({k: v[idx] for k, v in self.inputs.items()}, {k: v[idx] for k, v in self.labels.items()})
 
 
 def _check_inputs(inputs: Sequence[InputLike], index_inputs: Collection[str]) -> None:
@@ -620,18 +624,21 @@ def _read_input(spec: InputLike, table: _Table, indexed: Mapping[str, dict[int, 
     return values, InputRead(spec.name, names, "/".join(reads), spec.dtype, list(spec.shape))
 
 
-def read_named(path: Path | str, inputs: Sequence[InputLike], tasks: Mapping[str, str] | None = None, *,
+def read_named(path: Path | str, inputs: Sequence[InputLike], tasks: Mapping[str, Any] | None = None, *,
                labels: Mapping[str, str] | None = None, classes: Mapping[str, int] | None = None,
                index_inputs: Collection[str] = ()) -> NamedRead:
     """Read one file (CSV, Parquet, ``.npz``) or Parquet folder for models with ``inputs``.
 
-    ``tasks``: ``{task: kind}`` (kinds of ``labels.KINDS``) whose labels must be present (none:
-    inputs only, as for predicting); ``labels``: task -> column when not named after the task;
-    ``classes``: K of multiclass tasks (default: one more than the largest index);
+    ``tasks``: ``{task: kind}`` (a name of ``task_kinds.KINDS`` or a ``TaskKind``) whose labels must
+    be present (none: inputs only, as for predicting); ``labels``: task -> column when not named
+    after the task; ``classes``: K of multiclass tasks (default: the TaskKind's, else one more
+    than the largest index);
     ``index_inputs``: integer inputs that are indices and so refuse negative values.
     """
     _check_inputs(inputs, index_inputs)
-    tasks = dict(tasks or {})
+    given = dict(tasks or {})
+    tasks = {task: kind_name(kind)[0] for task, kind in given.items()}
+    classes = {**{t: kind_name(k)[1] for t, k in given.items() if kind_name(k)[1] is not None}, **(classes or {})}
     for task, kind in tasks.items():
         if kind not in KINDS:
             raise FusekitError(f"unknown kind {quote(kind)} of task {quote(task)}; use one of {', '.join(KINDS)}")
@@ -656,7 +663,7 @@ def read_named(path: Path | str, inputs: Sequence[InputLike], tasks: Mapping[str
     label_reads: list[LabelRead] = []
     for task, column in found.items():
         kind = tasks[task]
-        k = (classes or {}).get(task)
+        k = classes.get(task)
         where = f"{table.where}: label {'array' if table.kind == 'npz' else 'column'} {column!r} of task {task!r}"
         parsed[task] = parse_labels(table.column(column).values, kind, k, where)
         label_reads.append(LabelRead(task, column, kind, class_count(parsed[task], k) if kind == "multiclass" else None))
@@ -699,11 +706,12 @@ def _file_digest(path: Path) -> str:
 
 @dataclass
 class NamedSplits:
-    """Train, val and test as (inputs by name, labels by task), and the report of how they were read."""
+    """Train, val and test :class:`Split` s (inputs by name, labels by task), and the report of how
+    they were read."""
 
-    train: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
-    val: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
-    test: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
+    train: Split
+    val: Split
+    test: Split
     report: DataReport
 
     @property
@@ -713,7 +721,7 @@ class NamedSplits:
 
 
 def read_splits(train: Path | str, val: Path | str | None = None, test: Path | str | None = None, *,
-                inputs: Sequence[InputLike], tasks: Mapping[str, str] | None = None,
+                inputs: Sequence[InputLike], tasks: Mapping[str, Any] | None = None,
                 labels: Mapping[str, str] | None = None, classes: Mapping[str, int] | None = None,
                 index_inputs: Collection[str] = (), seed: int = 0) -> NamedSplits:
     """Read train/val/test for models with ``inputs`` (arguments as in :func:`read_named`).
@@ -747,8 +755,8 @@ def read_splits(train: Path | str, val: Path | str | None = None, test: Path | s
     ignored = list(dict.fromkeys(c for r in reads.values() for c in r.ignored))
     report = DataReport(files={p: portable_path(f) for p, f in files.items()}, inputs=base.read,
                         labels=_label_reads(reads), ignored=ignored, partition=partition)
-    split = {p: parts[p].subset(idx[p]) if p in carved or (p == "train" and carved) else
-             (parts[p].inputs, parts[p].labels) for p in ("train", "val", "test")}
+    split = {p: parts[p].split(idx[p] if p in carved or (p == "train" and carved) else None)
+             for p in ("train", "val", "test")}
     return NamedSplits(split["train"], split["val"], split["test"], report)
 
 
