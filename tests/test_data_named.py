@@ -255,6 +255,15 @@ def test_empty_files(tmp_path):
         read_named(tmp_path / "header.csv", INPUTS)
     with pytest.raises(FusekitError, match="does not exist"):
         read_named(tmp_path / "missing.parquet", INPUTS)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(FusekitError, match="is empty"):
+        read_named(tmp_path / "empty.npz", INPUTS)
+    np.savez(tmp_path / "none.npz")
+    with pytest.raises(FusekitError, match="holds no arrays"):
+        read_named(tmp_path / "none.npz", INPUTS)
+    pq.write_table(pa.table({"user id": pa.array([], pa.int64())}), tmp_path / "empty.parquet")
+    with pytest.raises(FusekitError, match="has no rows"):
+        read_named(tmp_path / "empty.parquet", INPUTS)
 
 
 def test_one_seeded_split_the_same_for_every_task(tmp_path):

@@ -105,7 +105,7 @@ def _check_file(path: Path) -> None:
     if not path.exists():
         raise FusekitError(f"data file {literal(path)} does not exist; check the path")
     if path.is_file() and path.stat().st_size == 0:
-        raise FusekitError(f"data file {literal(path)} is empty; give a file with a header and rows")
+        raise FusekitError(f"data file {literal(path)} is empty (0 bytes); give a file with rows")
 
 
 def _open_table(path: Path | str) -> _Table:
@@ -224,9 +224,7 @@ def _arrow_column(chunked: Any, where: str) -> _Column:
 
 
 def _read_npz(path: Path) -> _Table:
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic != b"PK\x03\x04":
+    if not zipfile.is_zipfile(path):  # np.load would try a pickle next
         raise FusekitError(f"{literal(path)} is not an .npz archive; save the arrays with numpy.savez")
     try:
         archive = np.load(path, allow_pickle=False)
