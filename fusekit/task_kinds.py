@@ -91,36 +91,7 @@ class TaskKind:
         return cls(data.get("kind", "binary"), data.get("classes"), data.get("output", "probability"),
                    tuple(int(d) for d in data.get("shape", ())))
 
-    # -- labels and metrics (numpy) ----------------------------------------------------------
-    def check_labels(self, labels: np.ndarray, where: str) -> np.ndarray:
-        """``labels`` as this kind's dtype; FusekitError naming ``where`` when they do not fit."""
-        y = np.asarray(labels)
-        if y.ndim != 1:
-            y = y.reshape(len(y), -1)
-            if y.shape[1] != 1:
-                raise FusekitError(f"{where}: labels must hold one value per row, got shape {list(np.shape(labels))}")
-            y = y[:, 0]
-        if not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
-            raise FusekitError(f"{where}: labels of a {self.kind} task must be numbers, got {y.dtype}")
-        x = y.astype(np.float64)
-        if not np.isfinite(x).all():
-            row = int(np.flatnonzero(~np.isfinite(x))[0])
-            raise FusekitError(f"{where}: label at row {row} is {x[row]}; give finite labels")
-        if self.kind == "binary" and not np.isin(x, (0.0, 1.0)).all():
-            row = int(np.flatnonzero(~np.isin(x, (0.0, 1.0)))[0])
-            raise FusekitError(f"{where}: a binary task's labels are 0/1, found {x[row]:g} at row {row}; "
-                               "set the task kind if this is not a binary task")
-        if self.kind == "multiclass":
-            bad = (x != np.round(x)) | (x < 0) | (x >= self.width)
-            if bad.any():
-                row = int(np.flatnonzero(bad)[0])
-                raise FusekitError(f"{where}: class index {x[row]:g} at row {row} is not one of 0..{self.width - 1} "
-                                   f"(the models output {self.width} classes)")
-        if self.kind == "count" and ((x < 0) | (x != np.round(x))).any():
-            row = int(np.flatnonzero((x < 0) | (x != np.round(x)))[0])
-            raise FusekitError(f"{where}: a count task's labels are non-negative integers, found {x[row]:g} at row {row}")
-        return x.astype(self.label_dtype)
-
+    # -- metrics (numpy; labels are parsed by fusekit.data.labels.parse_labels) ----------------------------------------------------------
     def average(self, outputs: list[np.ndarray]) -> np.ndarray:
         """The plain average of several sources' deployed outputs, in mix space."""
         return np.mean([self.probabilities(o) for o in outputs], axis=0)

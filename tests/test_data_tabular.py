@@ -78,7 +78,7 @@ def test_label_errors(tmp_path):
     frame.to_csv(tmp_path / "toy.csv", index=False)
     with pytest.raises(FusekitError, match="no label column 'clicked'"):
         load_dataset(tmp_path / "toy.csv", ["click"], labels={"click": "clicked"})
-    with pytest.raises(FusekitError, match=r"'shop' is not binary \(value '\d+' at row \d+\)"):
+    with pytest.raises(FusekitError, match=r"label column 'shop': value '\d+' at row \d+ is not binary"):
         load_dataset(tmp_path / "toy.csv", ["shop"])
     frame.assign(y=frame.y.map({0: "false", 1: "true"})).to_csv(tmp_path / "bool.csv", index=False)
     ds = load_dataset(tmp_path / "bool.csv", ["y"])

@@ -108,7 +108,7 @@ def test_labels_that_do_not_fit_the_kind_are_refused(mixed):
     bad = ds.test.subset(np.arange(len(ds.test)))
     bad.labels["education_level"] = bad.labels["education_level"] + 5  # class indices beyond the 5 outputs
     broken = TabularDataset(ds.spec, ds.tasks, ds.train, ds.val, bad, ds.kinds)
-    with pytest.raises(FusekitError, match="class index .* is not one of 0..4"):
+    with pytest.raises(FusekitError, match="is not a class index 0..4"):
         prepare(mixed["parts"], mixed["tasks"], broken, FuseOptions(max_rows=200))
 
 

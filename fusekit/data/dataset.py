@@ -82,6 +82,7 @@ class TabularDataset:
     val: Split
     test: Split
     kinds: dict = field(default_factory=dict)  # task -> fusekit.task_kinds.TaskKind
+    report: object = None  # fusekit.data.named.DataReport: how files named after the inputs were read
 
     def holdout_indices(self) -> tuple[np.ndarray, np.ndarray]:
         """(source rows, holdout rows) of the training split; no holdout -> (all rows, all rows)."""

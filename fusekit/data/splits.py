@@ -25,6 +25,14 @@ def stratified_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np
     return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
 
 
+def seeded_halves(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``n_rows`` rows 50/50 into sorted (validation, test) index arrays by a seeded
+    permutation that reads no label, so that every task of a file gets the same halves."""
+    perm = np.random.default_rng([seed, 0x4A1F]).permutation(n_rows)
+    half = (n_rows + 1) // 2
+    return np.sort(perm[:half]), np.sort(perm[half:])
+
+
 def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int = 0) -> list[np.ndarray]:
     """Split rows into len(fractions) sorted index arrays with those shares, stratified on ``labels``."""
     if abs(sum(fractions) - 1.0) > 1e-9 or any(f < 0 for f in fractions):

@@ -3,8 +3,8 @@
 A CSV/Parquet source is one file, or a training file whose name contains ``train`` with sibling
 files where ``train`` is replaced by ``val``/``validation`` and/or ``test`` (the AliExpress and
 Ali-CCP sample layouts). With a test file but no validation file, the test file is split 50/50
-like Census-Income; a lone file is split 80/10/10. Splits are stratified on the first task and
-seeded. Feature columns are every column but the labels (and ``exclude``), unless named. Names
+like Census-Income; a lone file is split 80/10/10. Splits are seeded permutations of the rows that
+read no label, so every task of a file (and every single-task model trained on it) gets the same rows. Feature columns are every column but the labels (and ``exclude``), unless named. Names
 following the AliExpress/Ali-CCP/Criteo conventions decide first (``numerical_*``, ``dense_*``,
 ``D<n>``, ``I<n>``: dense; ``categorical_*``, ``C<n>``: categorical); otherwise a column is dense
 when all its values are numbers and some have a fractional part or exponent, else categorical.
@@ -21,7 +21,7 @@ import pandas as pd
 from fusekit.errors import FusekitError
 from fusekit.data.dataset import Split, TabularDataset, holdout_dict
 from fusekit.data.features import FeatureSpec, fit_spec
-from fusekit.data.splits import stratified_halves, stratified_split
+from fusekit.data.splits import seeded_halves
 from fusekit.options import literal, quote
 
 # The function whose arguments (labels, categorical, dense) these messages name.
@@ -51,28 +51,15 @@ def read_table(path: Path) -> pd.DataFrame:
     return frame
 
 
-def binary_labels(frame: pd.DataFrame, column: str, where: str) -> np.ndarray:
-    """float32 0/1 labels from a column of 0/1 (or true/false) values."""
+def column_labels(frame: pd.DataFrame, column: str, where: str, kind="binary") -> np.ndarray:
+    """One task's labels from ``column``, parsed by the task's kind (default binary: 0/1, true/false)."""
+    from fusekit.data.labels import parse_labels
+
     if column not in frame.columns:
         shown = ", ".join(map(str, list(frame.columns)[:8])) + (", ..." if frame.shape[1] > 8 else "")
         raise FusekitError(f"{literal(where)} has no label column {quote(column)} (columns: {literal(shown)}); "
                            "name the task's label column in {labels}", owner=OWNER)
-    values = frame[column]
-    if pd.api.types.is_bool_dtype(values):
-        return values.to_numpy().astype(np.float32)
-    if pd.api.types.is_numeric_dtype(values):
-        x = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        text = values.astype(str).str.strip().str.lower().replace({"true": "1", "false": "0"})
-        x = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isin(x, (0.0, 1.0))
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise FusekitError(
-            f"{where}: label column {column!r} is not binary (value {values.iloc[row]!r} at row {row}); "
-            "labels must be 0/1 or true/false"
-        )
-    return x.astype(np.float32)
+    return parse_labels(frame[column].to_numpy(), kind, where=f"{where}: label column {column!r}")
 
 
 def _sibling(path: Path, names: tuple[str, ...]) -> Path | None:
@@ -143,8 +130,14 @@ def load_tabular(
     categorical: list[str] | None = None,
     dense: list[str] | None = None,
     exclude: list[str] | None = None,
+    val: Path | None = None,
+    test: Path | None = None,
+    kinds: dict | None = None,
 ) -> TabularDataset:
-    """Load a CSV/Parquet dataset (see the module docstring for the layout rules)."""
+    """Load a CSV/Parquet dataset (see the module docstring for the layout rules); ``val`` and
+    ``test`` name the other splits' files instead of the siblings found by name; ``kinds``
+    (task -> kind name or TaskKind, default binary) says how to read each task's labels."""
+    kinds = dict(kinds or {})
     labels = dict(labels or {})
     unknown = sorted(set(labels) - set(tasks))
     if unknown:
@@ -153,12 +146,12 @@ def load_tabular(
     columns = {t: labels.get(t, t) for t in tasks}
     path = Path(path)
     train_df = read_table(path)
-    val_path = _sibling(path, ("val", "valid", "validation"))
-    test_path = _sibling(path, ("test",))
+    val_path = Path(val) if val is not None else _sibling(path, ("val", "valid", "validation"))
+    test_path = Path(test) if test is not None else _sibling(path, ("test",))
     val_df = read_table(val_path) if val_path else None
     test_df = read_table(test_path) if test_path else None
 
-    train_labels = {t: binary_labels(train_df, c, str(path)) for t, c in columns.items()}
+    train_labels = {t: column_labels(train_df, c, str(path), kinds.get(t, "binary")) for t, c in columns.items()}
     if spec is None:
         skip = set(columns.values()) | set(exclude or [])
         if categorical is None and dense is None:
@@ -186,20 +179,23 @@ def load_tabular(
     train = Split.tabular(cat, dns, train_labels)
 
     if val_df is not None and test_df is not None:
-        val = _encoded(val_df, spec, columns, str(val_path))
-        test = _encoded(test_df, spec, columns, str(test_path))
+        val = _encoded(val_df, spec, columns, str(val_path), kinds)
+        test = _encoded(test_df, spec, columns, str(test_path), kinds)
     elif test_df is not None:
-        rest = _encoded(test_df, spec, columns, str(test_path))
-        val_idx, test_idx = stratified_halves(rest.labels[tasks[0]], seed)
+        rest = _encoded(test_df, spec, columns, str(test_path), kinds)
+        val_idx, test_idx = seeded_halves(len(rest), seed)
         val, test = rest.subset(val_idx), rest.subset(test_idx)
     else:
         if val_df is not None:
             raise FusekitError(f"{val_path} exists but no test file beside it; add the test file")
-        tr_idx, val_idx, test_idx = stratified_split(train.labels[tasks[0]], (0.8, 0.1, 0.1), seed)
-        train, val, test = train.subset(tr_idx), train.subset(val_idx), train.subset(test_idx)
+        from fusekit.data.named import carve
+
+        idx = carve(len(train), ["val", "test"], seed)
+        train, val, test = train.subset(idx["train"]), train.subset(idx["val"]), train.subset(idx["test"])
     return TabularDataset(spec, list(tasks), train, val, test)
 
 
-def _encoded(frame: pd.DataFrame, spec: FeatureSpec, columns: dict[str, str], where: str) -> Split:
+def _encoded(frame: pd.DataFrame, spec: FeatureSpec, columns: dict[str, str], where: str, kinds: dict) -> Split:
     cat, dense = spec.encode(frame, where)
-    return Split.tabular(cat, dense, {t: binary_labels(frame, c, where) for t, c in columns.items()})
+    return Split.tabular(cat, dense, {t: column_labels(frame, c, where, kinds.get(t, "binary"))
+                                      for t, c in columns.items()})

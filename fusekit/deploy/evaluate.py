@@ -12,6 +12,7 @@ import pandas as pd
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_file
 from fusekit.options import literal
+from fusekit.data.labels import parse_labels
 from fusekit.task_kinds import TaskKind, kind_from_ending
 
 
@@ -119,7 +120,7 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
     kinds = info.kinds(rows.labels, task_kinds)
     sess, provider = session(model_path, device)
     outputs = run(sess, rows, batch_size)
-    metrics = {t: kinds[t].metrics(kinds[t].check_labels(rows.labels[t], f"the labels of {t}"), outputs[t])
+    metrics = {t: kinds[t].metrics(parse_labels(rows.labels[t], kinds[t], where=f"the labels of {t}"), outputs[t])
                for t in tasks}
     return EvalResult({t: m[kinds[t].score_name] for t, m in metrics.items()}, metrics, kinds, provider, len(rows),
                       split)

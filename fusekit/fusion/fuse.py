@@ -31,6 +31,7 @@ from fusekit.errors import FusekitError
 from fusekit.options import literal
 from fusekit.provenance import run_record
 from fusekit.io import atomic_dir, atomic_file, check_output_dir, portable_path
+from fusekit.data.labels import parse_labels
 from fusekit.fusion.finetune import reinitialised_copy, trainable_copy
 from fusekit.fusion.kinds import detect_kinds
 from fusekit.fusion.model import FusedModel, SourceModel, run_head, split_carry
@@ -83,14 +84,22 @@ class FusePlan:
 
 
 # -- step 1: validation ----------------------------------------------------------------------------
-def load_data(data, tasks: list[str], spec, options: FuseOptions):
-    """The dataset encoded with the models' specification; checked for labels and encoding."""
-    from fusekit.data import load_dataset
+def load_data(data, tasks: Mapping[str, object], spec, options: FuseOptions, parts: Manifest | None = None):
+    """The dataset for the models: encoded with their specification when they carry one, else read
+    from columns/arrays named after their inputs (``parts.inputs``); checked for labels and encoding.
+    ``tasks``: task -> the kind (name or TaskKind) its labels are read as."""
+    from fusekit.data.registry import load_for_models
 
     if isinstance(data, (str, Path)):
-        ds = load_dataset(data, tasks, labels=options.labels, spec=spec, data_dir=options.data_dir,
-                          seed=options.split_seed)
+        ds = load_for_models(data, dict(tasks), inputs=parts.inputs if parts is not None else [], spec=spec,
+                             labels=options.labels, val=options.val, test=options.test, data_dir=options.data_dir,
+                             seed=options.split_seed)
+        if options.on_data is not None and ds.report is not None:
+            options.on_data(ds.report)
     else:
+        if options.val is not None or options.test is not None:
+            raise FusekitError("{val} and {test} name files; with a loaded dataset give its splits instead",
+                               owner="FuseOptions")
         ds = data
     for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)):
         missing = [t for t in tasks if t not in split.labels]
@@ -139,7 +148,10 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     spec = manifest.feature_spec(names)
     if out_dir is not None:
         check_output_dir(Path(out_dir), options.force)
-    ds = load_data(data, list(mapping), spec, options)
+    # Labels are read as each task's kind, detected from the sources' heads before any label is
+    # seen; an output with no activation reads its labels as numbers, and the labels then decide.
+    early, _ = detect_kinds(manifest, mapping, None, options.task_kinds, options.outputs)
+    ds = load_data(data, early, spec, options, manifest)
     holdout = bool(spec is not None and spec.holdout) and options.train_rows == "holdout"
     seed = options.training.seed
     rows = (ds.fusion_rows() if holdout else ds.train).sample(options.max_rows, seed)
@@ -150,7 +162,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
                                                  options.outputs)
     for task, kind in plan.kinds.items():
         for name, split in (("training", plan.train_rows), ("validation", plan.val), ("test", plan.test)):
-            split.labels[task] = kind.check_labels(split.labels[task], f"the {name} labels of task {task}")
+            split.labels[task] = parse_labels(split.labels[task], kind, where=f"the {name} labels of task {task}")
     return plan
 
 

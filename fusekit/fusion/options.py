@@ -80,6 +80,10 @@ class FuseOptions(Options):
     resume: bool = option(False, help="continue an interrupted run from its last checkpoint")
     force: bool = option(False, help="replace a non-empty output directory")
     labels: dict[str, str] | None = option(None, kind="str_map", help="task -> label column, for CSV/Parquet data")
+    val: Path | None = option(None, kind="path", help="validation file (CSV, Parquet, .npz or a Parquet folder); "
+                                                      "default: carved from the training data")
+    test: Path | None = option(None, kind="path", help="test file (CSV, Parquet, .npz or a Parquet folder); "
+                                                       "default: carved from the training data")
     # Detected from how the sources' outputs end (Sigmoid, Softmax, nothing) unless named here.
     task_kinds: dict[str, str] | None = option(None, kind="str_map",
                                                help="task -> kind: binary, multiclass, regression or count "
@@ -98,6 +102,7 @@ class FuseOptions(Options):
                                   "specification records a holdout; all: every training row")
     parity_tol: float = option(1e-5, above=0.0, help="largest onnxruntime-vs-torch difference accepted")
     on_epoch: Callable | None = option(None, kind="callable")  # called with each EpochRecord (progress reporting)
+    on_data: Callable | None = option(None, kind="callable")  # called once with how the data files were read
     # The command line that asked for this run (argv as typed), for the run record.
     command: list[str] | None = option(None, kind="str_list")
 

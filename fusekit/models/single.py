@@ -21,6 +21,7 @@ from fusekit.errors import FusekitError
 from fusekit.models.architecture import Architecture
 from fusekit.seeding import seed_everything
 from fusekit.models.tabular_input import TabularInput
+from fusekit.data.labels import parse_labels
 from fusekit.task_kinds import BINARY, TaskKind
 from fusekit.train import TrainConfig, TrainResult, fit, predict
 
@@ -148,7 +149,7 @@ def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, con
         train = train.subset(pick)
     kind = dataset.kinds.get(task, BINARY)
     for name, split in (("training", train), ("validation", dataset.val), ("test", dataset.test)):
-        labels = kind.check_labels(split.labels[task], f"the {name} labels of task {task}")
+        labels = parse_labels(split.labels[task], kind, where=f"the {name} labels of task {task}")
         if kind.kind != "regression" and kind.kind != "count" and (len(labels) == 0 or labels.min() == labels.max()):
             raise FusekitError(f"the {name} rows of task {task!r} hold a single class; a {kind.kind} task needs "
                                "two or more")
