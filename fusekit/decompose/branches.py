@@ -20,7 +20,8 @@ The rules, precisely (positions are along the deep path):
   still reads, ``t`` excepted.
 - **Valid cut**: a candidate whose carried tensors are read by no op before the *last*
   candidate ``T``: carried tensors are consumed in the head only. Model inputs are exempt (an
-  ``attention_mask`` read by every layer is carried from level 1 on), except the input the deep
+  ``attention_mask`` read by every layer is carried from level 1 on), and so are tensors off the
+  deep path computed from those inputs alone (the mask reshaped once), except the input the deep
   path starts at: a residual block on the model's input still has no cut inside. A skip
   connection rejoins the deep path before ``T`` by definition (an Add is not a head-opening
   Concat), so a layer inside a residual block is never cut.
@@ -47,11 +48,16 @@ from fusekit.decompose.layers import is_primary
 from fusekit.onnxio import optable
 
 CARRY = "carry"
+# Level 1 outputs its carried tensors as carry0..; a later component takes carry0.. and, since
+# one ONNX graph cannot reuse a name, outputs next_carry0.. (components are called positionally).
+NEXT = "next_carry"
 
 
-def carry_names(count: int) -> list[str]:
-    """Component input/output names of ``count`` carried tensors: ``carry0``, ``carry1``, ..."""
-    return [f"{CARRY}{k}" for k in range(count)]
+def carry_names(count: int, level: int | None = None) -> list[str]:
+    """Names of ``count`` carried tensors: component inputs (``level`` None) ``carry0``, ...; the
+    outputs of the component of ``level`` (1-based): ``carry0``, ... at level 1, else ``next_carry0``, ..."""
+    prefix = NEXT if level is not None and level > 1 else CARRY
+    return [f"{prefix}{k}" for k in range(count)]
 
 
 def deep_path(graph: ModelGraph, order: list[int]) -> tuple[str | None, list[int]]:
@@ -160,9 +166,17 @@ def branch_cuts(graph: ModelGraph, order: list[int],
             cover[max(begin, 0)] += 1
             cover[end] -= 1
 
+    # Model inputs beside the deep path, and what is computed from them alone (an attention
+    # mask reshaped once), may be read anywhere: they are carried from level 1 on.
+    exempt = set(graph.inputs) - {start_input}
+    on_path_ops = set(path)
+    for i in order:
+        reads = [n for n in graph.node_inputs[i] if n and graph.tensors[n].kind == "data"]
+        if i not in on_path_ops and reads and all(n in exempt for n in reads):
+            exempt.update(o for o in graph.nodes[i].output if o)
     for op, idx in joined.items():
         for o in graph.nodes[op].output:
-            if o and graph.tensors[o].kind == "data":
+            if o and graph.tensors[o].kind == "data" and o not in exempt:
                 mark(idx, [c for c, _ in graph.tensors[o].consumers if c in live], o)
     if start_input is not None:
         mark(-1, [c for c, _ in graph.tensors[start_input].consumers if c in live], None)

@@ -251,6 +251,12 @@ class ModelEntry:
             return list(self.inputs)
         return ["x"] + [f"carry{k}" for k in range(self.carried_counts[level - 2])]
 
+    def component_outputs(self, level: int) -> list[str]:
+        """Output names of the component of ``level`` (1-based): ``y``, then ``carry0``, ... at level 1
+        and ``next_carry0``, ... later (one ONNX graph cannot reuse its input names)."""
+        prefix = "carry" if level == 1 else "next_carry"
+        return ["y"] + [f"{prefix}{k}" for k in range(self.carried_counts[level - 1])]
+
     @property
     def task(self) -> str | None:
         """The task in the model's ``fusekit.task`` metadata, if any."""

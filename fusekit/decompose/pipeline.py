@@ -330,7 +330,7 @@ def _write_model(root: Path, name: str, graph: ModelGraph, a: Analysis, cut_laye
         inputs = list(graph.inputs) if lv == 0 else [boundaries[lv - 1]] + carried[lv - 1]
         input_names = list(graph.inputs) if lv == 0 else ["x"] + carry_names(len(carried[lv - 1]))
         model = cut_component(graph, nodes, inputs, [layer.end] + carried[lv], input_names,
-                              ["y"] + carry_names(len(carried[lv])), f"{name}/level{lv + 1}")
+                              ["y"] + carry_names(len(carried[lv]), lv + 1), f"{name}/level{lv + 1}")
         path = folder / f"level{lv + 1}.onnx"
         _save(model, path)
         files.append(path)

@@ -394,7 +394,7 @@ def verify_chain(graph: ModelGraph, components: list[Path], head: Path, boundari
     worst = 0.0
     value: dict[str, np.ndarray] = feeds
     for k, path in enumerate(components):
-        names = ["y"] + carry_names(len(carried[k]))
+        names = ["y"] + carry_names(len(carried[k]), k + 1)
         outs = _session(path).run(names, value)
         for name, tensor, out in zip(names, [boundaries[k]] + carried[k], outs):
             diff = _maxdiff(out, ref[tensor])
@@ -403,7 +403,7 @@ def verify_chain(graph: ModelGraph, components: list[Path], head: Path, boundari
                 where = "at its cut" if name == "y" else f"in carried tensor {name} ({tensor!r})"
                 raise FusekitError(f"{graph.path}: level {k + 1} differs from the model by {diff:.3g} {where} "
                                    f"(tolerance {TOLERANCE}); report this model")
-        value = dict(zip(["x"] + names[1:], outs))
+        value = dict(zip(["x"] + carry_names(len(carried[k])), outs))
     sess = _session(head)
     names = [o.name for o in sess.get_outputs()]
     for name, out in zip(names, sess.run(names, value)):
