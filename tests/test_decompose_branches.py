@@ -13,6 +13,7 @@ from torch import nn
 
 from fusekit.decompose.align import analyse
 from fusekit.decompose.graph import load_graph
+from fusekit.decompose.inspect import inspect_model
 from fusekit.decompose.manifest import Manifest
 from fusekit.decompose.pipeline import decompose
 from fusekit.onnxio.interpreter import load_component
@@ -159,6 +160,8 @@ def test_branch_pools_decompose_and_chain_back(pools, tmp_path, kind, dyn):
         (expected,) = sess.run(None, feeds)
         np.testing.assert_allclose(_chain_in_onnxruntime(manifest, path.stem, feeds), expected, atol=1e-5)
         np.testing.assert_allclose(_chain_in_interpreter(manifest, path.stem, feeds), expected, atol=1e-5)
+        shown = inspect_model(path)
+        assert any(c["carried"] for c in shown.to_json()["cut_points"]) and "carried)" in shown.table()
     table = result.table()
     assert "carries" in table and all(any(result.carried_counts(lv).values()) for lv in range(result.levels))
 
