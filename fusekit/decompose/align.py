@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
+from fusekit.decompose.branches import branch_cuts
 from fusekit.decompose.graph import SINK, SOURCE, ModelGraph
 from fusekit.decompose.layers import Layer, group_layers, same_structure
 from fusekit.onnxio import optable
@@ -114,9 +115,24 @@ def _shape_crossings(graph: ModelGraph, order: list[int]) -> list[tuple[int, int
 
 
 def analyse(graph: ModelGraph) -> Analysis:
-    """Cut points and layers of one model, with the layers it cannot be cut after marked."""
+    """Cut points and layers of one model, with the layers it cannot be cut after marked.
+
+    A model whose deep path runs beside other branches is cut along that path with the other
+    branches' tensors carried (``branches.branch_cuts``), when that gives more cuttable layers.
+    """
     order = live_data_nodes(graph)
     cuts = cut_points(graph, order)
+    plain = _layered(graph, order, cuts)
+    branched = branch_cuts(graph, order, cuts)
+    if branched is not None:
+        alternative = _layered(graph, *branched)
+        if len(alternative.candidates) > len(plain.candidates):
+            return alternative
+    return plain
+
+
+def _layered(graph: ModelGraph, order: list[int], cuts: list[tuple[int, str]]) -> Analysis:
+    """The layers of ``order`` cut at ``cuts``, with the layers it cannot be cut after marked."""
     layers = group_layers(graph, order, cuts)
     for p, q, src in _shape_crossings(graph, order):
         src_shape = graph.tensors[src].shape

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusekit.decompose.align import Analysis, analyse
+from fusekit.decompose.branches import carried_tensors
 from fusekit.decompose.graph import load_graph, read_model
 from fusekit.decompose.tables import shown_rows
 from fusekit.onnxio import optable
@@ -32,8 +33,10 @@ class InspectResult:
             "outputs": [{"name": n, "shape": list(g.canonical_shape(n) or ()), "dtype": g.tensors[n].dtype}
                         for n in g.outputs],
             "unsupported_ops": list(self.unsupported),
-            "cut_points": [{"position": gap, "tensor": t, "shape": list(g.canonical_shape(t) or ())}
-                           for gap, t in self.analysis.cuts],
+            "cut_points": [{"position": gap, "tensor": t, "shape": list(g.canonical_shape(t) or ()),
+                            "carried": carried}
+                           for (gap, t), carried in zip(self.analysis.cuts,
+                                                        carried_tensors(g, self.analysis.order, self.analysis.cuts))],
             "layers": [{"index": layer.index, "summary": layer.summary, "kind": layer.kind,
                         "signature": layer.signature, "ops": [g.nodes[i].op_type for i in layer.nodes],
                         "end": layer.end, "shape": list(layer.shape) if layer.shape is not None else None,
@@ -64,12 +67,15 @@ class InspectResult:
             cut = "yes" if layer.cuttable else f"no: {layer.why_not}"
             lines.append(f"{layer.index:>3}  {summary:<44} {layer.describe_output():<22} {layer.signature:<17} {cut}")
         lines.append("")
-        lines.append(f"{len(self.analysis.cuts)} cut points (tensors every input-to-output path passes through):")
+        lines.append(f"{len(self.analysis.cuts)} cut points (tensors every input-to-output path passes through, or "
+                     "cuts of the deep path with the tensors of the branches beside it carried):")
         cuts = self.analysis.cuts
+        carried = [c["carried"] for c in data["cut_points"]]
         for k in shown_rows(len(cuts), [0, len(cuts) - 1], limit, lines, hint):
             gap, t = cuts[k]
             shape = self.analysis.graph.canonical_shape(t)
-            lines.append(f"  after op {gap:>4}: {t} [{','.join(map(str, shape or ()))}]")
+            carries = f" (+{len(carried[k])} carried)" if carried[k] else ""
+            lines.append(f"  after op {gap:>4}: {t} [{','.join(map(str, shape or ()))}]{carries}")
         return "\n".join(lines)
 
 

@@ -235,6 +235,28 @@ class ModelEntry:
     boundary_tensors: list[str]
     layer_indices: list[int]
     metadata: dict[str, str]
+    # Per boundary, the source model's tensors carried beside ``y`` (``carry0``, ... in the
+    # components); manifests written before carried tensors existed read as none carried.
+    carried: list[list[str]] = field(default_factory=list)
+
+    @property
+    def carried_counts(self) -> list[int]:
+        """How many tensors each level's component outputs after ``y`` (and the next one, or the
+        head, takes after ``x``): the component is called ``component(x, *carry)`` and returns
+        ``(y, *carry')``, or ``y`` alone when nothing is carried."""
+        return [len(c) for c in self.carried] if self.carried else [0] * len(self.components)
+
+    def component_inputs(self, level: int) -> list[str]:
+        """Input names of the component of ``level`` (1-based; ``len(components) + 1`` for the head)."""
+        if level == 1:
+            return list(self.inputs)
+        return ["x"] + [f"carry{k}" for k in range(self.carried_counts[level - 2])]
+
+    def component_outputs(self, level: int) -> list[str]:
+        """Output names of the component of ``level`` (1-based): ``y``, then ``carry0``, ... at level 1
+        and ``next_carry0``, ... later (one ONNX graph cannot reuse its input names)."""
+        prefix = "carry" if level == 1 else "next_carry"
+        return ["y"] + [f"{prefix}{k}" for k in range(self.carried_counts[level - 1])]
 
     @property
     def task(self) -> str | None:
@@ -247,7 +269,8 @@ class ModelEntry:
         return self.metadata.get(SPEC_KEY) or None
 
 
-_MODEL_KEYS = tuple(f.name for f in fields(ModelEntry))
+_OPTIONAL_MODEL_KEYS = ("carried",)
+_MODEL_KEYS = tuple(f.name for f in fields(ModelEntry) if f.name not in _OPTIONAL_MODEL_KEYS)
 _TOP_KEYS = ("fusekit_version", "levels", "inputs", "boundaries", "models")
 
 
@@ -304,6 +327,12 @@ class Manifest:
             entry = ModelEntry(**{k: raw[k] for k in _MODEL_KEYS})
             if len(entry.components) != levels or len(entry.component_sha256) != levels:
                 raise _fail(where, f"lists {len(entry.components)} components for model {entry.name} but {levels} levels")
+            carried = raw.get("carried") or [[] for _ in range(levels)]
+            if (not isinstance(carried, list) or len(carried) != levels
+                    or not all(isinstance(c, list) and all(isinstance(t, str) for t in c) for c in carried)):
+                raise _fail(where, f"lists carried tensors for model {entry.name} that are not one list of names "
+                                   f"per level ({levels})")
+            entry.carried = [list(c) for c in carried]
             models.append(entry)
         if len(models) < 2:
             raise _fail(where, "lists fewer than two models")

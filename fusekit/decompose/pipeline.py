@@ -14,6 +14,7 @@ import onnx
 
 from fusekit import __version__
 from fusekit.decompose.align import Analysis, analyse, choose_levels, common_layers, layer_classes
+from fusekit.decompose.branches import carried_tensors, carry_names
 from fusekit.errors import FusekitError
 from fusekit.options import quote
 from fusekit.decompose.graph import ModelGraph, load_graph, read_model
@@ -55,6 +56,11 @@ class DecomposeResult:
     requested: int | str | None
     worst_diff: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    carried: dict[str, list[list[str]]] = field(default_factory=dict)  # per model, per level: carried tensors
+
+    def carried_counts(self, level: int) -> dict[str, int]:
+        """How many tensors each model's component of ``level`` (0-based) carries beside ``y``."""
+        return {n: len(c[level]) for n, c in self.carried.items() if level < len(c)}
 
     @property
     def levels(self) -> int:
@@ -75,7 +81,8 @@ class DecomposeResult:
             "levels": self.levels,
             "level_choice": self.reason,
             "boundaries": [{"level": lv + 1, "common_layer": k, "shape": self.common[k].shape,
-                            "dtype": self.common[k].dtype} for lv, k in enumerate(self.chosen)],
+                            "dtype": self.common[k].dtype, "carried": self.carried_counts(lv)}
+                           for lv, k in enumerate(self.chosen)],
             "verification": {"max_abs_diff": self.worst_diff, "tolerance": 1e-5} if self.worst_diff else None,
             "seconds": round(self.seconds, 3),
         }
@@ -105,7 +112,10 @@ class DecomposeResult:
             k = self.chosen[lv]
             c = self.common[k]
             start = "model inputs" if lv == 0 else format_shape(self.common[self.chosen[lv - 1]].shape)
-            lines.append(f"  level {lv + 1}: {start} -> {format_shape(c.shape)} {c.dtype}")
+            counts = self.carried_counts(lv)
+            carries = ("; carries " + ", ".join(f"{n} {k}" for n, k in counts.items())
+                       if any(counts.values()) else "")
+            lines.append(f"  level {lv + 1}: {start} -> {format_shape(c.shape)} {c.dtype}{carries}")
         lines.append("  head: last cut -> model outputs (each model keeps its own)")
         if self.worst_diff:
             worst = max(self.worst_diff.values())
@@ -313,22 +323,25 @@ def _write_model(root: Path, name: str, graph: ModelGraph, a: Analysis, cut_laye
     folder.mkdir()
     files: list[Path] = []
     boundaries = [layer.end for layer in cut_layers]
+    carried = carried_tensors(graph, a.order, [(layer.end_gap, layer.end) for layer in cut_layers])
     start = -1
     for lv, layer in enumerate(cut_layers):
         nodes = a.order[start + 1: layer.end_gap + 1]
-        inputs = list(graph.inputs) if lv == 0 else [boundaries[lv - 1]]
-        input_names = list(graph.inputs) if lv == 0 else ["x"]
-        model = cut_component(graph, nodes, inputs, [layer.end], input_names, ["y"], f"{name}/level{lv + 1}")
+        inputs = list(graph.inputs) if lv == 0 else [boundaries[lv - 1]] + carried[lv - 1]
+        input_names = list(graph.inputs) if lv == 0 else ["x"] + carry_names(len(carried[lv - 1]))
+        model = cut_component(graph, nodes, inputs, [layer.end] + carried[lv], input_names,
+                              ["y"] + carry_names(len(carried[lv]), lv + 1), f"{name}/level{lv + 1}")
         path = folder / f"level{lv + 1}.onnx"
         _save(model, path)
         files.append(path)
         start = layer.end_gap
-    head_model = cut_component(graph, a.order[start + 1:], [boundaries[-1]], list(graph.outputs), ["x"],
-                               list(graph.outputs), f"{name}/head")
+    head_model = cut_component(graph, a.order[start + 1:], [boundaries[-1]] + carried[-1], list(graph.outputs),
+                               ["x"] + carry_names(len(carried[-1])), list(graph.outputs), f"{name}/head")
     head = folder / "head.onnx"
     _save(head_model, head)
+    result.carried[name] = carried
     if verify:
-        result.worst_diff[name] = verify_chain(graph, files, head, boundaries)
+        result.worst_diff[name] = verify_chain(graph, files, head, boundaries, carried)
     metadata = {p.key: p.value for p in graph.model.metadata_props}
     return ModelEntry(
         name=name, path=relative_source_path(graph.path, result.out_dir), sha256=sha256_file(graph.path),
@@ -339,6 +352,7 @@ def _write_model(root: Path, name: str, graph: ModelGraph, a: Analysis, cut_laye
         boundary_tensors=boundaries,
         layer_indices=[layer.index for layer in cut_layers],
         metadata=metadata,
+        carried=carried,
     )
 
 

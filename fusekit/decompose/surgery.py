@@ -31,6 +31,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from fusekit import __version__
 from fusekit.errors import FusekitError
 from fusekit.options import literal, quote
+from fusekit.decompose.branches import carry_names
 from fusekit.decompose.graph import ModelGraph
 
 TOLERANCE = 1e-5
@@ -233,7 +234,7 @@ def _assemble_protobuf(graph: ModelGraph, entries: list[tuple[int | None, onnx.N
                        mapping: dict[str, str], label: str) -> onnx.GraphProto:
     """The component's graph by copying protobuf nodes, boundary tensors renamed."""
     nodes, tensors = _rename(graph, entries, inits, mapping)
-    if not nodes:
+    if not nodes and outputs:
         nodes = [helper.make_node("Identity", [mapping[inputs[0]]], [mapping[outputs[0]]])]
     return helper.make_graph(nodes, label, [value_info(graph, t, mapping[t]) for t in inputs],
                              [value_info(graph, t, mapping[t]) for t in outputs], initializer=tensors)
@@ -281,15 +282,26 @@ def cut_component(graph: ModelGraph, data_nodes: list[int], inputs: list[str], o
     for i in data_nodes:
         builder.need([n for n in graph.node_inputs[i] if n and graph.tensors[n].kind != "data"])
     builder.need([o for o in outputs if graph.tensors[o].kind != "data"])
-    mapping = {old: new for old, new in zip(inputs + outputs, input_names + output_names)}
     if len(set(input_names + output_names)) != len(input_names + output_names):
         raise FusekitError(f"{graph.path}: component {label} would have clashing input/output names; "
                            f"rename the model's inputs or outputs")
+    # An output that is also an input (a carried tensor passed on) gets an Identity of its own.
+    passed = {o: n for o, n in zip(outputs, output_names) if o in inputs}
+    computed = [o for o in outputs if o not in passed]
+    mapping = {old: new for old, new in zip(inputs, input_names)}
+    mapping.update((old, new) for old, new in zip(outputs, output_names) if old not in passed)
     entries = builder.nodes()
     if use_graphsurgeon is None:
         use_graphsurgeon = any(j in graph.nested for j, _ in entries)
     assemble = _assemble_graphsurgeon if use_graphsurgeon and entries else _assemble_protobuf
-    g = assemble(graph, entries, builder.initializers, inputs, outputs, mapping, label)
+    g = assemble(graph, entries, builder.initializers, inputs, computed, mapping, label)
+    if passed:
+        g.node.extend(helper.make_node("Identity", [mapping[o]], [n], name=f"fusekit_pass_{n}")
+                      for o, n in passed.items())
+        declared = {v.name: v for v in g.output}
+        declared.update((n, value_info(graph, o, n)) for o, n in passed.items())
+        del g.output[:]
+        g.output.extend(declared[n] for n in output_names)
     src = graph.model
     model = helper.make_model(g, opset_imports=list(src.opset_import), producer_name="fusekit",
                               producer_version=__version__)
@@ -335,45 +347,63 @@ def _session(model: onnx.ModelProto | Path):
     return session(model, "cpu", threads=1, optimize=False, quiet=True)[0]
 
 
-def reference_values(graph: ModelGraph, tensors: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The original model's outputs and the values of ``tensors``, computed by onnxruntime."""
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.model)
-    present = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in present:
-            model.graph.output.append(value_info(graph, t, t))
-    sess = _session(model)
+def reference_values(graph: ModelGraph, tensors: list[str], feeds: dict[str, np.ndarray],
+                     sess=None) -> dict[str, np.ndarray]:
+    """The original model's outputs and the values of ``tensors``, computed by onnxruntime in one
+    session (``reference_session``; pass ``sess`` to reuse one)."""
+    sess = sess if sess is not None else reference_session(graph, tensors)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))
 
 
+def reference_session(graph: ModelGraph, tensors: list[str]):
+    """One session of the original model with ``tensors`` added as outputs (model inputs skipped)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    present = {o.name for o in model.graph.output} | set(graph.inputs)
+    for t in dict.fromkeys(tensors):
+        if t not in present:
+            model.graph.output.append(value_info(graph, t, t))
+    return _session(model)
+
+
 def verify_chain(graph: ModelGraph, components: list[Path], head: Path, boundaries: list[str],
-                 seed: int = 0) -> float:
+                 carried: list[list[str]] | None = None, seed: int = 0) -> float:
     """Chain the components and head in onnxruntime on random inputs; return the worst absolute
-    difference to the original model (at every cut and at the outputs); FusekitError above 1e-5."""
+    difference to the original model (at every cut, every carried tensor and the outputs);
+    FusekitError above 1e-5.
+
+    ``carried[k]``: the tensors that level k+1 outputs after ``y`` (``carry0``, ...). One
+    session per file and one for the original model (all cut and carried tensors as outputs),
+    each created once: session creation is most of the time verification takes.
+    """
+    carried = carried if carried is not None else [[] for _ in boundaries]
+    reference = reference_session(graph, boundaries + [t for level in carried for t in level])
     feeds = random_inputs(graph, seed=seed)
     try:
-        ref = reference_values(graph, boundaries, feeds)
+        ref = reference_values(graph, [], feeds, reference)
     except Exception:  # noqa: BLE001 - random ids may fall outside a table: retry with id 0
         feeds = random_inputs(graph, seed=seed, int_high=1)
         try:
-            ref = reference_values(graph, boundaries, feeds)
+            ref = reference_values(graph, [], feeds, reference)
         except Exception as exc:  # noqa: BLE001
             raise FusekitError(f"{literal(graph.path)}: onnxruntime cannot run the model on random inputs "
                                f"({literal(str(exc).splitlines()[0][:160])}); pass {{verify=False}} to skip the check",
                                owner="decompose()") from None
+    ref.update(feeds)  # carried model inputs pass through unchanged
     worst = 0.0
     value: dict[str, np.ndarray] = feeds
     for k, path in enumerate(components):
-        sess = _session(path)
-        (y,) = sess.run(["y"], value)
-        diff = _maxdiff(y, ref[boundaries[k]])
-        worst = max(worst, diff)
-        if diff > TOLERANCE:
-            raise FusekitError(f"{graph.path}: level {k + 1} differs from the model by {diff:.3g} at its cut "
-                               f"(tolerance {TOLERANCE}); report this model")
-        value = {"x": y}
+        names = ["y"] + carry_names(len(carried[k]), k + 1)
+        outs = _session(path).run(names, value)
+        for name, tensor, out in zip(names, [boundaries[k]] + carried[k], outs):
+            diff = _maxdiff(out, ref[tensor])
+            worst = max(worst, diff)
+            if diff > TOLERANCE:
+                where = "at its cut" if name == "y" else f"in carried tensor {name} ({tensor!r})"
+                raise FusekitError(f"{graph.path}: level {k + 1} differs from the model by {diff:.3g} {where} "
+                                   f"(tolerance {TOLERANCE}); report this model")
+        value = dict(zip(["x"] + carry_names(len(carried[k])), outs))
     sess = _session(head)
     names = [o.name for o in sess.get_outputs()]
     for name, out in zip(names, sess.run(names, value)):
