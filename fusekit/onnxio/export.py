@@ -94,7 +94,7 @@ def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str], doc: str) 
 def torch_outputs(module: nn.Module, arrays: Sequence[np.ndarray], batch_size: int = 8192) -> list[np.ndarray]:
     """The module's outputs on ``arrays`` (positional inputs), batched, on CPU, without gradients."""
     wrapper = _Positional(module).eval()
-    tensors = [torch.as_tensor(a) for a in arrays]
+    tensors = [torch.from_numpy(np.require(a, requirements=["C", "W"])) for a in arrays]  # torch cannot wrap read-only arrays
     n = len(tensors[0]) if tensors else 0
     chunks: list[list[np.ndarray]] = []
     with torch.no_grad():
