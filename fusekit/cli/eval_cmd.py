@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command."""
     p = subparsers.add_parser("eval", help="per-task metrics of an ONNX model (source or fused) with onnxruntime")
     p.add_argument("model", type=Path, help="ONNX model written by fusekit")
-    p.add_argument("--data", required=True, help="census-income, or a CSV/Parquet file")
+    p.add_argument("--data", required=True, help="census-income, or a CSV, Parquet or .npz file (or a Parquet folder)")
+    p.add_argument("--val", type=Path, default=None, help="validation file (default: carved from --data)")
+    p.add_argument("--test", type=Path, default=None, help="test file (default: carved from --data)")
     p.add_argument("--label", action="append", metavar="TASK=COLUMN", help="label column of an output in a CSV/Parquet file")
     p.add_argument("--task-kind", action="append", metavar="OUTPUT=KIND",
                    help="an output's kind (binary, multiclass, regression, count); default: detected")
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate_onnx(args.model, args.data, labels=parse_labels(args.label), split=args.split,
                            device=args.device, batch_size=args.batch_size, data_dir=args.data_dir,
-                           seed=args.split_seed, task_kinds=parse_labels(args.task_kind, "--task-kind", "kind"))
+                           seed=args.split_seed, task_kinds=parse_labels(args.task_kind, "--task-kind", "kind"),
+                           val=args.val, test=args.test)
     if args.json:
         print_json({"model": str(args.model), "split": result.split, "rows": result.rows,
                     "provider": result.provider, "split_seed": args.split_seed, "scores": result.scores,

@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # Not required here: they may come from --config (checked in run).
     p.add_argument("parts", type=Path, nargs="?", help="directory written by `fusekit decompose`")
     p.add_argument("--tasks", nargs="+", metavar="TASK=M1,M2", help="models of each task")
-    p.add_argument("--data", help="census-income, or a CSV/Parquet file")
+    p.add_argument("--data", help="census-income, or the training data: a CSV, Parquet or .npz file or a folder of "
+                                  "Parquet files (columns/arrays named after the model inputs unless the models "
+                                  "carry a fusekit feature specification)")
     p.add_argument("--label", action="append", metavar="TASK=COLUMN", help="label column of a task in a CSV/Parquet file")
     p.add_argument("--task-kind", action="append", metavar="TASK=KIND",
                    help="a task's kind: binary, multiclass, regression or count (binary:logit names the output form "
@@ -60,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="read options from this TOML file (keys: the option names, e.g. batch-size = 512)")
     flags = OptionFlags(p)
     flags.add(FuseOptions, "data_dir")
+    flags.add(FuseOptions, "val")
+    flags.add(FuseOptions, "test")
     flags.add(FusionOptions, "mode")
     flags.add(FusionOptions, "use_mtm", "--no-mtm", help="ablation: no fusion gate / Multi-Task Merge")
     flags.add(FusionOptions, "pretrained", "--from-scratch",
@@ -96,7 +100,14 @@ def options_from_args(args: argparse.Namespace) -> FuseOptions:
                        training=flags.build(TrainConfig, args), labels=parse_labels(args.label),
                        task_kinds=parse_labels(args.task_kind, "--task-kind", "kind"),
                        outputs=parse_labels(args.task_output, "--task-output", "output"),
-                       command=["fusekit", *getattr(args, "_argv", [])])
+                       command=["fusekit", *getattr(args, "_argv", [])],
+                       on_data=None if args.json else _print_data_report)
+
+
+def _print_data_report(report) -> None:
+    """How the data files were read, once, on stderr (``--json`` puts it in metrics.json instead)."""
+    for line in report.lines():
+        print(line, file=sys.stderr)
 
 
 def _require(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ class ModelInfo:
     spec_json: str | None
     metadata: dict[str, str]
     endings: dict = None  # output -> fusekit.onnxio.endings.Ending
+    input_specs: list = None  # fusekit.decompose.manifest.InputSpec per input (shape with 'batch')
 
     def kinds(self, labels: dict[str, np.ndarray] | None = None,
               overrides: dict[str, str] | None = None) -> dict[str, TaskKind]:
@@ -61,9 +62,20 @@ def model_info(path: Path) -> ModelInfo:
         raise FusekitError(f"{path} is not a readable ONNX model ({type(exc).__name__}); check the file") from None
     inits = {i.name for i in proto.graph.initializer}
     meta = {p.key: p.value for p in proto.metadata_props}
+    specs = [_input_spec(v) for v in proto.graph.input if v.name not in inits]
     return ModelInfo(path, [i.name for i in proto.graph.input if i.name not in inits],
                      [o.name for o in proto.graph.output], meta.get("fusekit.feature_spec"), meta,
-                     output_endings(proto))
+                     output_endings(proto), specs)
+
+
+def _input_spec(value):
+    """An ONNX graph input as decompose records one: the first dim ``batch``, others as given."""
+    from fusekit.decompose.graph import dtype_name
+    from fusekit.decompose.manifest import InputSpec
+
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+    return InputSpec(value.name, ["batch", *dims[1:]] if dims else [], dtype_name(tensor.elem_type))
 
 
 @dataclass
@@ -89,23 +101,25 @@ def _spec(info: ModelInfo):
 def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = None, split: str = "test",
                   device: str = "auto", batch_size: int = 65536, data_dir: Path | None = None,
                   seed: int = 0, max_rows: int | None = None,
-                  task_kinds: dict[str, str] | None = None) -> EvalResult:
+                  task_kinds: dict[str, str] | None = None, val: Path | None = None,
+                  test: Path | None = None) -> EvalResult:
     """Metrics per output of ``model_path`` on ``split`` of ``data`` (``census-income``, a CSV/Parquet
-    path or a loaded TabularDataset), encoded with the model's own feature specification.
+    path or a loaded TabularDataset): encoded with the model's own feature specification when it
+    carries one, else read from columns/arrays named after its inputs and fed as they are
+    (``val``/``test`` files, or one seeded split of ``data``, as fuse makes it).
 
     Each output's kind is the fused file's record or detected from how it ends (``task_kinds``
     overrides: output -> kind)."""
-    from fusekit.data import load_dataset
+    from fusekit.data.registry import load_for_models
     from fusekit.onnxio.sessions import run, session
 
     info = model_info(model_path)
     spec = _spec(info)
     tasks = list(info.outputs)
     if isinstance(data, (str, Path)):
-        if spec is None:
-            raise FusekitError(f"{model_path} carries no fusekit feature specification, so fusekit cannot encode "
-                               f"{data} for it; evaluate models exported by fusekit")
-        ds = load_dataset(data, tasks, labels=labels, spec=spec, data_dir=data_dir, seed=seed)
+        early = info.kinds(None, task_kinds)  # how to read the labels (see fusion/fuse.py prepare)
+        ds = load_for_models(data, early, inputs=info.input_specs, spec=spec, labels=labels, val=val, test=test,
+                             data_dir=data_dir, seed=seed)
     else:
         ds = data
     if split not in ("train", "val", "test"):
@@ -127,23 +141,17 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
 
 
 def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray], int]:
-    """Model inputs from a raw CSV/Parquet file (encoded with the model's spec) or an .npz of encoded arrays."""
+    """Model inputs from a raw CSV/Parquet file encoded with the model's spec, or, for a model
+    without one (and for any ``.npz``), the columns/arrays named after its inputs, fed as they are."""
     input_path = Path(input_path)
-    if input_path.suffix.lower() == ".npz":
-        if not input_path.is_file():
-            raise FusekitError(f"input file {input_path} does not exist; check the path")
-        with np.load(input_path) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        missing = [i for i in info.inputs if i not in arrays]
-        if missing:
-            raise FusekitError(f"{input_path} lacks array(s) {', '.join(missing)} that the model takes")
-        return arrays, len(arrays[info.inputs[0]])
+    spec = _spec(info)
+    if spec is None or input_path.suffix.lower() == ".npz":
+        from fusekit.data.named import read_named
+
+        read = read_named(input_path, info.input_specs)
+        return read.inputs, read.rows
     from fusekit.data.tabular import read_table
 
-    spec = _spec(info)
-    if spec is None:
-        raise FusekitError(f"{info.path} carries no feature specification; pass already encoded inputs as an .npz "
-                           f"with arrays named {', '.join(info.inputs)}")
     frame = read_table(input_path)
     cat, dense = spec.encode(frame, str(input_path))
     return {"categorical": cat, "dense": dense}, len(frame)

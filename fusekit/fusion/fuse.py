@@ -66,6 +66,7 @@ class FusePlan:
     data_source: object = None  # what fuse was given as data: a name, a path or a loaded dataset
     kinds: dict[str, TaskKind] = dataclasses.field(default_factory=dict)  # each task's kind
     output_index: dict[str, int] = dataclasses.field(default_factory=dict)  # each model's task output
+    data_report: object = None  # how files named after the inputs were read (fusekit.data.named.DataReport)
 
     @property
     def task_names(self) -> list[str]:
@@ -94,8 +95,6 @@ def load_data(data, tasks: Mapping[str, object], spec, options: FuseOptions, par
         ds = load_for_models(data, dict(tasks), inputs=parts.inputs if parts is not None else [], spec=spec,
                              labels=options.labels, val=options.val, test=options.test, data_dir=options.data_dir,
                              seed=options.split_seed)
-        if options.on_data is not None and ds.report is not None:
-            options.on_data(ds.report)
     else:
         if options.val is not None or options.test is not None:
             raise FusekitError("{val} and {test} name files; with a loaded dataset give its splits instead",
@@ -157,12 +156,18 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     rows = (ds.fusion_rows() if holdout else ds.train).sample(options.max_rows, seed)
     plan = FusePlan(manifest, mapping, options, spec, rows, ds.val.sample(options.max_rows, seed + 1),
                     ds.test.sample(options.max_rows, seed + 2), holdout, data)
+    plan.data_report = getattr(ds, "report", None)
     check_inputs(manifest, plan.test)
     plan.kinds, plan.output_index = detect_kinds(manifest, mapping, ds.train.labels, options.task_kinds,
                                                  options.outputs)
     for task, kind in plan.kinds.items():
         for name, split in (("training", plan.train_rows), ("validation", plan.val), ("test", plan.test)):
             split.labels[task] = parse_labels(split.labels[task], kind, where=f"the {name} labels of task {task}")
+    if plan.data_report is not None:
+        plan.data_report.labels = [dataclasses.replace(lb, kind=plan.kinds[lb.task].kind, classes=plan.kinds[lb.task].classes)
+                                   for lb in plan.data_report.labels]
+        if options.on_data is not None:
+            options.on_data(plan.data_report)
     return plan
 
 
@@ -462,6 +467,8 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
         "run": run_record(options.command, plan.data_source, split_seed=options.split_seed, data_dir=options.data_dir),
         "parts": portable_path(plan.parts.root or ".", out),
     }
+    if plan.data_report is not None:
+        metrics["data"] = plan.data_report.to_dict()
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
