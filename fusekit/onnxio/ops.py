@@ -45,6 +45,7 @@ class OpContext:
     input_dtypes: tuple = ()
     output_dtypes: tuple = ()
     used_outputs: tuple = ()  # indices of outputs that something reads
+    present_inputs: tuple = ()  # per input position: whether the node names one (optional inputs may be empty)
 
 
 @dataclass(frozen=True)
@@ -1326,6 +1327,191 @@ def _host_reduce(attrs, ctx):
         return np.asarray([y] if keep else y, dtype=object)
 
     return f
+
+
+# ----------------------------------------------------------------------------- recurrent (GRU, LSTM, RNN)
+
+_RNN_ACTIVATIONS: dict[str, Callable] = {
+    "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu, "Softsign": F.softsign,
+    "Softplus": F.softplus,
+}
+_RNN_GATES = {"RNN": (1, ("Tanh",)), "GRU": (3, ("Sigmoid", "Tanh")), "LSTM": (4, ("Sigmoid", "Tanh", "Tanh"))}
+
+
+def _recurrent_setup(attrs: dict, ctx: OpContext) -> tuple[int, list[list[Callable]], bool]:
+    """Directions and per-direction activations of a GRU/LSTM/RNN node; refuses what is not implemented."""
+    direction = attrs.get("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise UnsupportedOp(f"direction={direction!r}")
+    n_dir = 2 if direction == "bidirectional" else 1
+    _, defaults = _RNN_GATES[ctx.op_type]
+    names = list(attrs.get("activations") or defaults * n_dir)
+    if len(names) == len(defaults) and n_dir == 2:
+        names = names * 2
+    if attrs.get("activation_alpha") or attrs.get("activation_beta"):
+        raise UnsupportedOp("activation_alpha/activation_beta")
+    unknown = [n for n in names if n not in _RNN_ACTIVATIONS]
+    if unknown or len(names) != len(defaults) * n_dir:
+        raise UnsupportedOp(f"activations={names}")
+    if "clip" in attrs:
+        raise UnsupportedOp("clip")
+    if attrs.get("input_forget", 0):
+        raise UnsupportedOp("input_forget=1")
+    if len(ctx.present_inputs) > 4 and ctx.present_inputs[4]:
+        raise UnsupportedOp("a sequence_lens input (re-export without packed sequences)")
+    acts = [[_RNN_ACTIVATIONS[n] for n in names[d * len(defaults):(d + 1) * len(defaults)]] for d in range(n_dir)]
+    return n_dir, acts, direction == "reverse"
+
+
+def _recurrent(cell: Callable, n_states: int):
+    """A GRU/LSTM/RNN factory from its cell: ``cell(xw_t, states, R, Rb, P, acts) -> states``.
+
+    ``xw_t`` is the input projection of one time step (with its bias); the first state is the
+    hidden state. Inputs: X, W, R, B, sequence_lens, initial_h (, initial_c, P for LSTM).
+    """
+    def factory(attrs, ctx):
+        n_dir, acts, reverse = _recurrent_setup(attrs, ctx)
+        hidden = attrs.get("hidden_size")
+        layout = attrs.get("layout", 0)
+        gates = _RNN_GATES[ctx.op_type][0]
+        lbr = attrs.get("linear_before_reset", 0)
+
+        def f(x, w, r, b=None, seq_lens=None, *initial):
+            if layout:
+                x = x.transpose(0, 1)  # [seq, batch, input]
+            steps, batch = x.shape[0], x.shape[1]
+            h = hidden or r.shape[-1]
+            peep = initial[2] if len(initial) > 2 else None
+            states0 = []
+            for k in range(n_states):
+                s = initial[k] if k < len(initial) else None
+                if s is None:
+                    s = x.new_zeros(n_dir, batch, h)
+                elif layout:
+                    s = s.transpose(0, 1)
+                states0.append(s)
+            ys, finals = [], []
+            for d in range(n_dir):
+                bias_w = b[d, :gates * h] if b is not None else None
+                bias_r = b[d, gates * h:] if b is not None else None
+                xw = torch.matmul(x, w[d].t())
+                if bias_w is not None:
+                    xw = xw + bias_w
+                states = [s[d] for s in states0]
+                order = range(steps - 1, -1, -1) if (reverse or d == 1) else range(steps)
+                outs = [None] * steps
+                for t in order:
+                    states = cell(xw[t], states, r[d], bias_r, None if peep is None else peep[d], acts[d], lbr)
+                    outs[t] = states[0]
+                ys.append(torch.stack(outs) if steps else x.new_zeros(0, batch, h))
+                finals.append(states)
+            y = torch.stack(ys, 1)  # [seq, dir, batch, hidden]
+            last = [torch.stack([fs[k] for fs in finals]) for k in range(n_states)]
+            if layout:
+                y = y.permute(2, 0, 1, 3)
+                last = [s.transpose(0, 1) for s in last]
+            out = (y, *last)[: max(ctx.n_outputs, 1)]
+            return out[0] if len(out) == 1 else out
+
+        return f
+
+    return factory
+
+
+def _rnn_cell(xw, states, r, br, peep, acts, lbr):
+    rec = torch.matmul(states[0], r.t())
+    if br is not None:
+        rec = rec + br
+    return [acts[0](xw + rec)]
+
+
+def _gru_cell(xw, states, r, br, peep, acts, lbr):
+    h = states[0]
+    size = h.shape[-1]
+    xz, xr, xh = xw.split(size, dim=-1)
+    rz, rr, rh = r.split(size, dim=0)
+    bz, br_, bh = br.split(size) if br is not None else (0.0, 0.0, 0.0)
+    z = acts[0](xz + torch.matmul(h, rz.t()) + bz)
+    reset = acts[0](xr + torch.matmul(h, rr.t()) + br_)
+    if lbr:
+        cand = acts[1](xh + reset * (torch.matmul(h, rh.t()) + bh))
+    else:
+        cand = acts[1](xh + torch.matmul(reset * h, rh.t()) + bh)
+    return [(1 - z) * cand + z * h]
+
+
+def _lstm_cell(xw, states, r, br, peep, acts, lbr):
+    h, c = states
+    pre = xw + torch.matmul(h, r.t())
+    if br is not None:
+        pre = pre + br
+    i, o, f, g = pre.split(h.shape[-1], dim=-1)
+    if peep is not None:
+        pi, po, pf = peep.split(h.shape[-1])
+        i, f = i + pi * c, f + pf * c
+    i, f = acts[0](i), acts[0](f)
+    c = f * c + i * acts[1](g)
+    if peep is not None:
+        o = o + po * c
+    return [acts[0](o) * acts[2](c), c]
+
+
+register("RNN")(_recurrent(_rnn_cell, 1))
+register("GRU")(_recurrent(_gru_cell, 1))
+register("LSTM")(_recurrent(_lstm_cell, 2))
+
+
+# ----------------------------------------------------------------------------- loops and sequences
+
+@register("Loop")
+def _loop(attrs, ctx):
+    """The loop driver. The interpreter plans the body graph and passes it in as ``body``.
+
+    ``body(i, cond, carried) -> [cond, *carried, *scan outputs]``; runs while ``i < trip`` and
+    ``cond`` (an absent one is no limit); scan outputs are stacked on a new first axis.
+    """
+    def run(body, trip, cond, *carried):
+        limit = None if trip is None else int(scalar(trip))
+        go = True if cond is None else bool(scalar(cond))
+        if limit is None and cond is None:
+            raise UnsupportedOp("a Loop with neither a trip count nor a condition (it never ends)")
+        state, scans, i = list(carried), [], 0
+        while go and (limit is None or i < limit):
+            outs = body(torch.tensor(i, dtype=torch.int64), torch.tensor(go), state)
+            go = bool(outs[0].reshape(-1)[0]) if isinstance(outs[0], torch.Tensor) else bool(scalar(outs[0]))
+            state = list(outs[1:1 + len(state)])
+            scans.append(outs[1 + len(state):])
+            i += 1
+        n_scan = ctx.n_outputs - len(state)
+        stacked = [torch.stack([s[k] for s in scans]) if scans else torch.zeros(0) for k in range(n_scan)]
+        return (*state, *stacked)
+
+    return run
+
+
+@register("SequenceEmpty")
+def _sequence_empty(attrs, ctx):
+    return lambda: []
+
+
+@register("SequenceInsert")
+def _sequence_insert(attrs, ctx):
+    def f(seq, tensor, position=None):
+        out = list(seq)  # sequences are values: never change the one that came in
+        if position is None:
+            out.append(tensor)
+        else:
+            p = int(scalar(position))
+            out.insert(p + len(out) if p < 0 else p, tensor)
+        return out
+
+    return f
+
+
+@register("ConcatFromSequence")
+def _concat_from_sequence(attrs, ctx):
+    axis, new_axis = attrs["axis"], attrs.get("new_axis", 0)
+    return lambda seq: torch.stack(list(seq), dim=axis) if new_axis else torch.cat(list(seq), dim=axis)
 
 
 @register("If")
