@@ -117,6 +117,17 @@ RECURRENT = [
     _recurrent("RNN", direction="reverse", bias=False, name="reverse_nobias"),
 ]
 
+QKV = [f32(2, 2, 5, 4), f32(2, 2, 5, 4), f32(2, 2, 5, 3)]
+ATTENTION = [
+    C("Attention", QKV, opset=23, name="4d"),
+    C("Attention", [*QKV, boolean(2, 1, 5, 5) | np.eye(5, dtype=bool)], opset=23, name="bool_mask"),
+    C("Attention", [*QKV, f32(5, 5)], opset=23, scale=0.3, softcap=2.0, name="float_mask_scale_softcap"),
+    C("Attention", [f32(2, 5, 8), f32(2, 5, 4), f32(2, 5, 6)], opset=23, q_num_heads=2, kv_num_heads=1,
+      name="3d_grouped_heads"),
+    C("Attention", [f32(2, 2, 3, 4), f32(2, 2, 3, 4), f32(2, 2, 3, 3), None, f32(2, 2, 4, 4), f32(2, 2, 4, 3)],
+      opset=23, outputs=3, is_causal=1, name="causal_past"),
+]
+
 # Batch-first layout (layout=1, opset 14): onnxruntime refuses it, so these are checked
 # against the ONNX reference implementation instead.
 BATCH_FIRST = [
@@ -275,6 +286,7 @@ CASES: list[Case] = [
     C("Loop", [i64(5), np.array(True), X], outputs=2, body=_loop_body(), name="fed_trip_count"),
     C("Loop", [None, np.array(True), X], const=(1,), outputs=2, body=_loop_body(stop=True), name="condition_only"),
     *RECURRENT,
+    *ATTENTION,
 ]
 
 # Cases whose constant inputs are also worth feeding at run time (shapes known only then).

@@ -1461,6 +1461,66 @@ register("GRU")(_recurrent(_gru_cell, 1))
 register("LSTM")(_recurrent(_lstm_cell, 2))
 
 
+# ----------------------------------------------------------------------------- attention (opset 23)
+
+@register("Attention")
+def _attention(attrs, ctx):
+    """Scaled dot-product attention as the opset-23 op defines it (what the dynamo exporter writes
+    for ``F.scaled_dot_product_attention`` from opset 23 on): 4-D [batch, heads, seq, head size]
+    or 3-D [batch, seq, heads * head size] inputs, a boolean (True attends) or additive mask,
+    causal masking aligned to the end of a past cache, grouped key/value heads, softcap. A row
+    that attends nothing gives zeros."""
+    if 3 in ctx.used_outputs:
+        raise UnsupportedOp("the qk_matmul_output output")
+    if len(ctx.present_inputs) > 6 and ctx.present_inputs[6]:
+        raise UnsupportedOp("a nonpad_kv_seqlen input")
+    if attrs.get("softmax_precision") not in (None, TensorProto.FLOAT):
+        raise UnsupportedOp(f"softmax_precision={attrs['softmax_precision']}")
+    causal, scale, softcap = attrs.get("is_causal", 0), attrs.get("scale"), attrs.get("softcap", 0.0)
+    q_heads, kv_heads = attrs.get("q_num_heads"), attrs.get("kv_num_heads")
+
+    def heads(x, n):
+        return x.reshape(x.shape[0], x.shape[1], n, -1).transpose(1, 2)
+
+    def f(q, k, v, mask=None, past_k=None, past_v=None, nonpad=None):
+        three = q.dim() == 3
+        if three:
+            q, k, v = heads(q, q_heads), heads(k, kv_heads), heads(v, kv_heads)
+        if past_k is not None:
+            k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+        present = (k, v)
+        s_q, s_kv = q.shape[2], k.shape[2]
+        bias = torch.zeros(s_q, s_kv, dtype=q.dtype, device=q.device)
+        if mask is not None:
+            if mask.shape[-1] < s_kv:  # a mask for the new keys only: the past is not attended
+                mask = F.pad(mask, (0, s_kv - mask.shape[-1]), value=False if mask.dtype == torch.bool else -math.inf)
+            bias = bias + (torch.where(mask, 0.0, -math.inf).to(q.dtype) if mask.dtype == torch.bool else mask)
+        if causal:
+            offset = past_k.shape[2] if past_k is not None else 0
+            allowed = torch.ones(s_q, s_kv, dtype=torch.bool, device=q.device).tril(offset)
+            bias = bias + torch.where(allowed, 0.0, -math.inf).to(q.dtype)
+        if k.shape[1] != q.shape[1]:
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+        scores = torch.matmul(q * root, k.transpose(-1, -2) * root)
+        if softcap:
+            scores = softcap * torch.tanh(scores / softcap)
+        scores = scores + bias
+        top = scores.amax(-1, keepdim=True)
+        dead = torch.isneginf(bias.amax(-1, keepdim=True))
+        weights = torch.exp(scores - torch.where(torch.isneginf(top), 0.0, top))
+        total = weights.sum(-1, keepdim=True)
+        weights = torch.where(dead, 0.0, weights / torch.where(total == 0, 1.0, total))
+        y = torch.matmul(weights, v)
+        if three:
+            y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
+        outs = (y, *present)[: max(1, min(ctx.n_outputs, 3))]
+        return outs[0] if len(outs) == 1 else outs
+
+    return f
+
+
 # ----------------------------------------------------------------------------- loops and sequences
 
 @register("Loop")

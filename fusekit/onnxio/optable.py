@@ -151,6 +151,7 @@ TABLE: Mapping[str, OpInfo] = _table(
     ("Add Sub Mul Div Pow Mod Equal Less Greater LessOrEqual GreaterOrEqual And Or Xor BitwiseAnd BitwiseOr "
      "BitwiseXor Sum Mean Max Min Where Clip", _PLAIN),
     ("Softmax LogSoftmax", _PLAIN),
+    ("Attention", OpInfo(min_opset=23)),  # scaled dot-product attention, as one op
     ("Hardmax", OpInfo(min_opset=13)),  # before 13 it coerced its input to 2-D
     # types and constants
     ("Cast CastLike Constant EyeLike", _PLAIN),
