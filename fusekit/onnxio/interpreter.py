@@ -43,7 +43,9 @@ from fusekit.onnxio import ops as onnx_ops
 from fusekit.onnxio import optable
 from fusekit.errors import FusekitError
 
-_MAX_HOST_CONST = 64  # larger constants never enter host arithmetic (it is meant for shape vectors)
+# Host arithmetic is meant for shape vectors: larger constants and float ones (which may be
+# weights, such as a small position-embedding table gathered by a Range) stay tensors.
+_MAX_HOST_CONST = 64
 _DEVICE_SLOT = 0
 
 
@@ -168,7 +170,7 @@ class FrozenComponent(nn.Module):
             self._plan_shape_of(node, attrs, ins[0], values)
             return
         if all(v.kind in ("const", "host") for v in live) and all(
-            v.kind == "host" or v.const.numel() <= _MAX_HOST_CONST for v in live
+            v.kind == "host" or (v.const.numel() <= _MAX_HOST_CONST and not v.const.is_floating_point()) for v in live
         ) and op in onnx_ops.SHAPE_OPS:
             host_fn = onnx_ops.SHAPE_OPS[op](attrs, ctx)
             if host_fn is not None:
