@@ -193,3 +193,31 @@ def test_exported_module_runs_as_in_onnxruntime_and_trains(name, make, inputs, o
     assert all(g is not None and torch.count_nonzero(g) > 0 for g in grads)
     if folded is not None:  # every other torch parameter became a weight that fine-tuning trains
         assert sum(w.numel() for w in trainable.weights) == sum(p.numel() for p in params)
+
+
+class GRUNorm(nn.Module):
+    """GRU, LayerNorm over its last output, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru, self.norm, self.out = nn.GRU(5, 4), nn.LayerNorm(4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.norm(self.gru(x)[0][-1]))
+
+
+def test_from_scratch_restarts_scales_at_one_biases_at_zero_and_recurrent_matrices_per_direction(tmp_path):
+    from fusekit.fusion.finetune import reinitialised_copy
+
+    torch.manual_seed(0)
+    path = tmp_path / "gru_norm.onnx"
+    _export(GRUNorm().eval(), (_seq(4, 3, 5),), path, dynamo=False, opset=18)
+    fresh = reinitialised_copy(load_component(path), str(path), seed=0)
+    weights = {tuple(w.shape): w.detach() for w in fresh.weights}
+    assert sorted(tuple(w.shape) for w in fresh.weights) == [(1, 12, 4), (1, 12, 5), (1, 24), (2,), (2, 4), (4,), (4,)]
+    scales = [w for w in fresh.weights if w.shape == (4,)]
+    assert sorted(float(w.sum()) for w in scales) == [0.0, 4.0]  # LayerNorm: scale ones, bias zeros
+    assert torch.count_nonzero(weights[(1, 24)]) == 0 and torch.count_nonzero(weights[(2,)]) == 0
+    bound = (6.0 / (12 + 5)) ** 0.5
+    assert 0.5 * bound < weights[(1, 12, 5)].abs().max() <= bound
+    assert torch.isfinite(fresh(_seq(4, 3, 5))).all()
