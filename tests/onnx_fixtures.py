@@ -89,8 +89,27 @@ def dense_mlp(n_in: int = 8, widths: Sequence[int] = (16, 8), seed: int = 0) -> 
     return DenseMLP(n_in, widths).eval()
 
 
+class GridSampler(nn.Module):
+    """The input as a 2x4 image resampled on a fixed grid (ONNX GridSample), then one value:
+    an op fusekit cannot run."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("grid", torch.linspace(-0.9, 0.9, 16).reshape(1, 2, 4, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = x.reshape(-1, 1, 2, 4)
+        sampled = torch.nn.functional.grid_sample(image, self.grid.expand(x.shape[0], -1, -1, -1), align_corners=False)
+        return sampled.reshape(x.shape[0], -1)[:, :1]
+
+
+def grid_sampler() -> GridSampler:
+    """An eval-mode GridSampler (same input as :func:`dense_mlp`)."""
+    return GridSampler().eval()
+
+
 class GRUClassifier(nn.Module):
-    """A GRU over the input as a one-step sequence, then a linear logit: an op fusekit cannot run."""
+    """A GRU over the input as a one-step sequence, then a linear logit."""
 
     def __init__(self, n_in: int, hidden: int):
         super().__init__()

@@ -182,20 +182,20 @@ def _custom_op_model(path: Path) -> Path:
 
 def test_a_pool_with_ops_fuse_cannot_run_is_refused_before_anything_is_written(dense, tmp_path):
     models = tmp_path / "models"
-    gru = F.export(F.gru_classifier(), (torch.randn(2, 8),), models / "gru.onnx", False, ["x"], ["y"])
+    grid = F.export(F.grid_sampler(), (torch.randn(2, 8),), models / "grid.onnx", False, ["x"], ["y"], opset=18)
     custom = _custom_op_model(models / "custom.onnx")
     mlp = dense((16,))
     # A valid model that onnxruntime runs, which fuse's interpreter could not load.
-    session = ort.InferenceSession(str(gru), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(grid), providers=["CPUExecutionProvider"])
     assert session.run(None, {"x": np.ones((3, 8), np.float32)})[0].shape == (3, 1)
-    with pytest.raises(FusekitError, match="GRU"):
-        load_component(gru)
+    with pytest.raises(FusekitError, match="GridSample"):
+        load_component(grid)
     out = tmp_path / "parts"
     with pytest.raises(FusekitError) as info:
-        decompose([mlp, gru, custom], out)
+        decompose([mlp, grid, custom], out)
     message = str(info.value)
     assert "\n" not in message and str(mlp) not in message
-    assert f"{gru} uses GRU; {custom} uses com.example::FusedGelu: ops" in message
+    assert f"{grid} uses GridSample; {custom} uses com.example::FusedGelu: ops" in message
     assert "re-export those models without them" in message
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["models"]
 

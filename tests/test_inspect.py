@@ -11,10 +11,10 @@ from tests import onnx_fixtures as F
 
 def test_inspect_reports_the_ops_fusekit_cannot_run(tmp_path):
     x = (torch.randn(2, 8),)
-    gru = inspect_model(F.export(F.gru_classifier(), x, tmp_path / "gru.onnx", False, ["x"], ["y"]))
+    grid = inspect_model(F.export(F.grid_sampler(), x, tmp_path / "grid.onnx", False, ["x"], ["y"], opset=18))
     mlp = inspect_model(F.export(F.dense_mlp(), x, tmp_path / "mlp.onnx", False, ["x"], ["y"]))
-    assert json.loads(result_json(gru))["unsupported_ops"] == ["GRU"]
-    assert "unsupported: GRU" in gru.table() and "decompose refuses this model" in gru.table()
+    assert json.loads(result_json(grid))["unsupported_ops"] == ["GridSample"]
+    assert "unsupported: GridSample" in grid.table() and "decompose refuses this model" in grid.table()
     assert json.loads(result_json(mlp))["unsupported_ops"] == []
     assert "unsupported" not in mlp.table()
 

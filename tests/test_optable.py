@@ -42,10 +42,13 @@ def test_an_implementation_of_an_op_the_table_lacks_fails_at_registration():
 
 
 def test_records_are_checked_when_written():
-    with pytest.raises(ValueError, match="primary"):
+    with pytest.raises(ValueError, match="primary and norm ops only"):
         optable.OpInfo("plain", weight_inputs=(1,))
-    with pytest.raises(ValueError, match="primary"):
+    with pytest.raises(ValueError, match="primary op needs"):
         optable.OpInfo("primary")
+    with pytest.raises(ValueError, match="are weight_inputs"):
+        optable.OpInfo("norm", weight_inputs=(1,), bias_inputs=(2,))
+    assert optable.OpInfo("norm", weight_inputs=(1, 2), scale_inputs=(1,)).role == "norm"
     with pytest.raises(ValueError, match="weight and a host value"):
         optable.OpInfo("primary", weight_inputs=(1,), static_inputs=frozenset({1}))
 
@@ -53,11 +56,13 @@ def test_records_are_checked_when_written():
 def test_lookups_know_only_default_domain_ops_and_their_opsets():
     assert optable.supported("Gemm") and optable.supported("Gemm", "ai.onnx")
     assert not optable.supported("Gemm", "com.example")
-    assert not optable.supported("GRU") and optable.lookup("GRU") is None
+    assert not optable.supported("Scan") and optable.lookup("Scan") is None
     assert optable.supported("GroupNormalization", opset=21) and not optable.supported("GroupNormalization", opset=18)
     assert optable.is_shape_only("Shape") and optable.is_shape_only("Size") and not optable.is_shape_only("Reshape")
     assert optable.foldable("Add") and not optable.foldable("RandomNormal")
-    assert optable.weight_ops() == ["Conv", "ConvTranspose", "Einsum", "Gather", "Gemm", "MatMul"]
+    assert optable.weight_ops() == ["BatchNormalization", "Conv", "ConvTranspose", "Einsum", "GRU", "Gather", "Gemm",
+                                    "GroupNormalization", "InstanceNormalization", "LSTM", "LayerNormalization",
+                                    "MatMul", "RNN"]
 
 
 def test_unsupported_ops_of_a_model_are_sorted_and_name_other_domains():
@@ -153,7 +158,7 @@ def test_an_op_older_than_its_implementation_is_unsupported_and_says_so():
     old = _model(nodes, opset=18, initializers=(s,), check=False)
     new = _model(nodes, opset=21, initializers=(s,))
     assert optable.unsupported_ops(old) == ["GroupNormalization"] and optable.unsupported_ops(new) == []
-    assert optable.describe(["GRU", "GroupNormalization"]) == "GRU, GroupNormalization (before opset 21)"
+    assert optable.describe(["Scan", "GroupNormalization"]) == "Scan, GroupNormalization (before opset 21)"
 
 
 def test_weight_positions_include_the_separate_bias_add_of_a_matmul_only():
@@ -161,6 +166,34 @@ def test_weight_positions_include_the_separate_bias_add_of_a_matmul_only():
              helper.make_node("Relu", ["z"], ["r"]), helper.make_node("Add", ["r", "c"], ["y"])]
     producers = {out: node for node in nodes for out in node.output}
     assert [optable.weight_positions(n, producers) for n in nodes] == [(0, 1), (0,), (), ()]
+
+
+def test_weights_of_recurrent_and_normalisation_ops_are_their_matrices_scales_and_biases():
+    node = lambda op, n: helper.make_node(op, [f"i{k}" for k in range(n)], ["y"])  # noqa: E731
+    found = {op: optable.weight_positions(node(op, n), {}) for op, n in
+             (("GRU", 6), ("LSTM", 8), ("RNN", 6), ("LayerNormalization", 3), ("BatchNormalization", 5), ("Conv", 3))}
+    assert found == {"GRU": (1, 2, 3), "LSTM": (1, 2, 3, 7), "RNN": (1, 2, 3), "LayerNormalization": (1, 2),
+                     "BatchNormalization": (1, 2), "Conv": (1, 2)}  # BatchNorm's statistics (3, 4) are no weights
+    assert optable.lookup("LayerNormalization").scale_inputs == (1,) and optable.lookup("GRU").bias_inputs == (3,)
+    assert optable.lookup("LayerNormalization").role == "norm"  # still joins the layer before it
+
+
+def _loop(body_nodes: list) -> onnx.NodeProto:
+    body = helper.make_graph(body_nodes, "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                                                  helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                             [helper.make_tensor_value_info("c", TensorProto.BOOL, []), _vi("s")])
+    return helper.make_node("Loop", ["n", "t"], ["y"], body=body)
+
+
+def test_inside_a_loop_body_an_if_may_branch_on_data_and_unknown_ops_are_still_found():
+    consts = (onnx.numpy_helper.from_array(np.array(2, np.int64), "n"),
+              onnx.numpy_helper.from_array(np.array(True), "t"), onnx.numpy_helper.from_array(np.array(0, np.int64), "z"))
+    data_if = [helper.make_node("Equal", ["i", "z"], ["first"]), _if("first", "s")]
+    assert optable.unsupported_ops(_model([_loop(data_if)], initializers=consts, check=False)) == []
+    assert optable.unsupported_ops(_model([*data_if[:1], _if("first", "y")], initializers=consts[2:],
+                                          check=False)) == [optable.DATA_CONDITION]
+    unknown = [helper.make_node("Unique", ["x"], ["s"])]
+    assert optable.unsupported_ops(_model([_loop(unknown)], initializers=consts, check=False)) == ["Unique"]
 
 
 def test_the_table_and_decompose_import_without_torch():

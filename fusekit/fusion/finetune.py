@@ -1,9 +1,10 @@
 """Source components with trainable layer weights: fine-tuning, and training from scratch.
 
 A frozen component keeps its weights as buffers. Which of them are layer weights comes from
-the op table (:mod:`fusekit.onnxio.optable`): the constants at the ``weight_inputs`` of
-Gemm/MatMul/Conv/ConvTranspose/Einsum/Gather nodes, and the separately exported bias Add of
-a MatMul or Conv. :func:`trainable_copy` makes those weights trainable as they are
+the op table (:mod:`fusekit.onnxio.optable`): the constants at the ``weight_inputs`` of its
+nodes (Gemm/MatMul/Conv/ConvTranspose/Einsum/Gather, GRU/LSTM/RNN's W, R, B, the scale and
+bias of the normalisations), in Loop bodies too, and the separately exported bias Add of a
+MatMul or Conv. :func:`trainable_copy` makes those weights trainable as they are
 (``--finetune``); :func:`reinitialised_copy` replaces them with fresh ones (``--from-scratch``,
 the Table II ablation). :func:`deployable_copy` turns either back into plain components for export.
 """
@@ -22,18 +23,37 @@ from fusekit.options import literal
 from fusekit.onnxio import optable
 
 
-def _parametric_initializers(onnx_path: str) -> list[tuple[str, np.ndarray]]:
-    """(op type, value) of each float initializer that holds a layer weight of ``onnx_path``."""
+def _weight_kind(node: onnx.NodeProto, pos: int) -> str:
+    """``scale``, ``bias`` or ``matrix``: how training from scratch restarts the weight."""
+    info = optable.lookup(node.op_type, node.domain)
+    if info is not None and pos in info.scale_inputs:
+        return "scale"
+    if info is None or not info.weight_inputs or pos in info.bias_inputs:
+        return "bias"  # a bias_add Add's constant, or a declared bias
+    return "matrix"
+
+
+def _parametric_initializers(onnx_path: str) -> list[tuple[str, str, np.ndarray]]:
+    """(op type, weight kind, value) of each float initializer that holds a layer weight of ``onnx_path``.
+
+    Nodes of subgraphs (Loop bodies, If branches) count too, reading initializers of their scopes.
+    """
     model = onnx.load(onnx_path)
-    inits = {i.name: i for i in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
-    found: dict[str, tuple[str, np.ndarray]] = {}
-    for node in model.graph.node:
-        for pos in optable.weight_positions(node, producers):
-            if pos < len(node.input) and node.input[pos] in inits:
-                array = numpy_helper.to_array(inits[node.input[pos]])
-                if array.dtype.kind == "f":
-                    found[node.input[pos]] = (node.op_type, array)
+    found: dict[str, tuple[str, str, np.ndarray]] = {}
+
+    def walk(graph: onnx.GraphProto, inits: dict) -> None:
+        inits = {**inits, **{i.name: i for i in graph.initializer}}
+        producers = {out: node for node in graph.node for out in node.output}
+        for node in graph.node:
+            for pos in optable.weight_positions(node, producers):
+                if pos < len(node.input) and node.input[pos] in inits and node.input[pos] not in found:
+                    array = numpy_helper.to_array(inits[node.input[pos]])
+                    if array.dtype.kind == "f":
+                        found[node.input[pos]] = (node.op_type, _weight_kind(node, pos), array)
+            for sub in optable.subgraphs(node):
+                walk(sub, inits)
+
+    walk(model.graph, {})
     return list(found.values())
 
 
@@ -85,22 +105,23 @@ def deployable_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-def _layer_weight_buffers(component: nn.Module, onnx_path: str) -> dict[str, str]:
-    """Names of ``component``'s buffers that hold a layer weight of ``onnx_path``, with the op using it.
+def _layer_weight_buffers(component: nn.Module, onnx_path: str) -> dict[str, tuple[str, str]]:
+    """Names of ``component``'s buffers that hold a layer weight of ``onnx_path``, with the op using
+    it and the weight's kind.
 
     Weight buffers are recognised by value against the ONNX file's layer-weight initializers
     (possibly transposed), so this works whatever the buffers are called.
     """
     weights = _parametric_initializers(onnx_path)
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, str]] = {}
     for name, buf in component._buffers.items():
         if buf is None or not buf.is_floating_point() or buf.numel() < 1:
             continue
         arr = buf.detach().cpu().numpy()
-        for op, w in weights:
+        for op, kind, w in weights:
             if (w.shape == arr.shape and np.array_equal(w, arr)) or (
                     w.ndim == 2 and w.T.shape == arr.shape and np.array_equal(w.T, arr)):
-                found[name] = op
+                found[name] = (op, kind)
                 break
     return found
 
@@ -114,16 +135,23 @@ def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Mo
     """A copy of a frozen component whose layer weights are fresh, trainable parameters.
 
     Other buffers (normalisation statistics, shapes) stay frozen. Biases restart at zero,
-    weight matrices Xavier-uniform, embedding tables N(0, 1e-4).
+    normalisation scales at one, weight matrices Xavier-uniform, embedding tables N(0, 1e-4).
     """
     clone = copy.deepcopy(component)
     generator = torch.Generator().manual_seed(seed)
     fresh_weights: dict[str, torch.Tensor] = {}
-    for name, op in _layer_weight_buffers(clone, onnx_path).items():
+    for name, (op, kind) in _layer_weight_buffers(clone, onnx_path).items():
         buf = clone._buffers[name]
         fresh = torch.empty(buf.shape, dtype=buf.dtype)
-        if op == "Gather":
+        if kind == "scale":
+            fresh.fill_(1.0)
+        elif kind == "bias":
+            fresh.zero_()
+        elif op == "Gather":
             fresh.normal_(0.0, 1e-4, generator=generator)  # small embeddings train better (DESIGN.md)
+        elif op in ("GRU", "LSTM", "RNN"):  # [directions, gates * hidden, inputs]: one matrix per direction
+            bound = (6.0 / (buf.shape[-1] + buf.shape[-2])) ** 0.5
+            fresh.uniform_(-bound, bound, generator=generator)
         elif buf.dim() >= 2:
             fan = (buf.shape[0] + buf.shape[1]) * (buf[0][0].numel() if buf.dim() > 2 else 1)
             bound = (6.0 / fan) ** 0.5

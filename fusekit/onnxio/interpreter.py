@@ -19,7 +19,10 @@ Values come in three kinds:
 An ``If`` whose condition is a constant is no step of its own: the branch it takes is chosen
 at load time and planned inline, its outer-scope reads resolving to the enclosing graph's
 values. A condition computed from the inputs is refused, since a traced (exported) graph can
-hold one path only.
+hold one path only, except inside a ``Loop`` body. A Loop is one step that drives its body:
+the body's nodes are planned once, by this same planner, into their own step list over the
+same slots (so outer values, constants and trainable weights are shared), and run once per
+iteration; an If in it plans both branches and picks one per iteration.
 
 The module has no parameters, always computes in inference mode (no dropout, BatchNorm with its
 stored statistics) whatever its ``training`` flag, and lets gradients flow to its inputs.
@@ -40,7 +43,9 @@ from fusekit.onnxio import ops as onnx_ops
 from fusekit.onnxio import optable
 from fusekit.errors import FusekitError
 
-_MAX_HOST_CONST = 64  # larger constants never enter host arithmetic (it is meant for shape vectors)
+# Host arithmetic is meant for shape vectors: larger constants and float ones (which may be
+# weights, such as a small position-embedding table gathered by a Range) stay tensors.
+_MAX_HOST_CONST = 64
 _DEVICE_SLOT = 0
 
 
@@ -77,6 +82,7 @@ class FrozenComponent(nn.Module):
         self.source = source
         self._steps: list[Callable[[list], None]] = []
         self._const_slots: list[tuple[int, str]] = []
+        self._loop_depth = 0  # > 0 while planning a Loop body
         self._build(model)
         super().train(False)
 
@@ -134,6 +140,9 @@ class FrozenComponent(nn.Module):
         if info.static_condition:
             self._plan_if(node, values, dtypes, consumers, where)
             return
+        if info.loop_body:
+            self._plan_loop(node, values, dtypes, consumers, where)
+            return
         opdef = onnx_ops.OPS[op]
         static = info.static_inputs
         attrs = _attributes(node, self, where)
@@ -143,6 +152,7 @@ class FrozenComponent(nn.Module):
             input_dtypes=tuple(v.dtype if v is not None else None for v in ins),
             output_dtypes=tuple(dtypes.get(n) for n in node.output),
             used_outputs=tuple(i for i, n in enumerate(node.output) if n and consumers.get(n, 0) > 0),
+            present_inputs=tuple(bool(n) for n in node.input),
         )
         try:
             fn = opdef.factory(attrs, ctx)
@@ -153,14 +163,14 @@ class FrozenComponent(nn.Module):
 
         live = [v for v in ins if v is not None]
         # Every op of the table is deterministic (optable.foldable), so constant inputs fold.
-        if all(v.kind == "const" for v in live):
+        if all(v.kind == "const" for v in live) and not info.makes_sequence:
             self._fold(node, fn, opdef, static, ins, values, where)
             return
         if op in ("Shape", "Size") and ins[0].kind == "tensor":
             self._plan_shape_of(node, attrs, ins[0], values)
             return
         if all(v.kind in ("const", "host") for v in live) and all(
-            v.kind == "host" or v.const.numel() <= _MAX_HOST_CONST for v in live
+            v.kind == "host" or (v.const.numel() <= _MAX_HOST_CONST and not v.const.is_floating_point()) for v in live
         ) and op in onnx_ops.SHAPE_OPS:
             host_fn = onnx_ops.SHAPE_OPS[op](attrs, ctx)
             if host_fn is not None:
@@ -171,6 +181,9 @@ class FrozenComponent(nn.Module):
     def _plan_if(self, node: onnx.NodeProto, values: dict, dtypes: dict, consumers: dict, where: str) -> None:
         """Plan the branch a constant condition selects in the If's place."""
         cond = values[node.input[0]] if node.input and node.input[0] else None
+        if cond is not None and cond.kind != "const" and self._loop_depth:
+            self._plan_runtime_if(node, cond, values, dtypes, consumers, where)
+            return
         if cond is None or cond.kind != "const":
             raise self._fail(f"{where}: its condition depends on the data, and export-traceable fusion needs a "
                              "static branch; re-export the model with a constant condition")
@@ -195,6 +208,92 @@ class FrozenComponent(nn.Module):
         for name, out in zip(node.output, outs):
             if name:
                 values[name] = scope[out]
+
+    def _plan_subgraph(self, graph: onnx.GraphProto, values: dict, dtypes: dict, consumers: dict,
+                       inputs: dict[str, _Value]) -> tuple[list, list]:
+        """Plan ``graph`` (a branch or loop body) into its own steps; returns (steps, output getters).
+
+        The subgraph sees the enclosing values, its own initializers and ``inputs``; what it
+        defines stays in its scope.
+        """
+        scope = dict(values)
+        scope.update(inputs)
+        for init in graph.initializer:
+            scope[init.name] = self._const_value(_tensor_to_torch(init, self))
+        outer, self._steps = self._steps, []
+        try:
+            outs = [o.name for o in graph.output]
+            for inner in _live(_topological(graph, set(scope), self), outs):
+                self._plan_node(inner, scope, dtypes, consumers)
+            getters = [self._getter(scope, name, tensor=True) for name in outs]
+            return self._steps, getters
+        finally:
+            self._steps = outer
+
+    def _plan_runtime_if(self, node, cond: _Value, values, dtypes, consumers, where) -> None:
+        """An If inside a Loop body whose condition is data: both branches planned, one run per call."""
+        branches = {}
+        for name in ("then_branch", "else_branch"):
+            graph = next((a.g for a in node.attribute if a.name == name), None)
+            if graph is None or graph.input or len(graph.output) != len(node.output):
+                raise self._fail(f"{where} has no {name} with {len(node.output)} outputs and no inputs; "
+                                 "the file is malformed")
+            branches[name] = self._plan_subgraph(graph, values, dtypes, consumers, {})
+        ctx = onnx_ops.OpContext(op_type=node.op_type, opset=self.opset, n_inputs=len(node.input),
+                                 n_outputs=len(node.output))
+        choose = onnx_ops.OPS[node.op_type].factory({}, ctx)
+        read = self._getter(values, node.input[0], tensor=True)
+        outs = [self._new_slot() if n else -1 for n in node.output]
+
+        def step(env):
+            steps, getters = branches[choose(read(env))]
+            for s in steps:
+                s(env)
+            for slot, g in zip(outs, getters):
+                if slot >= 0:
+                    env[slot] = g(env)
+        self._steps.append(step)
+        for name, slot in zip(node.output, outs):
+            if name:
+                values[name] = _Value("tensor", slot, dtype=dtypes.get(name))
+
+    def _plan_loop(self, node, values, dtypes, consumers, where) -> None:
+        """A Loop as one step that runs its body (planned once, here) per iteration."""
+        body = next((a.g for a in node.attribute if a.name == "body"), None)
+        n_carried = len(node.input) - 2
+        if body is None or n_carried < 0 or len(body.input) != n_carried + 2 or len(body.output) < n_carried + 1:
+            raise self._fail(f"{where} needs a body with 2 + {max(n_carried, 0)} inputs and at least "
+                             f"{max(n_carried, 0) + 1} outputs; the file is malformed")
+        slots = [self._new_slot() for _ in body.input]
+        inputs = {vi.name: _Value("tensor", slot, dtype=dtypes.get(vi.name)) for vi, slot in zip(body.input, slots)}
+        self._loop_depth += 1
+        try:
+            steps, getters = self._plan_subgraph(body, values, dtypes, consumers, inputs)
+        finally:
+            self._loop_depth -= 1
+        ctx = onnx_ops.OpContext(op_type=node.op_type, opset=self.opset, n_inputs=len(node.input),
+                                 n_outputs=len(node.output))
+        run = onnx_ops.OPS[node.op_type].factory(_attributes(node, self, where, subgraphs=True), ctx)
+        reads = [self._getter(values, n, tensor=i >= 2) if n else _none for i, n in enumerate(node.input)]
+        outs = [self._new_slot() if n else -1 for n in node.output]
+
+        def step(env):
+            def iteration(i, cond, carried):
+                env[slots[0]], env[slots[1]] = i, cond
+                for slot, v in zip(slots[2:], carried):
+                    env[slot] = v
+                for s in steps:
+                    s(env)
+                return [g(env) for g in getters]
+
+            res = run(iteration, *[g(env) for g in reads])
+            for slot, r in zip(outs, res):
+                if slot >= 0:
+                    env[slot] = r
+        self._steps.append(step)
+        for name, slot in zip(node.output, outs):
+            if name:
+                values[name] = _Value("tensor", slot, dtype=dtypes.get(name))
 
     def _fold(self, node, fn, opdef, static, ins, values, where) -> None:
         args = [None if v is None else (onnx_ops.host(v.const) if i in static else v.const)
@@ -336,10 +435,12 @@ def _tensor_to_torch(init: onnx.TensorProto, comp: FrozenComponent) -> torch.Ten
         raise comp._fail(f"initializer {init.name!r} is not supported: {exc}") from None
 
 
-def _attributes(node: onnx.NodeProto, comp: FrozenComponent, where: str) -> dict:
+def _attributes(node: onnx.NodeProto, comp: FrozenComponent, where: str, subgraphs: bool = False) -> dict:
     attrs: dict = {}
     for a in node.attribute:
         if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            if subgraphs:  # planned by the caller
+                continue
             raise comp._fail(f"{where} has a subgraph attribute {a.name!r}; control flow is not supported")
         if a.ref_attr_name:
             raise comp._fail(f"{where} refers to a function attribute; inline the model's functions first")

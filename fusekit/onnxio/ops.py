@@ -45,6 +45,7 @@ class OpContext:
     input_dtypes: tuple = ()
     output_dtypes: tuple = ()
     used_outputs: tuple = ()  # indices of outputs that something reads
+    present_inputs: tuple = ()  # per input position: whether the node names one (optional inputs may be empty)
 
 
 @dataclass(frozen=True)
@@ -1326,6 +1327,251 @@ def _host_reduce(attrs, ctx):
         return np.asarray([y] if keep else y, dtype=object)
 
     return f
+
+
+# ----------------------------------------------------------------------------- recurrent (GRU, LSTM, RNN)
+
+_RNN_ACTIVATIONS: dict[str, Callable] = {
+    "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu, "Softsign": F.softsign,
+    "Softplus": F.softplus,
+}
+_RNN_GATES = {"RNN": (1, ("Tanh",)), "GRU": (3, ("Sigmoid", "Tanh")), "LSTM": (4, ("Sigmoid", "Tanh", "Tanh"))}
+
+
+def _recurrent_setup(attrs: dict, ctx: OpContext) -> tuple[int, list[list[Callable]], bool]:
+    """Directions and per-direction activations of a GRU/LSTM/RNN node; refuses what is not implemented."""
+    direction = attrs.get("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise UnsupportedOp(f"direction={direction!r}")
+    n_dir = 2 if direction == "bidirectional" else 1
+    _, defaults = _RNN_GATES[ctx.op_type]
+    names = list(attrs.get("activations") or defaults * n_dir)
+    if len(names) == len(defaults) and n_dir == 2:
+        names = names * 2
+    if attrs.get("activation_alpha") or attrs.get("activation_beta"):
+        raise UnsupportedOp("activation_alpha/activation_beta")
+    unknown = [n for n in names if n not in _RNN_ACTIVATIONS]
+    if unknown or len(names) != len(defaults) * n_dir:
+        raise UnsupportedOp(f"activations={names}")
+    if "clip" in attrs:
+        raise UnsupportedOp("clip")
+    if attrs.get("input_forget", 0):
+        raise UnsupportedOp("input_forget=1")
+    if len(ctx.present_inputs) > 4 and ctx.present_inputs[4]:
+        raise UnsupportedOp("a sequence_lens input (re-export without packed sequences)")
+    acts = [[_RNN_ACTIVATIONS[n] for n in names[d * len(defaults):(d + 1) * len(defaults)]] for d in range(n_dir)]
+    return n_dir, acts, direction == "reverse"
+
+
+def _recurrent(cell: Callable, n_states: int):
+    """A GRU/LSTM/RNN factory from its cell: ``cell(xw_t, states, R, Rb, P, acts) -> states``.
+
+    ``xw_t`` is the input projection of one time step (with its bias); the first state is the
+    hidden state. Inputs: X, W, R, B, sequence_lens, initial_h (, initial_c, P for LSTM).
+    """
+    def factory(attrs, ctx):
+        n_dir, acts, reverse = _recurrent_setup(attrs, ctx)
+        hidden = attrs.get("hidden_size")
+        layout = attrs.get("layout", 0)
+        gates = _RNN_GATES[ctx.op_type][0]
+        lbr = attrs.get("linear_before_reset", 0)
+
+        def f(x, w, r, b=None, seq_lens=None, *initial):
+            if layout:
+                x = x.transpose(0, 1)  # [seq, batch, input]
+            steps, batch = x.shape[0], x.shape[1]
+            h = hidden or r.shape[-1]
+            peep = initial[2] if len(initial) > 2 else None
+            states0 = []
+            for k in range(n_states):
+                s = initial[k] if k < len(initial) else None
+                if s is None:
+                    s = x.new_zeros(n_dir, batch, h)
+                elif layout:
+                    s = s.transpose(0, 1)
+                states0.append(s)
+            ys, finals = [], []
+            for d in range(n_dir):
+                bias_w = b[d, :gates * h] if b is not None else None
+                bias_r = b[d, gates * h:] if b is not None else None
+                xw = torch.matmul(x, w[d].t())
+                if bias_w is not None:
+                    xw = xw + bias_w
+                states = [s[d] for s in states0]
+                order = range(steps - 1, -1, -1) if (reverse or d == 1) else range(steps)
+                outs = [None] * steps
+                for t in order:
+                    states = cell(xw[t], states, r[d], bias_r, None if peep is None else peep[d], acts[d], lbr)
+                    outs[t] = states[0]
+                ys.append(torch.stack(outs) if steps else x.new_zeros(0, batch, h))
+                finals.append(states)
+            y = torch.stack(ys, 1)  # [seq, dir, batch, hidden]
+            last = [torch.stack([fs[k] for fs in finals]) for k in range(n_states)]
+            if layout:
+                y = y.permute(2, 0, 1, 3)
+                last = [s.transpose(0, 1) for s in last]
+            out = (y, *last)[: max(ctx.n_outputs, 1)]
+            return out[0] if len(out) == 1 else out
+
+        return f
+
+    return factory
+
+
+def _rnn_cell(xw, states, r, br, peep, acts, lbr):
+    rec = torch.matmul(states[0], r.t())
+    if br is not None:
+        rec = rec + br
+    return [acts[0](xw + rec)]
+
+
+def _gru_cell(xw, states, r, br, peep, acts, lbr):
+    h = states[0]
+    size = h.shape[-1]
+    xz, xr, xh = xw.split(size, dim=-1)
+    rz, rr, rh = r.split(size, dim=0)
+    bz, br_, bh = br.split(size) if br is not None else (0.0, 0.0, 0.0)
+    z = acts[0](xz + torch.matmul(h, rz.t()) + bz)
+    reset = acts[0](xr + torch.matmul(h, rr.t()) + br_)
+    if lbr:
+        cand = acts[1](xh + reset * (torch.matmul(h, rh.t()) + bh))
+    else:
+        cand = acts[1](xh + torch.matmul(reset * h, rh.t()) + bh)
+    return [(1 - z) * cand + z * h]
+
+
+def _lstm_cell(xw, states, r, br, peep, acts, lbr):
+    h, c = states
+    pre = xw + torch.matmul(h, r.t())
+    if br is not None:
+        pre = pre + br
+    i, o, f, g = pre.split(h.shape[-1], dim=-1)
+    if peep is not None:
+        pi, po, pf = peep.split(h.shape[-1])
+        i, f = i + pi * c, f + pf * c
+    i, f = acts[0](i), acts[0](f)
+    c = f * c + i * acts[1](g)
+    if peep is not None:
+        o = o + po * c
+    return [acts[0](o) * acts[2](c), c]
+
+
+register("RNN")(_recurrent(_rnn_cell, 1))
+register("GRU")(_recurrent(_gru_cell, 1))
+register("LSTM")(_recurrent(_lstm_cell, 2))
+
+
+# ----------------------------------------------------------------------------- attention (opset 23)
+
+@register("Attention")
+def _attention(attrs, ctx):
+    """Scaled dot-product attention as the opset-23 op defines it (what the dynamo exporter writes
+    for ``F.scaled_dot_product_attention`` from opset 23 on): 4-D [batch, heads, seq, head size]
+    or 3-D [batch, seq, heads * head size] inputs, a boolean (True attends) or additive mask,
+    causal masking aligned to the end of a past cache, grouped key/value heads, softcap. A row
+    that attends nothing gives zeros."""
+    if 3 in ctx.used_outputs:
+        raise UnsupportedOp("the qk_matmul_output output")
+    if len(ctx.present_inputs) > 6 and ctx.present_inputs[6]:
+        raise UnsupportedOp("a nonpad_kv_seqlen input")
+    if attrs.get("softmax_precision") not in (None, TensorProto.FLOAT):
+        raise UnsupportedOp(f"softmax_precision={attrs['softmax_precision']}")
+    causal, scale, softcap = attrs.get("is_causal", 0), attrs.get("scale"), attrs.get("softcap", 0.0)
+    q_heads, kv_heads = attrs.get("q_num_heads"), attrs.get("kv_num_heads")
+
+    def heads(x, n):
+        return x.reshape(x.shape[0], x.shape[1], n, -1).transpose(1, 2)
+
+    def f(q, k, v, mask=None, past_k=None, past_v=None, nonpad=None):
+        three = q.dim() == 3
+        if three:
+            q, k, v = heads(q, q_heads), heads(k, kv_heads), heads(v, kv_heads)
+        if past_k is not None:
+            k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+        present = (k, v)
+        s_q, s_kv = q.shape[2], k.shape[2]
+        bias = torch.zeros(s_q, s_kv, dtype=q.dtype, device=q.device)
+        if mask is not None:
+            if mask.shape[-1] < s_kv:  # a mask for the new keys only: the past is not attended
+                mask = F.pad(mask, (0, s_kv - mask.shape[-1]), value=False if mask.dtype == torch.bool else -math.inf)
+            bias = bias + (torch.where(mask, 0.0, -math.inf).to(q.dtype) if mask.dtype == torch.bool else mask)
+        if causal:
+            offset = past_k.shape[2] if past_k is not None else 0
+            allowed = torch.ones(s_q, s_kv, dtype=torch.bool, device=q.device).tril(offset)
+            bias = bias + torch.where(allowed, 0.0, -math.inf).to(q.dtype)
+        if k.shape[1] != q.shape[1]:
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+        scores = torch.matmul(q * root, k.transpose(-1, -2) * root)
+        if softcap:
+            scores = softcap * torch.tanh(scores / softcap)
+        scores = scores + bias
+        top = scores.amax(-1, keepdim=True)
+        dead = torch.isneginf(bias.amax(-1, keepdim=True))
+        weights = torch.exp(scores - torch.where(torch.isneginf(top), 0.0, top))
+        total = weights.sum(-1, keepdim=True)
+        weights = torch.where(dead, 0.0, weights / torch.where(total == 0, 1.0, total))
+        y = torch.matmul(weights, v)
+        if three:
+            y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
+        outs = (y, *present)[: max(1, min(ctx.n_outputs, 3))]
+        return outs[0] if len(outs) == 1 else outs
+
+    return f
+
+
+# ----------------------------------------------------------------------------- loops and sequences
+
+@register("Loop")
+def _loop(attrs, ctx):
+    """The loop driver. The interpreter plans the body graph and passes it in as ``body``.
+
+    ``body(i, cond, carried) -> [cond, *carried, *scan outputs]``; runs while ``i < trip`` and
+    ``cond`` (an absent one is no limit); scan outputs are stacked on a new first axis.
+    """
+    def run(body, trip, cond, *carried):
+        limit = None if trip is None else int(scalar(trip))
+        go = True if cond is None else bool(scalar(cond))
+        if limit is None and cond is None:
+            raise UnsupportedOp("a Loop with neither a trip count nor a condition (it never ends)")
+        state, scans, i = list(carried), [], 0
+        while go and (limit is None or i < limit):
+            outs = body(torch.tensor(i, dtype=torch.int64), torch.tensor(go), state)
+            go = bool(outs[0].reshape(-1)[0]) if isinstance(outs[0], torch.Tensor) else bool(scalar(outs[0]))
+            state = list(outs[1:1 + len(state)])
+            scans.append(outs[1 + len(state):])
+            i += 1
+        n_scan = ctx.n_outputs - len(state)
+        stacked = [torch.stack([s[k] for s in scans]) if scans else torch.zeros(0) for k in range(n_scan)]
+        return (*state, *stacked)
+
+    return run
+
+
+@register("SequenceEmpty")
+def _sequence_empty(attrs, ctx):
+    return lambda: []
+
+
+@register("SequenceInsert")
+def _sequence_insert(attrs, ctx):
+    def f(seq, tensor, position=None):
+        out = list(seq)  # sequences are values: never change the one that came in
+        if position is None:
+            out.append(tensor)
+        else:
+            p = int(scalar(position))
+            out.insert(p + len(out) if p < 0 else p, tensor)
+        return out
+
+    return f
+
+
+@register("ConcatFromSequence")
+def _concat_from_sequence(attrs, ctx):
+    axis, new_axis = attrs["axis"], attrs.get("new_axis", 0)
+    return lambda seq: torch.stack(list(seq), dim=axis) if new_axis else torch.cat(list(seq), dim=axis)
 
 
 @register("If")

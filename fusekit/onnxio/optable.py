@@ -17,10 +17,15 @@ Every op here is a deterministic function of its inputs. Random ops (RandomNorma
 ...) are deliberately absent, since a frozen component computes one fixed function; so any
 op of the table may be evaluated ahead of time on constant inputs (:func:`foldable`).
 
-Of the control-flow ops only ``If`` is here, and only with a condition known without data: the
-interpreter picks the branch at load time and runs its nodes inline, which is what keeps a
-fused model exportable (a traced graph has one path). :func:`unsupported_ops` reports an If
-whose condition it cannot prove constant.
+Of the control-flow ops ``If`` and ``Loop`` are here. An If needs a condition known without
+data: the interpreter picks the branch at load time and runs its nodes inline, which is what
+keeps a fused model exportable (a traced graph has one path). :func:`unsupported_ops` reports
+an If whose condition it cannot prove constant, except inside a Loop body: a Loop runs eagerly
+as a python loop over its body (planned by the same interpreter), so there the branch is chosen
+per iteration. This is what torch's exporters write for ``nn.EmbeddingBag`` with offsets (with
+the sequence ops SequenceEmpty/SequenceInsert/ConcatFromSequence in the dynamo exporter's
+version). A component with a Loop runs and trains in torch; traced again, its loop unrolls for
+the traced batch.
 
 The table is per op type. Limits on attribute values (MaxPool's Indices output, some Resize
 modes, ...) stay with the implementations and are reported when a component is loaded.
@@ -52,8 +57,11 @@ class OpInfo:
         ``reshape``: changes only the shape of its data; chains of them count as one;
         ``plain``: anything else.
     weight_inputs: input positions holding learnable weights when they are constants: what
-        fine-tuning makes trainable and training from scratch re-initialises. Non-empty
-        exactly for ``primary`` ops.
+        fine-tuning makes trainable and training from scratch re-initialises. Required for
+        ``primary`` ops; a ``norm`` op may list its scale and bias; no other role has any.
+    scale_inputs, bias_inputs: the weight inputs that are scales (training from scratch
+        restarts them at one) and biases (restarted at zero); the others are matrices or
+        tables.
     static_inputs: input positions the interpreter reads as host values (shapes, axes, pads,
         ...) rather than tensors.
     bias_add: exporters may write this op's bias as a separate Add of a constant on its output
@@ -62,8 +70,12 @@ class OpInfo:
         Size); what it computes is shape arithmetic, not data.
     min_opset: the oldest default-domain opset in which the implementation matches the ONNX
         definition of the op.
-    static_condition: the op (If) runs only when its condition, input 0, is known without data;
-        the interpreter then plans the chosen branch in its place.
+    static_condition: the op (If) runs only when its condition, input 0, is known without data
+        (or inside a Loop body); the interpreter then plans the chosen branch in its place.
+    loop_body: the op (Loop) runs its ``body`` graph repeatedly; the interpreter plans the
+        body with the enclosing graph's values in scope and drives it.
+    makes_sequence: the output is an ONNX sequence (a python list of tensors at run time),
+        which is never folded into a constant.
     """
 
     role: Role = "plain"
@@ -73,13 +85,21 @@ class OpInfo:
     shape_only: bool = False
     min_opset: int = 1
     static_condition: bool = False
+    scale_inputs: tuple[int, ...] = ()
+    bias_inputs: tuple[int, ...] = ()
+    loop_body: bool = False
+    makes_sequence: bool = False
 
     def __post_init__(self) -> None:
         # A malformed record is a programming error in this file: fail at import.
         if self.role not in ROLES:
             raise ValueError(f"unknown op role {self.role!r}")
-        if bool(self.weight_inputs) != (self.role == "primary"):
-            raise ValueError("weight_inputs are given exactly for primary ops")
+        if self.role == "primary" and not self.weight_inputs:
+            raise ValueError("a primary op needs weight_inputs")
+        if self.weight_inputs and self.role not in ("primary", "norm"):
+            raise ValueError("weight_inputs are given for primary and norm ops only")
+        if not set(self.scale_inputs) | set(self.bias_inputs) <= set(self.weight_inputs):
+            raise ValueError("scale_inputs and bias_inputs are weight_inputs")
         if self.bias_add and self.role != "primary":
             raise ValueError("only a primary op can take a separate bias Add")
         if set(self.weight_inputs) & self.static_inputs:
@@ -102,16 +122,23 @@ def _static(*positions: int, **fields) -> OpInfo:
 
 
 _PLAIN = OpInfo()
+_NORM = OpInfo("norm", weight_inputs=(1, 2), scale_inputs=(1,), bias_inputs=(2,))
 
 TABLE: Mapping[str, OpInfo] = _table(
     # Layers' weight-carrying ops. Einsum: the two operands of a binary contraction.
-    ("Gemm ConvTranspose", OpInfo("primary", weight_inputs=(1, 2))),
-    ("Conv", OpInfo("primary", weight_inputs=(1, 2), bias_add=True)),
+    ("Gemm ConvTranspose", OpInfo("primary", weight_inputs=(1, 2), bias_inputs=(2,))),
+    ("Conv", OpInfo("primary", weight_inputs=(1, 2), bias_inputs=(2,), bias_add=True)),
     ("MatMul", OpInfo("primary", weight_inputs=(0, 1), bias_add=True)),
     ("Einsum", OpInfo("primary", weight_inputs=(0, 1))),
     ("Gather", OpInfo("primary", weight_inputs=(0,))),
-    ("BatchNormalization LayerNormalization InstanceNormalization LpNormalization", OpInfo("norm")),
-    ("GroupNormalization", OpInfo("norm", min_opset=21)),  # before 21: one scale per group, not per channel
+    # Recurrent layers: W, R, B (and LSTM's peepholes P); sequence_lens and initial states are data.
+    ("GRU RNN", OpInfo("primary", weight_inputs=(1, 2, 3), bias_inputs=(3,))),
+    ("LSTM", OpInfo("primary", weight_inputs=(1, 2, 3, 7), bias_inputs=(3, 7))),
+    # Normalisations: scale and bias are weights (BatchNorm's running statistics are not).
+    ("BatchNormalization LayerNormalization InstanceNormalization", _NORM),
+    # GroupNormalization before opset 21: one scale per group, not per channel.
+    ("GroupNormalization", OpInfo("norm", weight_inputs=(1, 2), scale_inputs=(1,), bias_inputs=(2,), min_opset=21)),
+    ("LpNormalization", OpInfo("norm")),
     ("Identity", OpInfo("alias")),
     ("Dropout", _static(1, 2, role="alias")),
     ("Flatten", OpInfo("reshape")),
@@ -124,6 +151,7 @@ TABLE: Mapping[str, OpInfo] = _table(
     ("Add Sub Mul Div Pow Mod Equal Less Greater LessOrEqual GreaterOrEqual And Or Xor BitwiseAnd BitwiseOr "
      "BitwiseXor Sum Mean Max Min Where Clip", _PLAIN),
     ("Softmax LogSoftmax", _PLAIN),
+    ("Attention", OpInfo(min_opset=23)),  # scaled dot-product attention, as one op
     ("Hardmax", OpInfo(min_opset=13)),  # before 13 it coerced its input to 2-D
     # types and constants
     ("Cast CastLike Constant EyeLike", _PLAIN),
@@ -139,8 +167,11 @@ TABLE: Mapping[str, OpInfo] = _table(
     ("ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceSumSquare ReduceLogSum "
      "ReduceLogSumExp", _static(1)),
     ("ArgMax ArgMin MaxPool AveragePool GlobalAveragePool GlobalMaxPool", _PLAIN),
-    # control flow: the branch is chosen at load time
+    # control flow: the branch is chosen at load time (per iteration inside a Loop)
     ("If", OpInfo(static_condition=True)),
+    ("Loop", OpInfo(loop_body=True)),
+    ("SequenceEmpty SequenceInsert", OpInfo(makes_sequence=True)),
+    ("ConcatFromSequence", _PLAIN),
 )
 
 DATA_CONDITION = "If (condition computed from the data)"
@@ -213,7 +244,7 @@ def unsupported_ops(source: onnx.ModelProto | onnx.GraphProto | Iterable[onnx.No
     """Sorted op types that ``source`` uses and the interpreter cannot run.
 
     Ops of other domains are named ``domain::Op``; an If whose condition is not provably a
-    constant is named :data:`DATA_CONDITION`. Subgraphs (If/Loop/Scan bodies) and the bodies of
+    constant is named :data:`DATA_CONDITION` (inside a Loop body any condition is fine). Subgraphs (If/Loop/Scan bodies) and the bodies of
     a model's local functions (which the interpreter inlines) are searched too.
     ``opset`` defaults to a model's own; without one, ops are not checked against ``min_opset``.
     """
@@ -235,19 +266,19 @@ def unsupported_ops(source: onnx.ModelProto | onnx.GraphProto | Iterable[onnx.No
 
 
 def _collect(nodes: list[onnx.NodeProto], functions: dict, opset: int | None, found: set[str],
-             expanded: set[tuple[str, str]], consts: set[str]) -> None:
+             expanded: set[tuple[str, str]], consts: set[str], in_loop: bool = False) -> None:
     folded: set[str] | None = None  # computed on the first If: most graphs have none, and it costs a pass
     for node in nodes:
         key = (node.domain, node.op_type)
         if key in functions:
             if key not in expanded:  # a function calling itself would recurse forever
                 expanded.add(key)
-                _collect(list(functions[key].node), functions, opset, found, expanded, set())
+                _collect(list(functions[key].node), functions, opset, found, expanded, set(), in_loop)
             continue
         info = lookup(node.op_type, node.domain)
         if not supported(node.op_type, node.domain, opset):
             found.add(node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}")
-        elif info.static_condition:
+        elif info.static_condition and not in_loop:
             folded = _constants(nodes, functions, consts) if folded is None else folded
             if not node.input or node.input[0] not in folded:
                 found.add(DATA_CONDITION)
@@ -255,7 +286,8 @@ def _collect(nodes: list[onnx.NodeProto], functions: dict, opset: int | None, fo
         if subs:
             folded = _constants(nodes, functions, consts) if folded is None else folded
             for sub in subs:
-                _collect(list(sub.node), functions, opset, found, expanded, folded | {t.name for t in sub.initializer})
+                _collect(list(sub.node), functions, opset, found, expanded, folded | {t.name for t in sub.initializer},
+                         in_loop or (info is not None and info.loop_body))
 
 
 def _constants(nodes: list[onnx.NodeProto], functions: dict, known: set[str]) -> set[str]:
