@@ -119,3 +119,27 @@ def test_data_info(capsys, census_dir):
     info = json.loads(out)
     assert info["rows"] == {"train": 199523, "test": 99762}
     assert info["positive_rate"]["income"]["train"] == pytest.approx(0.062, abs=1e-3)
+
+
+def test_a_regression_task_from_a_file(tmp_path, capsys):
+    """--task-kind regression: a squared-error model with a value output, scored by R2."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    shop = rng.integers(0, 4, n)
+    price = rng.normal(size=n)
+    frame = pd.DataFrame({"shop": shop.astype(str), "price": [f"{v:.4f}" for v in price],
+                          "spend": 2.0 * shop + price + rng.normal(scale=0.1, size=n)})
+    frame.to_csv(tmp_path / "spend.csv", index=False)
+    out_path = tmp_path / "spend.onnx"
+    code, out, err = _run(capsys, "train-single", "--data", str(tmp_path / "spend.csv"), "--task", "spend",
+                          "--task-kind", "regression", "--hidden", "16", "--epochs", "20", "--lr", "1e-2",
+                          "--batch-size", "128", "-q", "--json", "-o", str(out_path))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["kind"] == "regression" and result["score"] == "r2" and result["test_score"] > 0.8
+    assert {"rmse", "mae", "r2"} <= set(result["test_metrics"])
+    ops = [node.op_type for node in onnx.load(str(out_path)).graph.node]
+    assert "Sigmoid" not in ops  # a value, not a probability

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--categorical", type=_name_list, default=None, metavar="COL,...", help="files: categorical feature columns")
     p.add_argument("--dense", type=_name_list, default=None, metavar="COL,...", help="files: dense feature columns")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the Census-Income files")
+    p.add_argument("--task-kind", default=None, choices=("binary", "multiclass", "regression", "count"),
+                   help="files: the task's kind (default binary; census-income tasks know their own)")
     flags = OptionFlags(p)
     flags.spell("train_single()", train_rows="--train-rows", pool_tasks="--pool-tasks")
     flags.spell("load_dataset()", labels="--label", categorical="--categorical", dense="--dense",
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
             raise FusekitError("--pool-tasks applies to census-income; for files, drop columns with --exclude")
         dataset = load_dataset(args.data, [args.task], labels=labels or {args.task: args.task}, seed=args.split_seed,
                                holdout=args.holdout, holdout_seed=args.holdout_seed, categorical=args.categorical,
-                               dense=args.dense, exclude=args.exclude)
+                               dense=args.dense, exclude=args.exclude,
+                               kinds={args.task: args.task_kind} if args.task_kind else None)
     result = train_single(args.data, args.task, args.output, pool_tasks=args.pool_tasks, arch=arch,
                           holdout=args.holdout, holdout_seed=args.holdout_seed, seed=args.seed,
                           split_seed=args.split_seed, config=config,

@@ -192,7 +192,24 @@ def load_tabular(
 
         idx = carve(len(train), ["val", "test"], seed)
         train, val, test = train.subset(idx["train"]), train.subset(idx["val"]), train.subset(idx["test"])
-    return TabularDataset(spec, list(tasks), train, val, test)
+    return TabularDataset(spec, list(tasks), train, val, test, kinds=_task_kinds(kinds, train))
+
+
+def _task_kinds(kinds: dict, train: Split) -> dict:
+    """TaskKinds of the named tasks (a name, or a TaskKind kept as it is); a multiclass task has one
+    class more than its largest training label."""
+    from fusekit.task_kinds import TaskKind
+
+    out = {}
+    for task, kind in kinds.items():
+        if isinstance(kind, TaskKind):
+            out[task] = kind
+        elif kind == "multiclass":
+            k = int(train.labels[task].max()) + 1
+            out[task] = TaskKind("multiclass", k, "probability", (k,))
+        else:
+            out[task] = TaskKind(kind, None, "probability" if kind == "binary" else "value")
+    return out
 
 
 def _encoded(frame: pd.DataFrame, spec: FeatureSpec, columns: dict[str, str], where: str, kinds: dict) -> Split:
