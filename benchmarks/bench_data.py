@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusekit.data import census, load_dataset  # noqa: E402
 from fusekit.models.single import Architecture, train_on_dataset  # noqa: E402
+from fusekit.threads import apply_threads  # noqa: E402
 from fusekit.train import TrainConfig  # noqa: E402
 
 LOAD_GOAL_SECONDS = 10.0
@@ -49,10 +49,11 @@ def bench_load(data_dir: Path | None, repeats: int) -> dict:
 
 def bench_train(data_dir: Path | None, epochs: int, threads: int) -> dict:
     """Rows per second of train-single's training loop."""
-    torch.set_num_threads(threads)
+    apply_threads(threads, torch=True)
     ds = load_dataset("census-income", ["income", "never_married"], data_dir=data_dir, holdout=0.2)
     arch = Architecture(hidden=[64, 32, 16], emb_dim=4, batch_norm=True)
-    config = TrainConfig(max_epochs=epochs, patience=epochs, seed=0, device="cpu", progress=False)
+    config = TrainConfig(max_epochs=epochs, patience=epochs, seed=0, device="cpu", progress=False,
+                         threads=threads)
     _, result, _, n_rows = train_on_dataset(ds, "income", arch, config)
     seconds = sum(r.seconds for r in result.history)
     return {"benchmark": "train_single_throughput", "threads": threads, "rows": n_rows, "epochs": len(result.history),

@@ -1,20 +1,29 @@
-"""Decompose time for pairs of models of about 100, 1,000 and 10,000 nodes.
+"""Decompose time and peak memory for pairs of models of 100 to 100,000 nodes each.
 
 The models are built directly with onnx.helper (a torch export of a 10,000-node model takes
 minutes): chains of Linear(+ReLU) layers of random widths with residual blocks in between; the
 second model of each pair has about 10% of its layers changed, so the common subsequence is
-not trivial. Prints one table: node counts, layers, common layers, time per phase, and the
-growth of time relative to the growth of size (about 1 means linear).
+not trivial. Each size runs in fresh processes: one times the phases separately (and measures
+the alignment's own peak allocation with tracemalloc), one runs the whole ``decompose`` and
+reports its peak resident memory (``ru_maxrss``). Prints one table: node counts, layers,
+common layers, time per phase, peak memory, and the growth of time and memory relative to the
+growth of size (about 1 means linear).
 
     .venv/bin/python benchmarks/bench_decompose.py [--sizes 100 1000 10000] [--no-verify]
+    .venv/bin/python benchmarks/bench_decompose.py --sizes 10000 50000 100000 --no-verify
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +97,41 @@ def build(plan: list[tuple[str, int]], path: Path, seed: int, n_in: int = 16) ->
     return len(nodes)
 
 
+def phases(a: Path, b: Path) -> dict:
+    """Load, analysis and alignment of both models, timed one by one (in this process)."""
+    gc.disable()  # as decompose does while it analyses
+    t0 = time.perf_counter()
+    graphs = [load_graph(a), load_graph(b)]
+    t1 = time.perf_counter()
+    analyses = [analyse(g) for g in graphs]
+    t2 = time.perf_counter()
+    classes = layer_classes([x.candidates for x in analyses])
+    t3 = time.perf_counter()
+    tracemalloc.start()
+    index = common_layers(classes)
+    align_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    t4 = time.perf_counter()
+    gc.enable()
+    return {"layers": sum(len(x.layers) for x in analyses), "common": len(index), "load": t1 - t0,
+            "analyse": t2 - t1, "align": t3 - t2 + (t4 - t3), "align_peak": align_peak}
+
+
+def whole(a: Path, b: Path, out: Path, verify: bool) -> dict:
+    """The whole decompose (in this process)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    result = decompose([a, b], out, verify=verify)
+    return {"decompose": time.perf_counter() - t0, "cpu": time.process_time() - c0, "levels": result.levels}
+
+
+def _child(*args: str) -> dict:
+    """Run this script's ``--child`` mode in a fresh process; its JSON line plus its peak RSS."""
+    done = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run(sizes: list[int], verify: bool) -> list[dict]:
-    """Time each phase for each size; returns one row per size."""
+    """Time and measure each size; returns one row per size."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -97,45 +139,46 @@ def run(sizes: list[int], verify: bool) -> list[dict]:
             plan = layer_plan(size, seed=size)
             a, b = root / f"a{size}.onnx", root / f"b{size}.onnx"
             nodes = build(plan, a, seed=1) + build(mutate(plan, seed=2), b, seed=3)
-            gc.disable()  # as decompose does while it analyses
-            t0 = time.perf_counter()
-            graphs = [load_graph(a), load_graph(b)]
-            t1 = time.perf_counter()
-            analyses = [analyse(g) for g in graphs]
-            t2 = time.perf_counter()
-            index = common_layers(layer_classes([x.candidates for x in analyses]))
-            n_layers = sum(len(x.layers) for x in analyses)
-            t3 = time.perf_counter()
-            gc.enable()
-            del graphs, analyses
-            c3 = time.process_time()
-            result = decompose([a, b], root / f"parts{size}", verify=verify)
-            t4 = time.perf_counter()
-            cpu = time.process_time() - c3
-            rows.append({"size": size, "nodes": nodes, "layers": n_layers,
-                         "common": len(index), "load": t1 - t0, "analyse": t2 - t1, "align": t3 - t2,
-                         "decompose": t4 - t3, "cpu": cpu, "levels": result.levels})
+            phase = _child("phases", str(a), str(b))
+            full = _child("whole", str(a), str(b), str(root / f"parts{size}"), "verify" if verify else "no-verify")
+            rows.append({"size": size, "nodes": nodes, **phase, **full})
+            for path in (a, b):
+                path.unlink()
     return rows
 
 
+def _mb(kilobytes: float) -> str:
+    return f"{kilobytes / 1024:.0f} MB"
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        kind, a, b = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+        out = phases(a, b) if kind == "phases" else whole(a, b, Path(sys.argv[5]), sys.argv[6] == "verify")
+        out[f"{kind}_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+        print(json.dumps(out))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--no-verify", action="store_true")
     args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the children compute with one thread unless told otherwise
     rows = run(args.sizes, verify=not args.no_verify)
     print(f"{'pair':>6} {'nodes':>6} {'layers':>6} {'common':>6} {'load+check':>10} {'analyse':>8} {'align':>7} "
-          f"{'decompose':>10} {'(cpu)':>8} {'x size':>7} {'x time':>7}")
+          f"{'align peak':>10} {'decompose':>10} {'(cpu)':>8} {'peak RSS':>9} {'x size':>7} {'x time':>7} "
+          f"{'x RSS':>6}")
     for k, r in enumerate(rows):
-        grow_n = r["nodes"] / rows[k - 1]["nodes"] if k else 1.0
-        grow_t = r["decompose"] / rows[k - 1]["decompose"] if k else 1.0
+        prev = rows[k - 1] if k else r
         print(f"{r['size']:>6} {r['nodes']:>6} {r['layers']:>6} {r['common']:>6} {r['load']:>9.3f}s "
-              f"{r['analyse']:>7.3f}s {r['align']:>6.3f}s {r['decompose']:>9.3f}s {r['cpu']:>7.3f}s {grow_n:>7.1f} "
-              f"{grow_t:>7.1f}")
+              f"{r['analyse']:>7.3f}s {r['align']:>6.3f}s {r['align_peak'] / 2**20:>7.1f} MB {r['decompose']:>9.3f}s "
+              f"{r['cpu']:>7.3f}s {_mb(r['whole_rss_kb']):>9} {r['nodes'] / prev['nodes']:>7.1f} "
+              f"{r['cpu'] / prev['cpu']:>7.1f} {r['whole_rss_kb'] / prev['whole_rss_kb']:>6.1f}")
     print("decompose = the whole command (load, check, shape inference, analysis, alignment, writing the "
-          f"components{', verification in onnxruntime' if not args.no_verify else ''}); "
-          "load+check/analyse/align are the same phases timed separately for both models; (cpu) is the process "
-          "CPU time of decompose, less sensitive than wall time to other work on the machine")
+          f"components{', verification in onnxruntime' if not args.no_verify else ''}) in a fresh process; "
+          "peak RSS is that process's ru_maxrss; load+check/analyse/align are the same phases timed separately in "
+          "another process, and align peak is what the alignment itself allocates (tracemalloc); (cpu) is the "
+          "process CPU time of decompose, less sensitive than wall time to other work on the machine, and x time "
+          "compares it")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from fusekit.fusion.fuse import build_model  # noqa: E402
 from fusekit.fusion.model import FusionOptions, DeployedOutputs  # noqa: E402
 from fusekit.onnxio.sessions import session  # noqa: E402
 from fusekit.sample_models import sample_pool  # noqa: E402
+from fusekit.threads import apply_threads  # noqa: E402
 from fusekit.train import TrainConfig, fit  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def main() -> int:
     parser.add_argument("--fuse-at", default="auto", choices=["auto", "last", "all"],
                         help="levels with an AKF module (default auto: the last in residual mode)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    apply_threads(1, torch=True)  # one thread: the ratios compare like with like
 
     work = Path(tempfile.mkdtemp(prefix="bench_fuse-"))
     pool = sample_pool(args.pool)

@@ -19,7 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,6 +26,7 @@ from fusekit.decompose.pipeline import decompose
 from fusekit.sample_models import sample_pool  # noqa: E402
 from fusekit.fusion.fuse import FuseOptions, fuse  # noqa: E402
 from fusekit.fusion.model import FusionOptions  # noqa: E402
+from fusekit.threads import apply_threads  # noqa: E402
 from fusekit.train import TrainConfig  # noqa: E402
 
 # name -> settings, as `fusekit fuse` flags would give them.
@@ -75,7 +75,7 @@ def main() -> int:
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}")
-    torch.set_num_threads(1)
+    apply_threads(1, torch=True)  # one thread: variants run side by side
     seeds = [int(s) for s in args.seeds.split(",")]
     pool = sample_pool(args.pool)
     models, tasks = pool.paths, pool.models

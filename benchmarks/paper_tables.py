@@ -13,22 +13,22 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusekit.bench import run_bench  # noqa: E402
+from fusekit.threads import apply_threads  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1: batches run side by side)")
     parser.add_argument("-o", "--output", type=Path, default=Path(__file__).resolve().parent / "results" / "census")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads, torch=True)
     result = run_bench("census-income", ["income", "never_married"], args.seeds, args.quick, args.output,
                        three_tasks=["income", "never_married", "education"], force=args.force)
     print((result.out_dir / "tables.md").read_text())

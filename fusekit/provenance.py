@@ -18,6 +18,7 @@ from fusekit import __version__
 from fusekit.errors import FusekitError
 from fusekit.io import portable_path as relative_path, sha256_file
 from fusekit.runfile import read_toml
+from fusekit.threads import current_threads
 
 # Distributions whose versions decide a run's numbers; read from their metadata, not imported.
 PACKAGES = ("torch", "onnx", "onnxruntime", "numpy")
@@ -100,7 +101,8 @@ def _config(argv: Sequence[str], cwd: Path | None) -> dict[str, Any] | None:
 def run_record(argv: Sequence[str] | None, data_source: Any, *, split_seed: int = 0,
                data_dir: Path | None = None, cwd: Path | None = None) -> dict[str, Any]:
     """The record of one run: its command line, its data (with sha256 checksums), the split seed,
-    the config file it read, and the software versions. JSON-ready; no absolute paths.
+    the config file it read, the thread count it computed with, and the software versions.
+    JSON-ready; no absolute paths.
 
     ``argv``: the command line as typed (``["fusekit", "fuse", ...]``; None for a library call).
     ``cwd``: the directory the command ran in (default: the current one).
@@ -114,6 +116,7 @@ def run_record(argv: Sequence[str] | None, data_source: Any, *, split_seed: int 
         "data": data,
         "split_seed": split_seed,
         "versions": versions(),
+        "threads": current_threads(),
         "system": f"{platform.system()} {platform.machine()}",
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

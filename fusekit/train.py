@@ -179,6 +179,9 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     FusekitError and leaves the last good checkpoint in place.
     """
     config = config or TrainConfig()
+    from fusekit.threads import apply_threads
+
+    apply_threads(config.threads, torch=True)  # before any torch work of this run
     if len(train) == 0 or len(val) == 0:
         raise FusekitError("training and validation data must not be empty")
     device = resolve_device(config.device)

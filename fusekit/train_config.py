@@ -32,6 +32,9 @@ class TrainConfig(Options):
     checkpoint_dir: Path | None = option(None, kind="path", help="write checkpoint.pt here after every epoch")
     resume: bool = option(False, help="continue from the checkpoint in checkpoint_dir")
     eval_batch_size: int = option(16384, minimum=1, help="rows per validation batch")
+    threads: int | None = option(None, kind="int", minimum=1,
+                                 help="torch and onnxruntime threads (default: the cores this process may use, "
+                                      "divided among the processes of a distributed run; OMP_NUM_THREADS when set)")
 
     def _check(self) -> None:
         if self.resume and self.checkpoint_dir is None:

@@ -5,15 +5,17 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+from fusekit.threads import apply_threads
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CENSUS = REPO.parent / "shared" / "data" / "census-income-kdd"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # The models under test are tiny: a second intra-op thread only adds synchronisation, and on a
-# busy 2-core machine it made training steps up to 100x slower.
-torch.set_num_threads(1)
+# busy 2-core machine it made training steps up to 100x slower. fusekit's own count (which fit
+# and the onnxruntime sessions take) is set, not only torch's.
+apply_threads(1, torch=True)
 
 
 @pytest.fixture(scope="session")

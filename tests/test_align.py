@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fusekit.decompose import align
 from fusekit.decompose.align import (analyse, choose_levels, common_layers, cut_points, layer_classes, lcs,
                                      live_data_nodes)
 from fusekit.decompose.graph import ModelGraph, load_graph
@@ -133,6 +134,76 @@ def test_lcs_matches_brute_force():
         assert len(ia) == _lcs_length(a.tolist(), b.tolist())
         assert np.all(np.diff(ia) > 0) and np.all(np.diff(ib) > 0)
         assert np.array_equal(a[ia], b[ib])
+
+
+def _traceback_pairs(x: list[int], y: list[int]) -> list[tuple[int, int]]:
+    """Reference: the full O(nm) table and the traceback the alignment has always used (from the
+    end; a match first, then up when that keeps the length, else left)."""
+    table = [[0] * (len(y) + 1) for _ in range(len(x) + 1)]
+    for i in range(1, len(x) + 1):
+        for j in range(1, len(y) + 1):
+            table[i][j] = table[i - 1][j - 1] + 1 if x[i - 1] == y[j - 1] else max(table[i - 1][j], table[i][j - 1])
+    i, j, pairs = len(x), len(y), []
+    while i > 0 and j > 0:
+        if x[i - 1] == y[j - 1]:
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] >= table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
+
+
+def _reference_lcs(a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
+    """Reference of ``lcs``: common prefix and suffix matched as they are, symbols missing from the
+    other sequence dropped, the traceback on what remains."""
+    n, m = len(a), len(b)
+    pre = next((k for k in range(min(n, m)) if a[k] != b[k]), min(n, m))
+    suf = next((k for k in range(min(n, m) - pre) if a[n - 1 - k] != b[m - 1 - k]), min(n, m) - pre)
+    keep_a = [p for p in range(pre, n - suf) if a[p] in b[pre: m - suf]]
+    keep_b = [q for q in range(pre, m - suf) if b[q] in a[pre: n - suf]]
+    pairs = _traceback_pairs([a[p] for p in keep_a], [b[q] for q in keep_b])
+    ia = list(range(pre)) + [keep_a[p] for p, _ in pairs] + list(range(n - suf, n))
+    ib = list(range(pre)) + [keep_b[q] for _, q in pairs] + list(range(m - suf, m))
+    return ia, ib
+
+
+@pytest.mark.parametrize("leaf,fanout,cached", [(512, 128, 256), (3, 2, 256), (4, 3, 1)])
+def test_lcs_pairs_are_the_full_table_traceback(monkeypatch, leaf, fanout, cached):
+    # Small blocks and a tiny mask cache make short sequences cross every checkpoint level.
+    monkeypatch.setattr(align, "_LEAF", leaf)
+    monkeypatch.setattr(align, "_FANOUT", fanout)
+    monkeypatch.setattr(align, "_CACHED", cached)
+    rng = np.random.default_rng(leaf)
+    for alphabet in (1, 2, 3, 5, 12, 40):
+        for _ in range(40):
+            a = rng.integers(0, alphabet, size=rng.integers(0, 70)).tolist()
+            b = rng.integers(0, alphabet, size=rng.integers(0, 70)).tolist()
+            assert align._lcs_pairs(a, b) == _traceback_pairs(a, b)
+            ia, ib = lcs(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+            assert (ia.tolist(), ib.tolist()) == _reference_lcs(a, b)
+
+
+def test_lcs_of_layer_like_sequences_is_the_traceback(monkeypatch):
+    # Models differ in a tenth of their layers, as the decompose benchmark's pairs do.
+    monkeypatch.setattr(align, "_LEAF", 16)
+    monkeypatch.setattr(align, "_FANOUT", 4)
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 9, size=400)
+    a = np.where(rng.random(400) < 0.1, rng.integers(0, 9, size=400), base).tolist()
+    b = np.where(rng.random(400) < 0.1, rng.integers(0, 9, size=400), base).tolist()
+    assert align._lcs_pairs(a, b) == _traceback_pairs(a, b)
+
+
+def test_lcs_past_65535_layers():
+    # One symbol per side that the other lacks at its end keeps all 70,001 elements in the DP;
+    # the only longest common subsequence is the 70,000 ones.
+    n = 70_000
+    a = np.array([1] * n + [2], dtype=np.int64)
+    b = np.array([2] + [1] * n, dtype=np.int64)
+    ia, ib = lcs(a, b)
+    assert len(ia) == n and ia.tolist() == list(range(n)) and ib.tolist() == list(range(1, n + 1))
 
 
 def test_common_layers_of_three_models_in_order():

@@ -24,7 +24,8 @@ def load_result(run_dir: Path) -> BenchResult:
     sets = [TaskSetResult(s["tasks"], _rows(s["rows"]), _rows(s["ablation"]), s.get("gates", {}),
                           s.get("sources", []), s.get("data", {})) for s in data["sets"]]
     return BenchResult(data["dataset"], data["seeds"], data["quick"], data["budget"], data["hyperparameters"], sets,
-                       Path(data["out_dir"]), data.get("seconds", 0.0), data.get("versions", {}))
+                       Path(data["out_dir"]), data.get("seconds", 0.0), data.get("versions", {}),
+                       data.get("threads"))
 
 
 def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
@@ -58,7 +59,9 @@ def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
     for task_set in merged.values():
         task_set.rows.sort(key=lambda r: (kinds.get(r.kind, 4), within.get(r.method, len(within))))
     return BenchResult(first.dataset, first.seeds, first.quick, first.budget, first.hyperparameters,
-                       list(merged.values()), Path(out_dir), sum(r.seconds for r in results), first.versions)
+                       list(merged.values()), Path(out_dir), sum(r.seconds for r in results), first.versions,
+                       # runs made with different thread counts have no one count
+                       first.threads if len({r.threads for r in results}) == 1 else None)
 
 
 def write_merged(run_dirs: list[Path], out_dir: Path, force: bool = False) -> BenchResult:

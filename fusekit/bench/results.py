@@ -82,6 +82,7 @@ class BenchResult:
     out_dir: Path
     seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
+    threads: int | None = None  # torch and onnxruntime threads of the run (fusekit.threads)
 
     def to_dict(self) -> dict:
         """JSON-ready form (means and standard deviations included for convenience)."""

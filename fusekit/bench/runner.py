@@ -32,6 +32,7 @@ from fusekit.models.baselines import BASELINES, build_baseline
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_dir, check_output_dir
 from fusekit.metrics import roc_auc
+from fusekit.threads import current_threads
 from fusekit.bench.budget import Budget
 from fusekit.bench.results import BenchResult, Row, TaskSetResult
 from fusekit.bench.sources import describe, find_sources, onnx_probabilities, shared_spec, spec_summary
@@ -323,7 +324,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
                                      progress, log))
         result = BenchResult(dataset, seed_list, quick, budget.__dict__, {
             name: {**cls.defaults} for name, cls in BASELINES.items()}, sets, out_dir,
-            versions=_versions())
+            versions=_versions(), threads=current_threads())
         result.seconds = time.perf_counter() - started
         (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
         (tmp / "tables.md").write_text(render_markdown(result))

@@ -59,7 +59,7 @@ def onnx_probabilities(path: Path, split: Split, tasks: list[str]) -> dict[str, 
     """Probabilities per task (outputs named after tasks) of the ONNX model at ``path`` on ``split``."""
     from fusekit.onnxio.sessions import run, session
 
-    sess, _ = session(path, device="cpu", threads=1)
+    sess, _ = session(path, device="cpu")
     outputs = run(sess, split)
     missing = [t for t in tasks if t not in outputs]
     if missing:

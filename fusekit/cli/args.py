@@ -15,6 +15,7 @@ from typing import Any
 
 from fusekit.errors import Flag
 from fusekit.options import default_of, option_fields
+from fusekit.train_config import TrainConfig
 
 
 def int_list(text: str) -> list[int]:
@@ -137,6 +138,19 @@ def deprecated(parser: argparse.ArgumentParser, old: str, new: argparse.Action) 
     parser.add_argument(old, dest=new.dest, action=_Deprecated, new=new.option_strings[-1], type=new.type,
                         nargs=0 if on_off else None, const=new.const if on_off else None,
                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_threads(flags: "OptionFlags") -> None:
+    """``--threads N``, from ``TrainConfig.threads``: every command that computes has it."""
+    flags.add(TrainConfig, "threads")
+
+
+def use_threads(args: argparse.Namespace, torch: bool | None = None) -> int:
+    """Apply ``--threads`` (or the default rule) to this process before any work; returns the count.
+    ``torch``: as :func:`fusekit.threads.apply_threads` (True for commands that train)."""
+    from fusekit.threads import apply_threads
+
+    return apply_threads(args.threads, torch=torch)
 
 
 def add_quiet(parser: argparse.ArgumentParser, what: str = "progress lines on stderr",

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from fusekit.bench.budget import Budget
-from fusekit.cli.args import OptionFlags, add_json, add_quiet, print_json, progress_printer
+from fusekit.cli.args import OptionFlags, add_json, add_quiet, add_threads, print_json, progress_printer, use_threads
 from fusekit.errors import FusekitError
 from fusekit.options import default_of
 
@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
               help=f"override early-stopping patience (default {default_of(Budget, 'patience')}, quick 2)")
     flags.add(Budget, "device")
     flags.add(Budget, "split_seed")
+    add_threads(flags)
     p.add_argument("-o", "--output", type=Path, default=Path("bench-out"),
                    help="output directory (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise FusekitError("--seeds must be at least 1")
+    use_threads(args, torch=True)
     result = run_bench(
         args.dataset, _task_list(args.tasks), args.seeds, args.quick, args.output,
         _task_list(args.methods), three_tasks=None if args.no_three_tasks else _task_list(args.three_tasks),

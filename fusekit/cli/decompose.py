@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.cli.args import (TABLE_HINT, TABLE_ROWS, OptionFlags, add_json, add_quiet, add_verbose, print_json,
-                              progress_printer)
+from fusekit.cli.args import (TABLE_HINT, TABLE_ROWS, OptionFlags, add_json, add_quiet, add_threads, add_verbose,
+                              print_json, progress_printer, use_threads)
 from fusekit.errors import FusekitError
 
 
@@ -38,8 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_verbose(parser, "common layer")
     add_quiet(parser, "per-model progress lines on stderr")
     add_json(parser)
+    flags = OptionFlags(parser)
+    add_threads(flags)  # the verification sessions' onnxruntime threads
     # decompose's messages name its arguments; this command gives them with these flags.
-    OptionFlags(parser).spell("decompose()", out_dir="-o", levels="--levels", names="--names",
+    flags.spell("decompose()", out_dir="-o", levels="--levels", names="--names",
                               force=("--force", True), verify=("--no-verify", False))
     parser.set_defaults(run=run)
 
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.models) < 2:
         raise FusekitError("decompose needs at least two models; pass two or more ONNX files")
+    use_threads(args)
     result = decompose(args.models, args.output, levels=args.levels, force=args.force,
                        verify=not args.no_verify, names=args.names, progress=progress_printer(args.quiet))
     if args.json:

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fusekit.cli.args import OptionFlags, add_json, add_quiet, note, print_json
+from fusekit.cli.args import OptionFlags, add_json, add_quiet, add_threads, note, print_json, use_threads
 from fusekit.fusion.options import FuseOptions
 from fusekit.sample_models import POOLS
 from fusekit.train_config import TrainConfig
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add(FuseOptions, "data_dir")
     flags.add(TrainConfig, "max_epochs", "--epochs", help="maximum fusion epochs (early stopping decides)")
     flags.add(TrainConfig, "device")
+    add_threads(flags)
     p.add_argument("--force", action="store_true", help="replace the output directory")
     flags.spell("run_demo()", out_dir="-o", force=("--force", True), models_dir="--models")
     add_quiet(p, "per-epoch lines or progress bars")
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; the library reports each step (on stderr under --json)."""
     from fusekit.demo import run_demo
 
+    use_threads(args, torch=True)
     result = run_demo(args.output, pool=args.pool, models_dir=args.models, data_dir=args.data_dir,
                       epochs=args.max_epochs, force=args.force, device=args.device, progress=not args.quiet,
                       **({"say": note} if args.json else {}))

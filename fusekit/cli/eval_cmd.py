@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.cli.args import OptionFlags, add_json, deprecated, print_json
+from fusekit.cli.args import OptionFlags, add_json, add_threads, deprecated, print_json, use_threads
 from fusekit.cli.fuse import parse_labels
 from fusekit.fusion.options import FuseOptions
 from fusekit.train_config import TrainConfig
@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=SPLITS, help="which split to score (default %(default)s)")
     flags.add(TrainConfig, "device", help="onnxruntime device: auto picks CUDA when onnxruntime has it")
     p.add_argument("--batch-size", type=int, default=65536, help="rows per onnxruntime call (default %(default)s)")
+    add_threads(flags)
     split_seed = flags.add(FuseOptions, "split_seed",
                            help="seed of the validation/test split of the data (the one the model was trained with)")
     deprecated(p, "--seed", split_seed)  # eval's --seed always meant the split
@@ -39,10 +40,11 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and print one line per task (or one JSON document)."""
     from fusekit.deploy.evaluate import evaluate_onnx
 
+    threads = use_threads(args)
     result = evaluate_onnx(args.model, args.data, labels=parse_labels(args.label), split=args.split,
                            device=args.device, batch_size=args.batch_size, data_dir=args.data_dir,
                            seed=args.split_seed, task_kinds=parse_labels(args.task_kind, "--task-kind", "kind"),
-                           val=args.val, test=args.test)
+                           val=args.val, test=args.test, threads=threads)
     if args.json:
         print_json({"model": str(args.model), "split": result.split, "rows": result.rows,
                     "provider": result.provider, "split_seed": args.split_seed, "scores": result.scores,

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fusekit.cli.args import OptionFlags, add_json, print_json
+from fusekit.cli.args import OptionFlags, add_json, add_threads, print_json, use_threads
 from fusekit.errors import FusekitError
 from fusekit.fusion.options import FuseOptions, FusionOptions
 from fusekit.train_config import TrainConfig
@@ -82,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add(TrainConfig, "seed", also=(FusionOptions,), help="seed of the fusion network and its training")
     flags.add(FuseOptions, "split_seed")
     flags.add(TrainConfig, "device")
+    add_threads(flags)
     flags.add(FuseOptions, "train_rows")
     flags.add(FuseOptions, "max_rows", help="use at most this many rows of each split (quick runs)")
     flags.add(FuseOptions, "resume")
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     _require(args)
     tasks = parse_tasks(args.tasks)
     options = options_from_args(args)
+    use_threads(args, torch=True)
     result = fuse(args.parts, tasks, args.data, args.output, options)
     m = result.metrics
     if args.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.cli.args import OptionFlags, add_json, print_json
+from fusekit.cli.args import OptionFlags, add_json, add_threads, print_json, use_threads
 from fusekit.train_config import TrainConfig
 
 
@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.spell("predict_onnx()", out_csv="-o", force=("--force", True))
     p.add_argument("--batch-size", type=int, default=65536, help="rows per onnxruntime call (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    add_threads(flags)
     add_json(p)
     p.set_defaults(run=run)
 
@@ -27,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
     """Predict and say where the file went."""
     from fusekit.deploy.evaluate import predict_onnx
 
+    threads = use_threads(args)
     rows, provider = predict_onnx(args.model, args.input, args.output, device=args.device,
-                                  batch_size=args.batch_size, force=args.force)
+                                  batch_size=args.batch_size, force=args.force, threads=threads)
     if args.json:
         print_json({"model": str(args.model), "input": str(args.input), "output": str(args.output), "rows": rows,
                     "provider": provider})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.cli.args import OptionFlags, add_json, deprecated, print_json
+from fusekit.cli.args import OptionFlags, add_json, add_threads, deprecated, print_json, use_threads
 from fusekit.errors import FusekitError
 from fusekit.models.architecture import Architecture
 from fusekit.train_config import TrainConfig
@@ -56,6 +56,7 @@ def register(subparsers) -> None:
     flags.add(TrainConfig, "weight_decay")
     p.add_argument("--train-rows", type=int, default=None, help="train on a seeded random subset of this many rows")
     flags.add(TrainConfig, "device")
+    add_threads(flags)
     quiet = flags.add(TrainConfig, "progress", "-q", "--quiet", help="no per-epoch lines or progress bars on stderr")
     deprecated(p, "--no-progress", quiet)
     add_json(p)
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     flags: OptionFlags = args._option_flags
     arch = flags.build(Architecture, args)
     config = flags.build(TrainConfig, args)
+    use_threads(args, torch=True)
     dataset = None
     if args.data != "census-income":
         if args.pool_tasks and set(args.pool_tasks) - {args.task}:

@@ -238,13 +238,17 @@ def _gc_paused() -> Iterator[None]:
 
 def decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None = None, force: bool = False,
               verify: bool = True, names: list[str] | None = None,
-              progress: Callable[[str], None] | None = None) -> DecomposeResult:
+              progress: Callable[[str], None] | None = None, threads: int | None = None) -> DecomposeResult:
     """Cut the models at their common layers and write components and manifest.json to ``out_dir``.
 
     ``levels``: None for the default (``min(3, common layers)``, balanced), an int, or ``"all"``.
     ``progress``: called with one line per model loaded, analysed and cut. Written atomically:
-    on any error nothing is left behind.
+    on any error nothing is left behind. ``threads``: onnxruntime's threads for the verification
+    (None: :func:`fusekit.threads.thread_count`).
     """
+    from fusekit.threads import apply_threads
+
+    apply_threads(threads)
     with _gc_paused():
         return _decompose(model_paths, out_dir, levels, force, verify, names, progress)
 

@@ -344,7 +344,7 @@ def _session(model: onnx.ModelProto | Path):
     from fusekit.onnxio.sessions import session
 
     # Unoptimised graphs load several times faster and compute what the file says, op by op.
-    return session(model, "cpu", threads=1, optimize=False, quiet=True)[0]
+    return session(model, "cpu", threads=None, optimize=False, quiet=True)[0]
 
 
 def reference_values(graph: ModelGraph, tensors: list[str], feeds: dict[str, np.ndarray],

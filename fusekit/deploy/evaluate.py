@@ -102,16 +102,19 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
                   device: str = "auto", batch_size: int = 65536, data_dir: Path | None = None,
                   seed: int = 0, max_rows: int | None = None,
                   task_kinds: dict[str, str] | None = None, val: Path | None = None,
-                  test: Path | None = None) -> EvalResult:
+                  test: Path | None = None, threads: int | None = None) -> EvalResult:
     """Metrics per output of ``model_path`` on ``split`` of ``data`` (``census-income``, a CSV/Parquet
     path or a loaded TabularDataset): encoded with the model's own feature specification when it
     carries one, else read from columns/arrays named after its inputs and fed as they are
     (``val``/``test`` files, or one seeded split of ``data``, as fuse makes it).
 
     Each output's kind is the fused file's record or detected from how it ends (``task_kinds``
-    overrides: output -> kind)."""
+    overrides: output -> kind). ``threads``: onnxruntime's threads (None: :func:`fusekit.threads.thread_count`)."""
     from fusekit.data.registry import load_for_models
     from fusekit.onnxio.sessions import run, session
+    from fusekit.threads import thread_count
+
+    threads = thread_count(threads)  # a bad count is refused before the data is read
 
     info = model_info(model_path)
     spec = _spec(info)
@@ -132,7 +135,7 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
         raise FusekitError(f"the data has no label for output(s) {literal(', '.join(missing))}; name the label "
                            "column of each in {labels}", owner="evaluate_onnx()")
     kinds = info.kinds(rows.labels, task_kinds)
-    sess, provider = session(model_path, device)
+    sess, provider = session(model_path, device, threads)
     outputs = run(sess, rows, batch_size)
     metrics = {t: kinds[t].metrics(parse_labels(rows.labels[t], kinds[t], where=f"the labels of {t}"), outputs[t])
                for t in tasks}
@@ -158,9 +161,13 @@ def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray
 
 
 def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: str = "auto",
-                 batch_size: int = 65536, force: bool = False) -> tuple[int, str]:
-    """Write one column per model output (probabilities) for every input row; returns (rows, provider)."""
+                 batch_size: int = 65536, force: bool = False, threads: int | None = None) -> tuple[int, str]:
+    """Write one column per model output (probabilities) for every input row; returns (rows, provider).
+    ``threads``: onnxruntime's threads (None: :func:`fusekit.threads.thread_count`)."""
     from fusekit.onnxio.sessions import run, session
+    from fusekit.threads import thread_count
+
+    threads = thread_count(threads)
 
     out_csv = Path(out_csv)
     if out_csv.exists() and not force:
@@ -168,7 +175,7 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
                            owner="predict_onnx()")
     info = model_info(model_path)
     arrays, n = read_inputs(info, input_path)
-    sess, provider = session(model_path, device)
+    sess, provider = session(model_path, device, threads)
     outputs = run(sess, arrays, batch_size)
     frame = pd.DataFrame({name: np.asarray(v).reshape(n, -1)[:, 0] if np.asarray(v).size == n else
                           list(np.asarray(v).reshape(n, -1)) for name, v in outputs.items()})

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from fusekit.errors import FusekitError
+from fusekit.threads import thread_count
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -23,7 +24,9 @@ def session(model: Path | str | bytes | Any, device: str = "auto", threads: int 
     onnxruntime has it, else CPU), ``cuda`` or ``cpu``. The providers are always passed
     explicitly, and the one onnxruntime actually registered first is reported (a CUDA provider
     that fails to load falls back to CPU, and we say so). ``optimize=False`` runs the graph op by
-    op as the file says (and loads faster); ``quiet`` hides onnxruntime's warnings.
+    op as the file says (and loads faster); ``quiet`` hides onnxruntime's warnings. ``threads``:
+    onnxruntime's intra-op threads (inter-op 1); None takes the process's count
+    (:func:`fusekit.threads.thread_count`: the one applied, else the default rule).
     """
     import onnxruntime as ort
 
@@ -45,9 +48,8 @@ def session(model: Path | str | bytes | Any, device: str = "auto", threads: int 
                            "install onnxruntime-gpu (see the README) or use device cpu")
     providers = [CUDA, CPU] if device in ("auto", "cuda") and CUDA in available else [CPU]
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    options.intra_op_num_threads = thread_count(threads)
+    options.inter_op_num_threads = 1
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if quiet:

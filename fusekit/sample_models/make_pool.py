@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from fusekit.data import load_dataset
 from fusekit.io import atomic_file, sha256_file
 from fusekit.models.single import Architecture, train_single
+from fusekit.threads import apply_threads
 from fusekit.train import TrainConfig
 
 HOLDOUT = 0.2
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=60)
     parser.add_argument("--patience", type=int, default=6)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    apply_threads(1, torch=True)
     began = time.perf_counter()
     for name in POOLS if args.pool == "all" else [args.pool]:
         make_pool(name, args.out, args.data_dir, args.max_epochs, args.patience)
