@@ -229,7 +229,7 @@ class FeatureSpec:
         for j, feature in enumerate(self.categorical):
             # Factorise once, then look the few distinct values up in the vocabulary; only the
             # values not found as written go through the normalisation.
-            codes, uniques = pd.factorize(_as_text(df[feature.name]))
+            codes, uniques = pd.factorize(as_text(df[feature.name]))
             lookup = pd.Index(feature.vocab, dtype=object).get_indexer(pd.Index(uniques, dtype=object)) + 1
             exact = lookup > 0
             tables = feature.tables
@@ -245,13 +245,13 @@ class FeatureSpec:
             normalised[feature.name] = int(np.count_nonzero(late))
         dense = np.zeros((n, len(self.dense)), dtype=np.float32)
         for j, feature in enumerate(self.dense):
-            x = _as_float(df[feature.name], feature.name, source)
+            x = as_float(df[feature.name], feature.name, source)
             std = feature.std if feature.std > 0 else 1.0
             dense[:, j] = ((x - feature.mean) / std).astype(np.float32)
         return cat, dense, EncodingReport(n, unseen, normalised)
 
 
-def _as_text(values: pd.Series) -> pd.Series:
+def as_text(values: pd.Series) -> pd.Series:
     """Text form of a column as vocabularies store it (integers without a trailing .0; missing -> "")."""
     if pd.api.types.is_string_dtype(values) or values.dtype == object:
         return values.fillna("").astype(str) if values.hasnans else values
@@ -262,7 +262,7 @@ def _as_text(values: pd.Series) -> pd.Series:
     return values.astype(str)
 
 
-def _as_float(values: pd.Series, name: str, source: str) -> np.ndarray:
+def as_float(values: pd.Series, name: str, source: str) -> np.ndarray:
     """A dense column as float64; FusekitError at the first value that is not a finite number."""
     if pd.api.types.is_bool_dtype(values):
         x = values.to_numpy(dtype=np.float64)
@@ -292,11 +292,11 @@ def fit_spec(
     """Fit vocabularies (sorted distinct values) and mean/std on ``df`` (the training split only)."""
     cats = []
     for name in categorical:
-        values = _as_text(df[name])
+        values = as_text(df[name])
         cats.append(CategoricalFeature(name, sorted(str(v) for v in pd.unique(values))))
     dens = []
     for name in dense:
-        x = _as_float(df[name], name, source)
+        x = as_float(df[name], name, source)
         std = float(x.std()) if len(x) else 1.0
         dens.append(DenseFeature(name, float(x.mean()) if len(x) else 0.0, std if std > 0 else 1.0))
     return FeatureSpec(cats, dens, dataset, list(excluded or []), holdout)
