@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,9 @@ from fusekit.errors import FusekitError
 from fusekit.io import atomic_file
 from fusekit.metrics import roc_auc
 from fusekit.options import literal
+
+if TYPE_CHECKING:
+    from fusekit.data.features import EncodingReport
 
 
 @dataclass
@@ -89,8 +93,9 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
     return EvalResult({t: roc_auc(rows.labels[t], probs[t].reshape(-1)) for t in tasks}, provider, len(rows), split)
 
 
-def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray], int]:
-    """Model inputs from a raw CSV/Parquet file (encoded with the model's spec) or an .npz of encoded arrays."""
+def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray], int, "EncodingReport | None"]:
+    """Model inputs from a raw CSV/Parquet file (encoded with the model's spec) or an .npz of encoded arrays;
+    with the encoding's report of unseen values per column (None for an .npz)."""
     input_path = Path(input_path)
     if input_path.suffix.lower() == ".npz":
         if not input_path.is_file():
@@ -100,7 +105,7 @@ def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray
         missing = [i for i in info.inputs if i not in arrays]
         if missing:
             raise FusekitError(f"{input_path} lacks array(s) {', '.join(missing)} that the model takes")
-        return arrays, len(arrays[info.inputs[0]])
+        return arrays, len(arrays[info.inputs[0]]), None
     from fusekit.data.tabular import read_table
 
     spec = _spec(info)
@@ -108,13 +113,23 @@ def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray
         raise FusekitError(f"{info.path} carries no feature specification; pass already encoded inputs as an .npz "
                            f"with arrays named {', '.join(info.inputs)}")
     frame = read_table(input_path)
-    cat, dense = spec.encode(frame, str(input_path))
-    return {"categorical": cat, "dense": dense}, len(frame)
+    cat, dense, report = spec.encode_with_report(frame, str(input_path))
+    return {"categorical": cat, "dense": dense}, len(frame), report
+
+
+@dataclass
+class Prediction:
+    """What ``predict_onnx`` wrote: rows, the execution provider, and how raw values were encoded
+    (``EncodingReport``: unseen values per column; None for already encoded inputs)."""
+
+    rows: int
+    provider: str
+    encoding: "EncodingReport | None"
 
 
 def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: str = "auto",
-                 batch_size: int = 65536, force: bool = False) -> tuple[int, str]:
-    """Write one column per model output (probabilities) for every input row; returns (rows, provider)."""
+                 batch_size: int = 65536, force: bool = False) -> Prediction:
+    """Write one column per model output (probabilities) for every input row."""
     from fusekit.onnxio.sessions import run, session
 
     out_csv = Path(out_csv)
@@ -122,14 +137,14 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
         raise FusekitError(f"{literal(out_csv)} exists; choose another {{out_csv}} or pass {{force=True}}",
                            owner="predict_onnx()")
     info = model_info(model_path)
-    arrays, n = read_inputs(info, input_path)
+    arrays, n, report = read_inputs(info, input_path)
     sess, provider = session(model_path, device)
     outputs = run(sess, arrays, batch_size)
     frame = pd.DataFrame({name: np.asarray(v).reshape(n, -1)[:, 0] if np.asarray(v).size == n else
                           list(np.asarray(v).reshape(n, -1)) for name, v in outputs.items()})
     with atomic_file(out_csv) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.8g")
-    return n, provider
+    return Prediction(n, provider, report)
 
 
 def tasks_of(info: ModelInfo) -> list[str]:

@@ -7,6 +7,7 @@ the MatMul + Add it computes (same result up to float rounding).
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -64,12 +65,17 @@ def quantize_model(model: onnx.ModelProto, method: str = "dynamic") -> onnx.Mode
     gemm_as_matmul(work)
     with tempfile.TemporaryDirectory(prefix="fusekit-quantize-") as tmp:
         out = Path(tmp) / "quantized.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the tool's advice to pre-process, on the root logger
         try:
             quantize_dynamic(work, out, op_types_to_quantize=QUANTIZED_OPS, weight_type=QuantType.QInt8)
         except Exception as exc:  # the tool raises plain exceptions for graphs it cannot handle
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise FusekitError(f"onnxruntime's quantize_dynamic failed on this model ({first[:200]}); "
                                "export it without quantisation") from exc
+        finally:
+            root.setLevel(level)
         quantized = onnx.load(str(out))
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
