@@ -161,32 +161,38 @@ def _categorical(b: _Builder, spec: FeatureSpec, names: list[str], out: str) -> 
         return {f"{j}{SEPARATOR}{value}": index for j, t in enumerate(table) for value, index in t.items()}
 
     # The exact lookup runs per column (no string copies); only the values it misses (none, in
-    # clean data) are gathered from every column into one vector for the normalised lookups,
-    # with their column's key prefix and their position in the flattened [batch, C] result.
+    # clean data) are gathered from every column into one vector (column by column, so in the
+    # order of the column-major miss mask) for the normalised lookups, and scattered back.
     one = b.const(np.array([1], np.int64), "axis")
+    first = b.const(np.array([0], np.int64), "axis")
     zero = b.const(np.array(0, np.int64), "zero")
-    ids, missed_values, missed_prefixes, positions = [], [], [], []
-    for j, (name, t) in enumerate(zip(names, tables)):
+    ids, masks, missed_values = [], [], []
+    for name, t in zip(names, tables):
         exact = _lookup(b, name, t.exact, "exact")
         ids.append(b.op("Unsqueeze", [exact, one], "id"))
         missed = b.op("Equal", [exact, zero], "missed")
-        values = b.op("Compress", [name, missed], "missed_values", axis=0)
-        missed_values.append(values)
-        missed_prefixes.append(b.op("Expand", [b.const(np.array(f"{j}{SEPARATOR}", dtype=object), "prefix"),
-                                               b.op("Shape", [values], "rows")], "prefixes"))
-        rows = b.op("Transpose", [b.op("NonZero", [missed], "where")], "where", perm=[1, 0])
-        positions.append(b.op("Add", [b.op("Mul", [rows, b.const(np.array(width, np.int64))], "row"),
-                                      b.const(np.array(j, np.int64))], "position"))
-    exact_ids = b.op("Concat", ids, "exact_ids", axis=1) if width > 1 else ids[0]
+        masks.append(b.op("Unsqueeze", [missed, first], "mask"))
+        missed_values.append(b.op("Compress", [name, missed], "missed_values", axis=0))
+
+    def stack(items: list[str], hint: str, axis: int) -> str:
+        return b.op("Concat", items, hint, axis=axis) if len(items) > 1 else items[0]
+
+    exact_ids = stack(ids, "exact_ids", 1)  # [B, C]
     shape = b.op("Shape", [exact_ids], "shape")
-
-    def stack(items: list[str], hint: str) -> str:
-        return b.op("Concat", items, hint, axis=0) if len(items) > 1 else items[0]
-
-    found = _normalised_ids(b, stack(missed_values, "missed_values"), stack(missed_prefixes, "missed_prefixes"),
-                            tables, keyed)
-    flat = b.op("Reshape", [exact_ids, b.const(np.array([-1], np.int64))], "flat_ids")
-    scattered = b.op("ScatterND", [flat, stack(positions, "positions"), found], "ids")
+    batch = b.op("Shape", [exact_ids], "batch", start=0, end=1)
+    batch = b.op("Max", [batch, one], "batch")  # an empty batch has no misses, but Div refuses 0
+    flat = b.const(np.array([-1], np.int64), "flat")
+    # Column-major positions j * B + r of the misses -> column j, row r, flat index r * C + j.
+    where = b.op("NonZero", [b.op("Reshape", [stack(masks, "masks", 0), flat], "flat_mask")], "where")
+    where = b.op("Reshape", [where, flat], "where")
+    column = b.op("Div", [where, batch], "column")
+    row = b.op("Mod", [where, batch], "row")
+    position = b.op("Add", [b.op("Mul", [row, b.const(np.array(width, np.int64))], "row"), column], "position")
+    position = b.op("Unsqueeze", [position, one], "position")
+    prefix = b.const(np.array([f"{j}{SEPARATOR}" for j in range(width)], dtype=object), "prefix")
+    prefixes = b.op("Gather", [prefix, column], "prefixes", axis=0)
+    found = _normalised_ids(b, stack(missed_values, "missed_values", 0), prefixes, tables, keyed)
+    scattered = b.op("ScatterND", [b.op("Reshape", [exact_ids, flat], "flat_ids"), position, found], "ids")
     b.op("Reshape", [scattered, shape], out=out)
 
 
