@@ -33,6 +33,7 @@ _API = {
     "Architecture": "fusekit.models.architecture",
     "evaluate_onnx": "fusekit.deploy.evaluate",
     "predict_onnx": "fusekit.deploy.evaluate",
+    "export_model": "fusekit.deploy.raw_inputs",
     "run_bench": "fusekit.bench",
     "run_demo": "fusekit.demo",
     "sample_pool": "fusekit.sample_models",

@@ -148,7 +148,8 @@ def test_predict_writes_one_probability_column_per_task(fused, pool, tmp_path, c
     assert main(["predict", str(fused["out"] / "fused.onnx"), str(raw), "-o", str(tmp_path / "p3.csv"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"model": str(fused["out"] / "fused.onnx"), "input": str(raw),
                                                    "output": str(tmp_path / "p3.csv"), "rows": 50,
-                                                   "provider": "CPUExecutionProvider"}
+                                                   "provider": "CPUExecutionProvider",
+                                                   "encoding": {"rows": 50, "unseen": {}, "normalised": {}}}
     # No silent overwrite.
     assert main(["predict", str(fused["out"] / "fused.onnx"), str(raw), "-o", str(out_csv)]) == 2
 

@@ -94,3 +94,29 @@ def test_constant_dense_column_does_not_divide_by_zero():
     spec = fit_spec(frame, [], ["w"], dataset="toy")
     _, dense = spec.encode(frame)
     assert np.isfinite(dense).all() and (dense == 0).all()
+
+
+def test_formatting_finds_the_category_and_the_report_counts_unseen_values():
+    spec = FeatureSpec([CategoricalFeature("code", ["0", "33", "7"]), CategoricalFeature("job", ["Sales ", "Clerk"])],
+                       [], "toy")
+    rows = pd.DataFrame({"code": ["33", "33.0", " 33 ", "33.00", "33.5", "+33", "9", "033", "0.0", ""],
+                         "job": ["Sales", " Sales  ", "Sales ", "Clerk", "clerk", "Clerk", "  Clerk", "x", "", "Clerk"]})
+    cat, _, report = spec.encode_with_report(rows)
+    assert cat[:, 0].tolist() == [2, 2, 2, 2, 0, 0, 0, 0, 1, 0]
+    assert cat[:, 1].tolist() == [1, 1, 1, 2, 0, 2, 2, 0, 0, 2]
+    assert report.to_dict() == {"rows": 10, "unseen": {"code": 5, "job": 3}, "normalised": {"code": 4, "job": 3}}
+    assert report.lines()[0] == "column 'code': 5 of 10 rows unseen (id 0), 4 found after normalising spaces or numbers"
+
+
+def test_normalising_never_picks_between_two_categories():
+    # "a" and "a " share a normal form: the entry written that way wins; "b " and " b" share one and
+    # neither is written so, so " b " stays unseen while each is found as written.
+    spec = FeatureSpec([CategoricalFeature("c", ["a", "a ", "b ", " b"])], [], "toy")
+    cat, _ = spec.encode(pd.DataFrame({"c": ["a", "a ", "  a", "b ", " b", " b "]}))
+    assert cat[:, 0].tolist() == [1, 2, 1, 3, 4, 0]
+
+
+def test_integer_codes_in_an_object_column_find_their_text_form():
+    spec = FeatureSpec([CategoricalFeature("c", ["1", "33"])], [], "toy")
+    cat, _ = spec.encode(pd.DataFrame({"c": pd.Series([33, "1", 1.0, None], dtype=object)}))
+    assert cat[:, 0].tolist() == [2, 1, 1, 0]

@@ -17,6 +17,7 @@ COMMANDS = [
     "fuse",
     "eval_cmd",
     "predict",
+    "export_cmd",
     "bench",
     "demo",
 ]

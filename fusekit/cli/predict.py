@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.cli.args import OptionFlags, add_json, add_threads, print_json, use_threads
+from fusekit.cli.args import OptionFlags, add_json, add_threads, note, print_json, use_threads
 from fusekit.train_config import TrainConfig
 
 
@@ -29,11 +29,15 @@ def run(args: argparse.Namespace) -> int:
     from fusekit.deploy.evaluate import predict_onnx
 
     threads = use_threads(args)
-    rows, provider = predict_onnx(args.model, args.input, args.output, device=args.device,
-                                  batch_size=args.batch_size, force=args.force, threads=threads)
+    result = predict_onnx(args.model, args.input, args.output, device=args.device,
+                          batch_size=args.batch_size, force=args.force, threads=threads)
+    rows, provider = result.rows, result.provider
+    # Values no vocabulary holds are predicted as unseen (id 0): say so, per column.
+    for line in result.encoding.lines() if result.encoding else []:
+        note(line)
     if args.json:
         print_json({"model": str(args.model), "input": str(args.input), "output": str(args.output), "rows": rows,
-                    "provider": provider})
+                    "provider": provider, "encoding": result.encoding.to_dict() if result.encoding else None})
         return 0
     print(f"wrote {rows} rows of predictions to {args.output} (onnxruntime, {provider})")
     return 0

@@ -4,12 +4,28 @@ A FeatureSpec travels with every model fusekit writes (ONNX metadata ``fusekit.f
 so that data for fusing and serving is encoded exactly as it was for training.
 Categorical values become ids ``1..len(vocab)`` in vocabulary order; id 0 is every value not
 in the vocabulary (unseen or missing). Dense values become ``(x - mean) / std`` as float32.
+
+A value that is not in the vocabulary as written is looked up once more after normalising its
+formatting, in this order (``CategoricalFeature.tables`` holds the three lookups):
+
+1. exactly as written;
+2. with its spaces normalised: leading and trailing spaces dropped and inner runs of spaces made
+   one (the space U+0020 only; tabs and other whitespace are kept, as onnxruntime's StringSplit
+   does, so that the in-graph encoder of :mod:`fusekit.deploy.raw_inputs` gives the same ids);
+3. as an integer: ``33.0``, ``33.`` or ``33.000`` (after step 2) is ``33`` when the vocabulary holds
+   the integer ``33`` (an optional ``-`` and ASCII digits). Leading zeros, ``+``, exponents and
+   other digits are not rewritten.
+
+A normalised form shared by two vocabulary entries goes to the entry already written in that
+form, or to none (the value stays unseen): normalising never picks between two categories.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -17,6 +33,86 @@ import pandas as pd
 from fusekit.errors import FusekitError
 
 SPEC_VERSION = 1
+
+# A vocabulary entry that step 3 of the normalisation can reach.
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def normal_spaces(text: str) -> str:
+    """``text`` without leading/trailing spaces and with inner runs of spaces made one (U+0020 only)."""
+    return " ".join(part for part in text.split(" ") if part)
+
+
+def integer_text(text: str) -> str | None:
+    """``"33"`` for ``"33.0"``, ``"33."`` or ``"33.00"``; None when ``text`` is not one integer part, a
+    dot and only zeros (the vocabulary decides whether the integer part is a category)."""
+    head, dot, tail = text.partition(".")
+    if not dot or tail.strip("0"):
+        return None  # no dot, a second dot, or a non-zero fraction
+    return head
+
+
+@dataclass(frozen=True)
+class LookupTables:
+    """The three lookups of a categorical value (see the module docstring): value -> id."""
+
+    exact: dict[str, int]
+    spaced: dict[str, int]
+    integer: dict[str, int]
+
+    def lookup(self, value: str) -> int:
+        """The id of one text value (0: unseen)."""
+        found = self.exact.get(value)
+        if found is not None:
+            return found
+        spaced = normal_spaces(value)
+        found = self.spaced.get(spaced)
+        if found is not None:
+            return found
+        return self.integer.get(integer_text(spaced) or "", 0)
+
+
+@lru_cache(maxsize=256)
+def _tables(vocab: tuple[str, ...]) -> LookupTables:
+    exact = {v: i + 1 for i, v in enumerate(vocab)}
+    by_form: dict[str, list[int]] = {}
+    for value, index in exact.items():
+        by_form.setdefault(normal_spaces(value), []).append(index)
+    spaced = {}
+    for form, ids in by_form.items():
+        if form in exact:  # an entry written in the normal form wins
+            spaced[form] = exact[form]
+        elif len(ids) == 1:
+            spaced[form] = ids[0]
+    integer = {form: index for form, index in spaced.items() if _INTEGER.fullmatch(form)}
+    return LookupTables(exact, spaced, integer)
+
+
+@dataclass(frozen=True)
+class EncodingReport:
+    """How the categorical values of encoded rows were found: per column, the rows whose value was
+    not in the vocabulary even after normalising (``unseen``: id 0) and the rows found only after
+    normalising (``normalised``)."""
+
+    rows: int
+    unseen: dict[str, int]
+    normalised: dict[str, int]
+
+    def to_dict(self) -> dict:
+        """JSON-ready: rows, and the columns with unseen or normalised values."""
+        return {"rows": self.rows, "unseen": {k: v for k, v in self.unseen.items() if v},
+                "normalised": {k: v for k, v in self.normalised.items() if v}}
+
+    def lines(self) -> list[str]:
+        """One line per column with unseen or normalised values (none when every value was found)."""
+        out = []
+        for name in self.unseen:
+            unseen, normalised = self.unseen[name], self.normalised.get(name, 0)
+            if unseen or normalised:
+                parts = [f"{unseen} of {self.rows} rows unseen (id 0)"] if unseen else []
+                parts += [f"{normalised} found after normalising spaces or numbers"] if normalised else []
+                out.append(f"column {name!r}: {', '.join(parts)}")
+        return out
 
 
 @dataclass
@@ -30,6 +126,11 @@ class CategoricalFeature:
     def cardinality(self) -> int:
         """Number of ids, the unseen id 0 included."""
         return len(self.vocab) + 1
+
+    @property
+    def tables(self) -> LookupTables:
+        """The exact, space-normalised and integer lookups of this vocabulary."""
+        return _tables(tuple(self.vocab))
 
 
 @dataclass
@@ -113,25 +214,44 @@ class FeatureSpec:
         Raises FusekitError when a column is missing or a dense value is not a finite number
         (naming the column and the 0-based row).
         """
+        cat, dense, _ = self.encode_with_report(df, source)
+        return cat, dense
+
+    def encode_with_report(self, df: pd.DataFrame, source: str = "data") -> tuple[np.ndarray, np.ndarray, EncodingReport]:
+        """``encode`` plus the per-column count of unseen and normalised values."""
         missing = [name for name in self.columns if name not in df.columns]
         if missing:
             raise FusekitError(f"{source} lacks column(s) {', '.join(missing[:5])} that the feature specification needs")
         n = len(df)
         cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        unseen: dict[str, int] = {}
+        normalised: dict[str, int] = {}
         for j, feature in enumerate(self.categorical):
-            # Factorise once, then look the few distinct values up in the vocabulary.
-            codes, uniques = pd.factorize(_as_text(df[feature.name]))
+            # Factorise once, then look the few distinct values up in the vocabulary; only the
+            # values not found as written go through the normalisation.
+            codes, uniques = pd.factorize(as_text(df[feature.name]))
             lookup = pd.Index(feature.vocab, dtype=object).get_indexer(pd.Index(uniques, dtype=object)) + 1
-            cat[:, j] = np.where(codes >= 0, lookup[codes], 0)  # not in vocab -> -1 + 1 = unseen id 0
+            exact = lookup > 0
+            tables = feature.tables
+            for k in np.flatnonzero(~exact):
+                lookup[k] = tables.lookup(str(uniques[k]))
+            if len(uniques):
+                ids = np.where(codes >= 0, lookup[codes], 0)
+                late = (codes >= 0) & ~exact[codes] & (ids > 0)
+            else:  # no rows, or every value missing
+                ids, late = np.zeros(n, np.int64), np.zeros(n, bool)
+            cat[:, j] = ids
+            unseen[feature.name] = int(np.count_nonzero(ids == 0))
+            normalised[feature.name] = int(np.count_nonzero(late))
         dense = np.zeros((n, len(self.dense)), dtype=np.float32)
         for j, feature in enumerate(self.dense):
-            x = _as_float(df[feature.name], feature.name, source)
+            x = as_float(df[feature.name], feature.name, source)
             std = feature.std if feature.std > 0 else 1.0
             dense[:, j] = ((x - feature.mean) / std).astype(np.float32)
-        return cat, dense
+        return cat, dense, EncodingReport(n, unseen, normalised)
 
 
-def _as_text(values: pd.Series) -> pd.Series:
+def as_text(values: pd.Series) -> pd.Series:
     """Text form of a column as vocabularies store it (integers without a trailing .0; missing -> "")."""
     if pd.api.types.is_string_dtype(values) or values.dtype == object:
         return values.fillna("").astype(str) if values.hasnans else values
@@ -142,7 +262,7 @@ def _as_text(values: pd.Series) -> pd.Series:
     return values.astype(str)
 
 
-def _as_float(values: pd.Series, name: str, source: str) -> np.ndarray:
+def as_float(values: pd.Series, name: str, source: str) -> np.ndarray:
     """A dense column as float64; FusekitError at the first value that is not a finite number."""
     if pd.api.types.is_bool_dtype(values):
         x = values.to_numpy(dtype=np.float64)
@@ -172,11 +292,11 @@ def fit_spec(
     """Fit vocabularies (sorted distinct values) and mean/std on ``df`` (the training split only)."""
     cats = []
     for name in categorical:
-        values = _as_text(df[name])
+        values = as_text(df[name])
         cats.append(CategoricalFeature(name, sorted(str(v) for v in pd.unique(values))))
     dens = []
     for name in dense:
-        x = _as_float(df[name], name, source)
+        x = as_float(df[name], name, source)
         std = float(x.std()) if len(x) else 1.0
         dens.append(DenseFeature(name, float(x.mean()) if len(x) else 0.0, std if std > 0 else 1.0))
     return FeatureSpec(cats, dens, dataset, list(excluded or []), holdout)

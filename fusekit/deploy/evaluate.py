@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import json
 
@@ -14,6 +15,9 @@ from fusekit.io import atomic_file
 from fusekit.options import literal
 from fusekit.data.labels import parse_labels
 from fusekit.task_kinds import TaskKind, kind_from_ending
+
+if TYPE_CHECKING:
+    from fusekit.data.features import EncodingReport
 
 
 @dataclass
@@ -143,26 +147,37 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
                       split)
 
 
-def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray], int]:
+def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray], int, "EncodingReport | None"]:
     """Model inputs from a raw CSV/Parquet file encoded with the model's spec, or, for a model
-    without one (and for any ``.npz``), the columns/arrays named after its inputs, fed as they are."""
+    without one (and for any ``.npz``), the columns/arrays named after its inputs, fed as they are;
+    with the encoding's report of unseen values per column (None when nothing was encoded)."""
     input_path = Path(input_path)
     spec = _spec(info)
     if spec is None or input_path.suffix.lower() == ".npz":
         from fusekit.data.named import read_named
 
         read = read_named(input_path, info.input_specs)
-        return read.inputs, read.rows
+        return read.inputs, read.rows, None
     from fusekit.data.tabular import read_table
 
     frame = read_table(input_path)
-    cat, dense = spec.encode(frame, str(input_path))
-    return {"categorical": cat, "dense": dense}, len(frame)
+    cat, dense, report = spec.encode_with_report(frame, str(input_path))
+    return {"categorical": cat, "dense": dense}, len(frame), report
+
+
+@dataclass
+class Prediction:
+    """What ``predict_onnx`` wrote: rows, the execution provider, and how raw values were encoded
+    (``EncodingReport``: unseen values per column; None for already encoded inputs)."""
+
+    rows: int
+    provider: str
+    encoding: "EncodingReport | None"
 
 
 def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: str = "auto",
-                 batch_size: int = 65536, force: bool = False, threads: int | None = None) -> tuple[int, str]:
-    """Write one column per model output (probabilities) for every input row; returns (rows, provider).
+                 batch_size: int = 65536, force: bool = False, threads: int | None = None) -> Prediction:
+    """Write one column per model output (probabilities) for every input row.
     ``threads``: onnxruntime's threads (None: :func:`fusekit.threads.thread_count`)."""
     from fusekit.onnxio.sessions import run, session
     from fusekit.threads import thread_count
@@ -174,14 +189,14 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
         raise FusekitError(f"{literal(out_csv)} exists; choose another {{out_csv}} or pass {{force=True}}",
                            owner="predict_onnx()")
     info = model_info(model_path)
-    arrays, n = read_inputs(info, input_path)
+    arrays, n, report = read_inputs(info, input_path)
     sess, provider = session(model_path, device, threads)
     outputs = run(sess, arrays, batch_size)
     frame = pd.DataFrame({name: np.asarray(v).reshape(n, -1)[:, 0] if np.asarray(v).size == n else
                           list(np.asarray(v).reshape(n, -1)) for name, v in outputs.items()})
     with atomic_file(out_csv) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.8g")
-    return n, provider
+    return Prediction(n, provider, report)
 
 
 def tasks_of(info: ModelInfo) -> list[str]:
