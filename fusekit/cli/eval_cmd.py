@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="census-income, or a CSV/Parquet file")
     p.add_argument("--label", action="append", metavar="TASK=COLUMN", help="label column of an output in a CSV/Parquet file")
     flags = OptionFlags(p)
-    flags.spell("evaluate_onnx()", labels="--label")
+    flags.spell("evaluate_onnx()", labels="--label", batch_size="--batch-size")
     flags.add(FuseOptions, "data_dir")
     p.add_argument("--split", default="test", choices=SPLITS, help="which split to score (default %(default)s)")
     flags.add(TrainConfig, "device", help="onnxruntime device: auto picks CUDA when onnxruntime has it")

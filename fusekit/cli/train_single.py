@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fusekit.cli.args import OptionFlags, add_json, deprecated, print_json
 from fusekit.errors import FusekitError
+from fusekit.fusion.options import FuseOptions
 from fusekit.models.architecture import Architecture
 from fusekit.train_config import TrainConfig
 
@@ -34,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--dense", type=_name_list, default=None, metavar="COL,...", help="files: dense feature columns")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the Census-Income files")
     flags = OptionFlags(p)
-    flags.spell("train_single()", train_rows="--train-rows", pool_tasks="--pool-tasks")
+    flags.spell("train_single()", train_rows="--train-rows", pool_tasks="--pool-tasks", out="-o",
+                force=("--force", True))
     flags.spell("load_dataset()", labels="--label", categorical="--categorical", dense="--dense",
                 exclude="--exclude", holdout="--holdout")
     flags.add(Architecture, "hidden")
@@ -45,8 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--holdout", type=float, default=0.0, help="fraction of the training split kept out for fusing")
     p.add_argument("--holdout-seed", type=int, default=0, help="seed of the holdout (keep it equal across a pool)")
     flags.add(TrainConfig, "seed")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the validation/test split (keep it equal across a pool so test AUCs compare)")
+    flags.add(FuseOptions, "split_seed",
+              help="seed of the validation/test split (keep it equal across a pool so test AUCs compare)")
     flags.add(TrainConfig, "max_epochs", "--epochs")
     flags.add(TrainConfig, "patience")
     flags.add(TrainConfig, "lr")
@@ -58,6 +60,7 @@ def register(subparsers) -> None:
     deprecated(p, "--no-progress", quiet)
     add_json(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="the ONNX file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(run=run)
 
 
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_single(args.data, args.task, args.output, pool_tasks=args.pool_tasks, arch=arch,
                           holdout=args.holdout, holdout_seed=args.holdout_seed, seed=args.seed,
                           split_seed=args.split_seed, config=config,
-                          data_dir=args.data_dir, train_rows=args.train_rows, dataset=dataset)
+                          data_dir=args.data_dir, train_rows=args.train_rows, dataset=dataset, force=args.force)
     if args.json:
         print_json(result.to_dict())
     else:

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from fusekit.errors import FusekitError
-from fusekit.io import atomic_file
+from fusekit.io import atomic_file, check_output_paths
+from fusekit.locks import holds_output
 from fusekit.metrics import roc_auc
 from fusekit.options import literal
 
@@ -41,6 +42,11 @@ def model_info(path: Path) -> ModelInfo:
                      [o.name for o in proto.graph.output], meta.get("fusekit.feature_spec"), meta)
 
 
+def _check_batch_size(batch_size: object, owner: str) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FusekitError(f"{{batch_size}} must be a whole number of at least 1, got {batch_size!r}", owner=owner)
+
+
 @dataclass
 class EvalResult:
     """Per-task AUC of one model on one split, and which execution provider ran it."""
@@ -65,6 +71,7 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
     from fusekit.data import load_dataset
     from fusekit.onnxio.sessions import run, session
 
+    _check_batch_size(batch_size, "evaluate_onnx()")
     info = model_info(model_path)
     spec = _spec(info)
     tasks = list(info.outputs)
@@ -112,12 +119,15 @@ def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray
     return {"categorical": cat, "dense": dense}, len(frame)
 
 
+@holds_output("out_csv")
 def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: str = "auto",
                  batch_size: int = 65536, force: bool = False) -> tuple[int, str]:
     """Write one column per model output (probabilities) for every input row; returns (rows, provider)."""
     from fusekit.onnxio.sessions import run, session
 
+    _check_batch_size(batch_size, "predict_onnx()")
     out_csv = Path(out_csv)
+    check_output_paths(out_csv, [model_path, input_path], owner="predict_onnx()", argument="out_csv")
     if out_csv.exists() and not force:
         raise FusekitError(f"{literal(out_csv)} exists; choose another {{out_csv}} or pass {{force=True}}",
                            owner="predict_onnx()")

@@ -175,6 +175,7 @@ def load_sources(parts: Manifest, names: list[str], heads: bool = True) -> dict[
 
 def build_model(parts: Manifest, tasks: dict[str, list[str]], fusion: FusionOptions) -> FusedModel:
     """The fused model over the decomposed parts (components re-initialised when not pretrained)."""
+    fusion.check_task_count(len(tasks))
     names = [m for ms in tasks.values() for m in ms]
     sources = load_sources(parts, names, heads=fusion.mode == "residual")
     torch.manual_seed(fusion.seed)

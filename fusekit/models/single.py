@@ -17,6 +17,9 @@ from torch import nn
 from fusekit.decompose.manifest import TASK_KEY
 from fusekit.data import FeatureSpec, Split, TabularDataset, load_dataset
 from fusekit.errors import FusekitError
+from fusekit.io import check_output_paths
+from fusekit.locks import holds_output
+from fusekit.options import literal
 from fusekit.models.architecture import Architecture
 from fusekit.seeding import seed_everything
 from fusekit.models.tabular_input import TabularInput
@@ -139,6 +142,7 @@ def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, con
     return model, result, test_auc, len(train)
 
 
+@holds_output("out")
 def train_single(
     data: str | Path,
     task: str,
@@ -155,6 +159,7 @@ def train_single(
     data_dir: Path | None = None,
     train_rows: int | None = None,
     dataset: TabularDataset | None = None,
+    force: bool = False,
 ) -> SingleResult:
     """Load ``data`` (``census-income`` or a CSV/Parquet path), train a model for ``task``, report
     test AUC and export it to ``out`` (skipped when ``out`` is None).
@@ -164,7 +169,13 @@ def train_single(
     ``holdout``: fraction of the training split kept out (recorded in the spec with ``holdout_seed``,
     which is independent of the training ``seed`` so that a whole pool shares one holdout); likewise
     ``split_seed`` fixes the validation/test split so that the pool's test AUCs are comparable.
+    ``force``: replace an existing ``out``.
     """
+    if out is not None:
+        check_output_paths(out, [data, data_dir], owner="train_single()", argument="out")
+        if Path(out).exists() and not force:
+            raise FusekitError(f"{literal(out)} exists; choose another {{out}} or pass {{force=True}}",
+                               owner="train_single()")
     arch = arch or Architecture()
     arch.validate()
     config = config or TrainConfig(seed=seed)
