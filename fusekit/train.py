@@ -7,6 +7,7 @@ tensors on the training device; batches are slices of a seeded permutation (no p
 from __future__ import annotations
 
 import copy
+import io
 import math
 import sys
 import time
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from fusekit.data.dataset import Split
-from fusekit.errors import FusekitError, OptionError, TrainingInterrupted
+from fusekit.errors import FusekitError, OptionError, TrainingDiverged, TrainingInterrupted
 from fusekit.io import atomic_file
 from fusekit.metrics import roc_auc
 from fusekit.options import literal
@@ -69,6 +70,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def check_labels(split: Split, tasks: list[str], what: str) -> None:
+    """FusekitError unless every task's labels on ``split`` hold both classes: early stopping and
+    the reported AUC need them, so a constant label or too few rows is refused before training."""
+    for task in tasks:
+        if task not in split.labels:
+            continue  # _tensors names a missing label
+        labels = np.asarray(split.labels[task]).reshape(-1)
+        values = np.unique(labels[np.isfinite(labels)]) if labels.size else labels
+        if len(values) < 2:
+            held = f"only the value {values[0]:g}" if len(values) else "no rows"
+            raise FusekitError(f"the {what} rows ({len(labels)}) of task {literal(task)} have {held}; "
+                               "AUC needs both classes: use more rows or check the label column")
+
+
 def _tensors(split: Split, tasks: list[str], device: torch.device):
     missing = [t for t in tasks if t not in split.labels]
     if missing:
@@ -106,8 +121,12 @@ def evaluate(model: nn.Module, split: Split, tasks: list[str], device: torch.dev
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
+    # Serialised in memory and written by Python, so that a full or read-only disk is an OSError
+    # with its errno (atomic_file's one-line error), not torch's RuntimeError from its own writer.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -152,6 +171,8 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     config = config or TrainConfig()
     if len(train) == 0 or len(val) == 0:
         raise FusekitError("training and validation data must not be empty")
+    check_labels(train, tasks, "training")
+    check_labels(val, tasks, "validation")
     device = resolve_device(config.device)
     use_amp = bool(config.amp and device.type == "cuda")
     generator = seed_everything(config.seed)
@@ -182,17 +203,23 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
             raise OptionError(f"checkpoint {literal(ckpt_path)} was made for tasks {literal(state.get('tasks'))}, "
                               f"not {literal(tasks)}; use another output directory or drop {{resume}}",
                               owner="TrainConfig")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_state = state["best_model"]
-        best_score = state["best_score"]
-        bad_epochs = state["bad_epochs"]
-        result.best_epoch = state["best_epoch"]
-        result.history = [EpochRecord(**r) for r in state["history"]]
-        result.best_val_auc = dict(state["best_val_auc"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = state["epoch"] + 1
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            best_state = state["best_model"]
+            best_score = state["best_score"]
+            bad_epochs = state["bad_epochs"]
+            result.best_epoch = state["best_epoch"]
+            result.history = [EpochRecord(**r) for r in state["history"]]
+            result.best_val_auc = dict(state["best_val_auc"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch = state["epoch"] + 1
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OptionError(f"checkpoint {literal(ckpt_path)} was made for another model or by another fusekit "
+                              f"({literal(what[:160])}); train without {{resume}} to start over", owner="TrainConfig") \
+                from None
         if bad_epochs >= config.patience:
             start_epoch = config.max_epochs + 1
 
@@ -223,9 +250,7 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                     bar.set_postfix(loss=f"{total.item() / (i + 1):.4f}")
             train_loss = total.item() / max(1, len(steps))
             if not math.isfinite(train_loss):
-                where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path else ""
-                raise OptionError(f"training loss became {train_loss} in epoch {epoch}{literal(where)}; lower {{lr}} "
-                                  "and retry", owner="TrainConfig")
+                raise TrainingDiverged(train_loss, epoch, ckpt_path if ckpt_path and ckpt_path.is_file() else None)
             val_auc = evaluate(model, val, tasks, device, config.eval_batch_size)
             mean_auc = float(np.mean(list(val_auc.values())))
             record = EpochRecord(epoch, train_loss, val_auc, mean_auc, time.perf_counter() - t0)

@@ -26,10 +26,11 @@ from torch import nn
 
 from fusekit.data.dataset import Split
 from fusekit.decompose.manifest import Manifest
-from fusekit.errors import FusekitError
+from fusekit.errors import FusekitError, TrainingDiverged, TrainingInterrupted
+from fusekit.locks import holds_output
 from fusekit.options import literal
 from fusekit.provenance import run_record
-from fusekit.io import atomic_dir, atomic_file, check_output_dir, portable_path
+from fusekit.io import atomic_dir, atomic_file, check_output_dir, check_output_paths, portable_path
 from fusekit.metrics import roc_auc
 from fusekit.fusion.finetune import reinitialised_copy, trainable_copy
 from fusekit.fusion.model import FusedModel, SourceModel
@@ -246,7 +247,11 @@ def _start_work_dir(plan: FusePlan, out_dir: Path) -> Path:
         if not marker.is_file():
             raise FusekitError(f"nothing to resume: no interrupted run at {literal(work)}; run without {{resume}}",
                                owner="FuseOptions")
-        if json.loads(marker.read_text()) != json.loads(json.dumps(identity)):
+        try:
+            recorded = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            recorded = None  # unreadable: not a run this fuse can continue
+        if recorded != json.loads(json.dumps(identity)):
             raise FusekitError(f"the interrupted run at {literal(work)} used other tasks, parts or options; "
                                "repeat them exactly to resume, or pass {force=True} to start over", owner="FuseOptions")
         return work
@@ -255,10 +260,19 @@ def _start_work_dir(plan: FusePlan, out_dir: Path) -> Path:
             raise FusekitError(f"an interrupted run exists at {literal(work)}; pass {{resume=True}} to continue it or "
                                "{force=True} to start over", owner="FuseOptions")
         shutil.rmtree(work)
-    work.mkdir(parents=True)
-    with atomic_file(marker) as tmp:
-        tmp.write_text(json.dumps(identity, indent=1))
+    with atomic_dir(work) as tmp:  # a full or read-only disk: one line, and no half-made work dir
+        (tmp / "run.json").write_text(json.dumps(identity, indent=1))
     return work
+
+
+def _end_failed_run(work: Path, resumed: bool, error: BaseException) -> BaseException:
+    """What a failed run leaves: an interruption keeps its work directory (``resume`` continues
+    it), and so does a failed resumed run (the user's earlier checkpoint); a new run that failed
+    on its input removes it, so that the next plain run is not refused. Returns the error to raise."""
+    if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) or resumed:
+        return error
+    shutil.rmtree(work, ignore_errors=True)
+    return error.without_checkpoint() if isinstance(error, TrainingDiverged) else error
 
 
 # -- step 4: scoring -------------------------------------------------------------------------------
@@ -394,6 +408,7 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
 
 
 # -- the command -----------------------------------------------------------------------------------
+@holds_output("out_dir")  # one run per output and work directory
 def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_dir: Path,
          options: FuseOptions | None = None) -> FuseResult:
     """Train the fusion network on the fusion rows, export fused.onnx, and write OUT/ atomically.
@@ -402,13 +417,26 @@ def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_d
     ``data`` is ``"census-income"``, a CSV/Parquet path (with ``options.labels``), or an already
     loaded TabularDataset. Raises FusekitError on bad input before anything is written.
     """
-    from fusekit.train import CHECKPOINT_NAME, evaluate
+    from fusekit.train import check_labels
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_output_paths(out_dir, [parts_dir if not isinstance(parts_dir, Manifest) else parts_dir.root,
+                                 data if isinstance(data, (str, Path)) else None], owner="fuse()")
     plan = prepare(parts_dir, tasks, data, options, out_dir)
+    for rows, what in ((plan.train_rows, "training"), (plan.val, "validation"), (plan.test, "test")):
+        check_labels(rows, plan.task_names, what)  # before any training, not after it
     model = build(plan)
     work = _start_work_dir(plan, out_dir)
+    try:
+        return _train_and_write(plan, model, work, out_dir, started)
+    except BaseException as exc:
+        raise _end_failed_run(work, plan.options.resume, exc) from None
+
+
+def _train_and_write(plan: FusePlan, model: FusedModel, work: Path, out_dir: Path, started: float) -> FuseResult:
+    from fusekit.train import CHECKPOINT_NAME, evaluate
+
     result = train(plan, model, work)
     val_auc = evaluate(model, plan.val, plan.task_names, "cpu")
     source_probs = score_sources(plan)
