@@ -127,7 +127,8 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     options.validate()  # a caller may have changed a field since it was made (train_rows='x')
     resolve_device(options.training.device)  # a missing GPU is reported before anything is written
     manifest = parts if isinstance(parts, Manifest) else Manifest.load(Path(parts))
-    mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups())
+    mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups(),
+                                   ignore_metadata=options.ignore_task_metadata)
     manifest.boundary_dims()  # refuses feature maps and sequences early
     if manifest.input_names != INPUT_ORDER:
         raise FusekitError(f"fusekit fuse trains tabular models with inputs {INPUT_ORDER}; "

@@ -96,6 +96,8 @@ class FuseOptions(Options):
     train_rows: str = option("holdout", choices=TRAIN_ROWS,
                              help="holdout: train on the rows the source models did not see, when their feature "
                                   "specification records a holdout; all: every training row")
+    ignore_task_metadata: bool = option(False, help="accept a task mapping that puts a model in another task than "
+                                                    "the fusekit.task of its metadata")
     parity_tol: float = option(1e-5, above=0.0, help="largest onnxruntime-vs-torch difference accepted")
     on_epoch: Callable | None = option(None, kind="callable")  # called with each EpochRecord (progress reporting)
     # The command line that asked for this run (argv as typed), for the run record.
