@@ -9,6 +9,7 @@ file system (full, read-only) mount a tmpfs, which needs root: they are skipped 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -199,6 +200,10 @@ TRAIN_OPTIONS = [
     (["--patience", "0"], r"--patience must be at least 1"),
     (["--dropout", "1.0"], r"--dropout must be below 1"),
     (["--hidden", "8,0"], r"--hidden values must each be"),
+    (["--holdout", "0.2", "--holdout-seed", "-1"], r"--holdout-seed must be a whole number from 0 to 4294967295"),
+    (["--holdout", "2"], r"--holdout must be in \[0, 1\)"),
+    (["--holdout", "nan"], r"--holdout must be in \[0, 1\)"),
+    (["--train-rows", "0"], r"--train-rows must be at least 2"),
 ]
 
 
@@ -465,6 +470,14 @@ def test_fuse_refuses_a_constant_label_before_any_training(pool, bad, tmp_path, 
             r"rows \(\d+\) of task income have only the value 0", [tmp_path, bad["root"], pool["root"]])
 
 
+@pytest.mark.parametrize("how", ["rows12", "max_rows"])
+def test_fuse_refuses_too_few_rows_before_any_training(pool, bad, tmp_path, capsys, how):
+    argv = (fuse_argv(pool, tmp_path / "out", data=bad["rows12"]) if how == "rows12"
+            else fuse_argv(pool, tmp_path / "out", "--max-rows", "3"))
+    refused(capsys, argv, r"rows \(\d+\) of task \w+ have only the value [01]; AUC needs both classes: use more rows",
+            [tmp_path, bad["root"], pool["root"]])
+
+
 def test_fuse_refuses_data_without_a_label_column(pool, bad, tmp_path, capsys):
     refused(capsys, fuse_argv(pool, tmp_path / "out", data=bad["nolabel"]), r"income",
             [tmp_path, bad["root"], pool["root"]])
@@ -498,23 +511,23 @@ def test_a_diverging_fuse_leaves_no_work_dir_and_names_no_checkpoint(pool, tmp_p
 
 
 def test_a_resume_checkpoint_of_another_architecture_is_refused(pool, tmp_path, capsys):
-    from fusekit.fusion.fuse import _run_identity, prepare, work_dir_for
-    from fusekit.cli.fuse import options_from_args
+    from fusekit.cli.fuse import options_from_args, parse_tasks
     from fusekit.cli.main import parse
+    from fusekit.fusion.fuse import _run_identity, build, prepare, train, work_dir_for
 
-    # A real checkpoint of the paper network, in the work dir of a residual run that says it is that run.
-    assert main([str(a) for a in fuse_argv(pool, tmp_path / "paper", "--mode", "paper", "--max-rows", "400")]) == 0
     argv = [str(a) for a in fuse_argv(pool, tmp_path / "out", "--resume", "--max-rows", "400")]
     args = parse(argv)
-    plan = prepare(args.parts, {t: ms.split(",") for t, ms in (a.split("=") for a in args.tasks)}, args.data,
-                   options_from_args(args))
+    options = options_from_args(args)
+    # A real checkpoint of the paper network, in the work dir of a residual run that says it is that run.
     work = work_dir_for(tmp_path / "out")
-    work.mkdir()
-    (work / "run.json").write_text(json.dumps(_run_identity(plan)))
-    shutil.copy2(tmp_path / "paper" / "checkpoint.pt", work / "checkpoint.pt")
-    capsys.readouterr()
+    paper = dataclasses.replace(options, fusion=dataclasses.replace(options.fusion, mode="paper"), resume=False)
+    plan = prepare(args.parts, parse_tasks(args.tasks), args.data, paper)
+    train(plan, build(plan), work)
+    resumed = prepare(args.parts, parse_tasks(args.tasks), args.data, options)
+    (work / "run.json").write_text(json.dumps(_run_identity(resumed)))
     refused(capsys, argv, r"checkpoint .*checkpoint.pt was made for another model.*train without --resume",
             [tmp_path, pool["root"]])
+    assert (work / "checkpoint.pt").is_file()  # a resumed run's checkpoint is the user's: kept
 
 
 def test_bench_merge_refuses_what_a_bench_did_not_write(bad, tmp_path, capsys):

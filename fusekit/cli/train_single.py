@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the Census-Income files")
     flags = OptionFlags(p)
     flags.spell("train_single()", train_rows="--train-rows", pool_tasks="--pool-tasks", out="-o",
-                force=("--force", True))
+                force=("--force", True), holdout_seed="--holdout-seed")
     flags.spell("load_dataset()", labels="--label", categorical="--categorical", dense="--dense",
                 exclude="--exclude", holdout="--holdout")
     flags.add(Architecture, "hidden")
@@ -67,7 +67,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Parse options, train, print the test AUC."""
     from fusekit.data import load_dataset
-    from fusekit.models.single import train_single
+    from fusekit.models.single import check_seeds, train_single
 
     labels = {}
     for item in args.label:
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise FusekitError(f"--label names {', '.join(sorted(labels))} but the task is {args.task!r}")
     if args.output.suffix != ".onnx":
         raise FusekitError(f"-o should name an .onnx file, got {args.output}")
+    check_seeds(holdout_seed=args.holdout_seed)  # before the data is split with it
     flags: OptionFlags = args._option_flags
     arch = flags.build(Architecture, args)
     config = flags.build(TrainConfig, args)

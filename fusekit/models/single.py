@@ -19,7 +19,7 @@ from fusekit.data import FeatureSpec, Split, TabularDataset, load_dataset
 from fusekit.errors import FusekitError
 from fusekit.io import check_output_paths
 from fusekit.locks import holds_output
-from fusekit.options import literal
+from fusekit.options import SEED_LIMIT, literal
 from fusekit.models.architecture import Architecture
 from fusekit.seeding import seed_everything
 from fusekit.models.tabular_input import TabularInput
@@ -142,6 +142,14 @@ def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, con
     return model, result, test_auc, len(train)
 
 
+def check_seeds(**seeds: int) -> None:
+    """FusekitError naming the first of :func:`train_single`'s seed arguments that is not a seed."""
+    for name, value in seeds.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+            raise FusekitError(f"{{{name}}} must be a whole number from 0 to {SEED_LIMIT - 1}, got {value!r}",
+                               owner="train_single()")
+
+
 @holds_output("out")
 def train_single(
     data: str | Path,
@@ -171,6 +179,7 @@ def train_single(
     ``split_seed`` fixes the validation/test split so that the pool's test AUCs are comparable.
     ``force``: replace an existing ``out``.
     """
+    check_seeds(seed=seed, split_seed=split_seed, holdout_seed=holdout_seed)
     if out is not None:
         check_output_paths(out, [data, data_dir], owner="train_single()", argument="out")
         if Path(out).exists() and not force:
