@@ -111,13 +111,15 @@ def _resolved(path: Path | str) -> Path:
 
 
 def check_output_paths(output: Path | str, inputs: Iterable[Path | str | None] = (), *,
-                       owner: str = OUTPUT_OWNER, argument: str = "out_dir") -> None:
+                       owner: str = OUTPUT_OWNER, argument: str = "out_dir",
+                       around: Iterable[Path | str | None] = ()) -> None:
     """Refuse an output that is, contains or lies inside one of ``inputs``, or lies below a file.
 
     ``--force`` replaces its output as a whole, so an output holding an input would delete it.
     ``inputs``: files or folders the run reads (a name that is not an existing path, such as
-    ``census-income``, is skipped). The message names the ``argument`` of the function ``owner``
-    that was given the output.
+    ``census-income``, is skipped). ``around``: folders the output may lie in but must not be
+    nor contain (a data folder, where writing a new file beside the data harms nothing). The
+    message names the ``argument`` of the function ``owner`` that was given the output.
     """
     out = _resolved(output)
     for parent in [out, *out.parents]:
@@ -126,7 +128,8 @@ def check_output_paths(output: Path | str, inputs: Iterable[Path | str | None] =
                 raise FusekitError(f"output {literal(output)} lies below {literal(parent)}, which is a file; choose "
                                    f"another {{{argument}}}", owner=owner)
             break
-    for item in inputs:
+    inputs, around = list(inputs), list(around)
+    for item in inputs + around:
         if item is None or not isinstance(item, (str, os.PathLike)) or not Path(item).exists():
             continue
         source = _resolved(item)
@@ -136,7 +139,7 @@ def check_output_paths(output: Path | str, inputs: Iterable[Path | str | None] =
         if out in source.parents:
             raise FusekitError(f"output {literal(output)} contains the input {literal(item)}; replacing it would "
                                f"delete the input: choose another {{{argument}}}", owner=owner)
-        if source in out.parents:
+        if source in out.parents and not any(item is other for other in around):
             raise FusekitError(f"output {literal(output)} lies inside the input folder {literal(item)}; choose "
                                f"another {{{argument}}} outside it", owner=owner)
 

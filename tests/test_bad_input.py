@@ -614,3 +614,58 @@ def test_a_forbidden_output_folder_is_a_one_line_error(pool, tmp_path, capsys):
                 r"cannot write .*Permission denied", [tmp_path])
     finally:
         locked.chmod(0o700)
+
+
+def test_fuse_refuses_to_replace_its_data_folder_but_may_write_inside_it(pool, tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    shutil.copytree(pool["root"] / "parts", data_dir / "keep")  # anything the folder holds
+    refused(capsys, fuse_argv(pool, data_dir, "--force", "--data-dir", data_dir), r"is the input",
+            [tmp_path, pool["root"]])
+    from fusekit.io import check_output_paths
+
+    check_output_paths(data_dir / "fused", [pool["parts"]], around=[data_dir])  # beside the data: allowed
+
+
+# -- the same rules from Python: the option classes and library functions check themselves -----------
+LIBRARY = [
+    ("TrainConfig", {"batch_size": 0}, r"TrainConfig.batch_size must be at least 1, got 0"),
+    ("TrainConfig", {"patience": 0}, r"TrainConfig.patience must be at least 1"),
+    ("TrainConfig", {"lr": float("nan")}, r"TrainConfig.lr must be a finite number"),
+    ("TrainConfig", {"weight_decay": float("inf")}, r"TrainConfig.weight_decay must be a finite number"),
+    ("TrainConfig", {"seed": 2**64}, r"TrainConfig.seed must be a whole number"),
+    ("FusionOptions", {"seed": 2**32}, r"FusionOptions.seed must be below 4294967296"),
+    ("FuseOptions", {"split_seed": -1}, r"FuseOptions.split_seed must be at least 0"),
+    ("Budget", {"max_epochs": 0}, r"Budget.max_epochs must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("cls, values, pattern", LIBRARY, ids=[f"{c}{v}" for c, v, _ in LIBRARY])
+def test_option_classes_refuse_bad_values_with_an_option_error(cls, values, pattern):
+    from fusekit import FuseOptions, FusionOptions, TrainConfig
+    from fusekit.bench.budget import Budget
+    from fusekit.errors import OptionError
+
+    with pytest.raises(OptionError, match=pattern):
+        {"TrainConfig": TrainConfig, "FusionOptions": FusionOptions, "FuseOptions": FuseOptions,
+         "Budget": Budget}[cls](**values)
+
+
+def test_library_calls_refuse_what_the_commands_refuse(pool, tmp_path):
+    from fusekit.decompose.manifest import Manifest
+    from fusekit.deploy.evaluate import evaluate_onnx, predict_onnx
+    from fusekit.errors import FusekitError, OptionError
+    from fusekit.fusion.options import FusionOptions
+
+    with pytest.raises(FusekitError, match=r"^batch_size must be a whole number of at least 1, got 0$"):
+        evaluate_onnx(pool["models"]["income_a"], pool["csv"], batch_size=0)
+    with pytest.raises(FusekitError, match=r"output .* is the input .*choose another out_csv"):
+        predict_onnx(pool["models"]["income_a"], pool["csv"], pool["csv"], force=True)
+    with pytest.raises(FusekitError, match=r"carries task never_married .* FuseOptions.ignore_task_metadata=True"):
+        Manifest.load(pool["parts"]).check_tasks({"income": ["married_a"], "never_married": ["income_a"]})
+    swapped = Manifest.load(pool["parts"]).check_tasks({"income": ["married_a"], "never_married": ["income_a"]},
+                                                       ignore_metadata=True)
+    assert swapped == {"income": ["married_a"], "never_married": ["income_a"]}
+    with pytest.raises(OptionError, match=r"FusionOptions.top_k=2 selects more tasks than the 1 other"):
+        FusionOptions(top_k=2).check_task_count(2)
+    FusionOptions(top_k=2).check_task_count(3)
+    assert list(tmp_path.iterdir()) == []

@@ -423,7 +423,8 @@ def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_d
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_output_paths(out_dir, [parts_dir if not isinstance(parts_dir, Manifest) else parts_dir.root,
-                                 data if isinstance(data, (str, Path)) else None], owner="fuse()")
+                                 data if isinstance(data, (str, Path)) else None], owner="fuse()",
+                       around=[getattr(options, "data_dir", None)])
     plan = prepare(parts_dir, tasks, data, options, out_dir)
     for rows, what in ((plan.train_rows, "training"), (plan.val, "validation"), (plan.test, "test")):
         check_labels(rows, plan.task_names, what)  # before any training, not after it

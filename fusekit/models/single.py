@@ -181,7 +181,7 @@ def train_single(
     """
     check_seeds(seed=seed, split_seed=split_seed, holdout_seed=holdout_seed)
     if out is not None:
-        check_output_paths(out, [data, data_dir], owner="train_single()", argument="out")
+        check_output_paths(out, [data], owner="train_single()", argument="out", around=[data_dir])
         if Path(out).exists() and not force:
             raise FusekitError(f"{literal(out)} exists; choose another {{out}} or pass {{force=True}}",
                                owner="train_single()")
