@@ -43,12 +43,24 @@ class OutputBusy(FusekitError):
     """Another live run holds the output."""
 
 
-def _holder_text(path: Path) -> str:
+def _read_holder(path: Path) -> dict:
     try:
         holder = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
-        holder = {}
-    if not isinstance(holder, dict) or "pid" not in holder:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _holder_text(path: Path) -> str:
+    # The holder writes its record just after it took the lock: a run refused in that instant
+    # waits a moment for it rather than saying "another run".
+    holder = _read_holder(path)
+    for _ in range(40):
+        if "pid" in holder:
+            break
+        time.sleep(0.05)
+        holder = _read_holder(path)
+    if "pid" not in holder:
         return "another fusekit run"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
     command = " ".join(map(str, holder.get("command") or [])) or "?"
