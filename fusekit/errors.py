@@ -89,3 +89,19 @@ def _restore(cls: type, template: str, state: dict) -> FusekitError:
 
 class TrainingInterrupted(FusekitError):
     """Ctrl-C during training; the last finished epoch is in the checkpoint."""
+
+
+class TrainingDiverged(OptionError):
+    """The training loss became NaN or infinite. ``checkpoint``: the last good epoch's checkpoint,
+    named in the message only when it exists."""
+
+    def __init__(self, loss: float, epoch: int, checkpoint: object = None):
+        self.loss, self.epoch, self.checkpoint = loss, epoch, checkpoint
+        where = f"; the last good epoch is kept in {checkpoint}" if checkpoint is not None else ""
+        where = where.replace("{", "{{").replace("}", "}}")
+        super().__init__(f"training loss became {loss} in epoch {epoch}{where}; lower {{lr}} and retry",
+                         owner="TrainConfig")
+
+    def without_checkpoint(self) -> "TrainingDiverged":
+        """The same error once its checkpoint was removed."""
+        return TrainingDiverged(self.loss, self.epoch, None)

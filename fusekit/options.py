@@ -17,6 +17,11 @@ from typing import Any, Callable
 
 from fusekit.errors import OptionError
 
+# Seeds reach numpy, whose seeds are 32-bit: every seed option is below this.
+SEED_LIMIT = 2**32
+# No whole-number option is bigger (what torch and numpy take as a 64-bit integer).
+INT_LIMIT = 2**63
+
 # What a field holds; checked by check_fields. "path": str or os.PathLike; "str_map": dict of str -> str.
 KINDS = ("bool", "int", "float", "str", "path", "int_list", "str_list", "str_map", "callable", "object")
 
@@ -41,6 +46,11 @@ def option(default: Any = dataclasses.MISSING, *, default_factory: Callable[[], 
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def seed_option(help: str) -> Any:
+    """A seed field: a whole number from 0 to SEED_LIMIT - 1, default 0."""
+    return option(0, minimum=0, below=SEED_LIMIT, help=help)
 
 
 def _kind_of(value: Any) -> str:
@@ -79,7 +89,7 @@ def _number(value: Any, integer: bool) -> bool:
     if isinstance(value, bool):
         return False
     if integer:
-        return isinstance(value, int)
+        return isinstance(value, int) and abs(value) < INT_LIMIT
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
@@ -102,7 +112,7 @@ def _check_kind(name: str, value: Any, kind: str | type) -> str | None:
     }[kind]
     if ok(value):
         return None
-    return {"bool": "must be true or false", "int": "must be a whole number", "float": "must be a finite number",
+    return {"bool": "must be true or false", "int": "must be a whole number (of at most 63 bits)", "float": "must be a finite number",
             "str": "must be a string", "path": "must be a path", "int_list": "must be a list of whole numbers",
             "str_list": "must be a list of strings", "str_map": "must map names to strings",
             "callable": "must be callable"}[kind]
@@ -154,26 +164,36 @@ class Options:
 def check_fields(obj: Any) -> None:
     """OptionError for the first field of ``obj`` whose value has the wrong type, is not among
     its choices or is out of its range."""
-    owner = type(obj).__name__
     for name, f in option_fields(obj).items():
-        meta, value = f.metadata, getattr(obj, name)
-        if value is None and f.default is None:
-            continue
-        wrong = _check_kind(name, value, meta["kind"])
-        if wrong:
-            raise OptionError(f"{{{name}}} {wrong}, got {quote(value)}", owner=owner)
-        if meta["choices"] and value not in meta["choices"] and not (
-                meta["pattern"] and isinstance(value, str) and re.fullmatch(meta["pattern"], value)):
-            raise OptionError(f"{{{name}}} must be one of {', '.join(map(str, meta['choices']))}; got {quote(value)}",
+        _check_field(type(obj).__name__, name, f, getattr(obj, name))
+
+
+def check_value(cls: type, name: str, value: Any) -> None:
+    """OptionError when ``value`` cannot be field ``name`` of option class ``cls`` (the field's own
+    checks, without the class's checks of combinations): for a value a caller passes on without
+    building the class."""
+    _check_field(cls.__name__, name, option_fields(cls)[name], value)
+
+
+def _check_field(owner: str, name: str, f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None and f.default is None:
+        return
+    wrong = _check_kind(name, value, meta["kind"])
+    if wrong:
+        raise OptionError(f"{{{name}}} {wrong}, got {quote(value)}", owner=owner)
+    if meta["choices"] and value not in meta["choices"] and not (
+            meta["pattern"] and isinstance(value, str) and re.fullmatch(meta["pattern"], value)):
+        raise OptionError(f"{{{name}}} must be one of {', '.join(map(str, meta['choices']))}; got {quote(value)}",
+                          owner=owner)
+    if meta["kind"] in ("int", "float"):
+        bound = _check_range(value, meta)
+        if bound:
+            raise OptionError(f"{{{name}}} must be {bound}, got {quote(value)}", owner=owner)
+    if meta["kind"] == "int_list":
+        if not value:
+            raise OptionError(f"{{{name}}} needs at least one value", owner=owner)
+        bad = [x for x in value if _check_range(x, meta)]
+        if bad:
+            raise OptionError(f"{{{name}}} values must each be {_check_range(bad[0], meta)}, got {quote(list(value))}",
                               owner=owner)
-        if meta["kind"] in ("int", "float"):
-            bound = _check_range(value, meta)
-            if bound:
-                raise OptionError(f"{{{name}}} must be {bound}, got {quote(value)}", owner=owner)
-        if meta["kind"] == "int_list":
-            if not value:
-                raise OptionError(f"{{{name}}} needs at least one value", owner=owner)
-            bad = [x for x in value if _check_range(x, meta)]
-            if bad:
-                raise OptionError(f"{{{name}}} values must each be {_check_range(bad[0], meta)}, got {quote(list(value))}",
-                                  owner=owner)

@@ -10,6 +10,7 @@ Early stopping watches the mean over tasks of each kind's score (AUC, accuracy, 
 from __future__ import annotations
 
 import copy
+import io
 import math
 import sys
 import time
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from fusekit.data.dataset import Split
-from fusekit.errors import FusekitError, OptionError, TrainingInterrupted
+from fusekit.errors import FusekitError, OptionError, TrainingDiverged, TrainingInterrupted
 from fusekit.io import atomic_file
 from fusekit.options import literal
 from fusekit.seeding import seed_everything
@@ -70,6 +71,21 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise OptionError(f"{{device={name!r}}} was asked for but torch sees no CUDA GPU; "
                           "use {device='cpu'} or {device='auto'}", owner="TrainConfig")
     return torch.device(name)
+
+
+def check_labels(split: Split, tasks: list[str], what: str, kinds: dict[str, TaskKind] | None = None) -> None:
+    """FusekitError unless every classification task's labels on ``split`` hold two classes or more:
+    early stopping and the reported AUC need them, so a constant label or too few rows is refused
+    before training (regression and count tasks are not checked here)."""
+    for task in tasks:
+        if task not in split.labels or (kinds or {}).get(task, BINARY).kind in ("regression", "count"):
+            continue  # _tensors names a missing label
+        labels = np.asarray(split.labels[task]).reshape(-1)
+        values = np.unique(labels[np.isfinite(labels)]) if labels.size else labels
+        if len(values) < 2:
+            held = f"only the value {values[0]:g}" if len(values) else "no rows"
+            raise FusekitError(f"the {what} rows ({len(labels)}) of task {literal(task)} have {held}; "
+                               "a classification task needs two classes or more: use more rows or check the label column")
 
 
 def input_names_of(model: nn.Module, split: Split) -> list[str]:
@@ -133,8 +149,12 @@ def evaluate(model: nn.Module, split: Split, tasks: list[str], device: torch.dev
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
+    # Serialised in memory and written by Python, so that a full or read-only disk is an OSError
+    # with its errno (atomic_file's one-line error), not torch's RuntimeError from its own writer.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -184,6 +204,8 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     apply_threads(config.threads, torch=True)  # before any torch work of this run
     if len(train) == 0 or len(val) == 0:
         raise FusekitError("training and validation data must not be empty")
+    check_labels(train, tasks, "training", kinds_of(model, tasks, kinds))
+    check_labels(val, tasks, "validation", kinds_of(model, tasks, kinds))
     device = resolve_device(config.device)
     use_amp = bool(config.amp and device.type == "cuda")
     generator = seed_everything(config.seed)
@@ -215,17 +237,23 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
             raise OptionError(f"checkpoint {literal(ckpt_path)} was made for tasks {literal(state.get('tasks'))}, "
                               f"not {literal(tasks)}; use another output directory or drop {{resume}}",
                               owner="TrainConfig")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_state = state["best_model"]
-        best_score = state["best_score"]
-        bad_epochs = state["bad_epochs"]
-        result.best_epoch = state["best_epoch"]
-        result.history = [EpochRecord(**r) for r in state["history"]]
-        result.best_val_score = dict(state["best_val_score"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = state["epoch"] + 1
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            best_state = state["best_model"]
+            best_score = state["best_score"]
+            bad_epochs = state["bad_epochs"]
+            result.best_epoch = state["best_epoch"]
+            result.history = [EpochRecord(**r) for r in state["history"]]
+            result.best_val_score = dict(state["best_val_score"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch = state["epoch"] + 1
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OptionError(f"checkpoint {literal(ckpt_path)} was made for another model or by another fusekit "
+                              f"({literal(what[:160])}); train without {{resume}} to start over", owner="TrainConfig") \
+                from None
         if bad_epochs >= config.patience:
             start_epoch = config.max_epochs + 1
 
@@ -256,9 +284,7 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                     bar.set_postfix(loss=f"{total.item() / (i + 1):.4f}")
             train_loss = total.item() / max(1, len(steps))
             if not math.isfinite(train_loss):
-                where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path else ""
-                raise OptionError(f"training loss became {train_loss} in epoch {epoch}{literal(where)}; lower {{lr}} "
-                                  "and retry", owner="TrainConfig")
+                raise TrainingDiverged(train_loss, epoch, ckpt_path if ckpt_path and ckpt_path.is_file() else None)
             val_score = evaluate(model, val, tasks, device, config.eval_batch_size, kinds)
             mean_score = float(np.mean(list(val_score.values())))
             record = EpochRecord(epoch, train_loss, val_score, mean_score, time.perf_counter() - t0)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusekit.errors import OptionError
-from fusekit.options import Options, option
+from fusekit.options import Options, option, seed_option
 
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_PATTERN = r"cuda:\d+"  # a given GPU, for library callers
@@ -24,7 +24,7 @@ class TrainConfig(Options):
     weight_decay: float = option(1e-6, minimum=0.0, help="Adam weight decay")
     max_epochs: int = option(100, minimum=1, help="maximum epochs (early stopping on mean validation AUC)")
     patience: int = option(5, minimum=1, help="early stopping: epochs without a better mean validation AUC")
-    seed: int = option(0, minimum=0, help="seed of initialisation and shuffling")
+    seed: int = seed_option(help="seed of initialisation and shuffling")
     device: str = option("auto", choices=DEVICES, pattern=DEVICE_PATTERN,
                          help="auto: CUDA when torch sees a GPU, else CPU")
     amp: bool = option(True, help="mixed precision on CUDA")

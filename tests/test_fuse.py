@@ -170,10 +170,13 @@ def test_a_loss_that_becomes_nan_stops_training_and_writes_no_output(pool, tmp_p
     from fusekit.fusion.fuse import fuse, work_dir_for
 
     out = tmp_path / "fused"
-    with pytest.raises(FusekitError, match="loss became"):
+    with pytest.raises(FusekitError, match="loss became") as caught:
         fuse(pool["parts"], TASKS, pool["csv"], out, quick_options(mode="paper", lr=1e12))
     assert not out.exists()
-    assert (work_dir_for(out) / "run.json").exists()  # kept: --resume/--force say what to do next
+    # A new run that failed on its input leaves no work dir (the next plain run is not refused),
+    # so the message names no checkpoint.
+    assert not work_dir_for(out).exists() and "checkpoint" not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_prepare_groups_tasks_by_metadata_and_sources_score_like_their_onnx_files(pool):

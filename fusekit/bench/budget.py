@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusekit.options import Options, option
+from fusekit.options import Options, option, seed_option
 from fusekit.train_config import DEVICE_PATTERN, DEVICES, TrainConfig
 
 
@@ -22,7 +22,7 @@ class Budget(Options):
     test_rows: int | None = option(None, kind="int", minimum=1, help="test rows (subsample)")
     device: str = option("auto", choices=DEVICES, pattern=DEVICE_PATTERN, help="auto: CUDA when available")
     in_process_fusion: bool = option(False, help="train fused models without fuse's ONNX export (quick runs)")
-    split_seed: int = option(0, minimum=0, help="seed of the validation/test split of the data")
+    split_seed: int = seed_option(help="seed of the validation/test split of the data")
 
     def train_config(self, seed: int, progress: bool = False) -> TrainConfig:
         """The TrainConfig of one training run under this budget."""

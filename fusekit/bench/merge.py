@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from fusekit.errors import FusekitError
-from fusekit.io import atomic_dir
+from fusekit.io import atomic_dir, check_output_dir, check_output_paths
+from fusekit.locks import holds_output
 from fusekit.bench.results import BenchResult, Row, TaskSetResult
 
 
@@ -20,12 +21,17 @@ def load_result(run_dir: Path) -> BenchResult:
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise FusekitError(f"{path} does not exist; pass directories written by `fusekit bench`")
-    data = json.loads(path.read_text())
-    sets = [TaskSetResult(s["tasks"], _rows(s["rows"]), _rows(s["ablation"]), s.get("gates", {}),
-                          s.get("sources", []), s.get("data", {})) for s in data["sets"]]
-    return BenchResult(data["dataset"], data["seeds"], data["quick"], data["budget"], data["hyperparameters"], sets,
-                       Path(data["out_dir"]), data.get("seconds", 0.0), data.get("versions", {}),
-                       data.get("threads"))
+    try:
+        data = json.loads(path.read_text())
+        sets = [TaskSetResult(s["tasks"], _rows(s["rows"]), _rows(s["ablation"]), s.get("gates", {}),
+                              s.get("sources", []), s.get("data", {})) for s in data["sets"]]
+        return BenchResult(data["dataset"], data["seeds"], data["quick"], data["budget"], data["hyperparameters"],
+                           sets, Path(data["out_dir"]), data.get("seconds", 0.0), data.get("versions", {}),
+                           data.get("threads"))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, or not a bench's results
+        what = f"lacks {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        raise FusekitError(f"{path} is not a results.json written by `fusekit bench` ({what}); run the bench "
+                           "again into that directory or leave it out") from None
 
 
 def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
@@ -64,10 +70,14 @@ def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
                        first.threads if len({r.threads for r in results}) == 1 else None)
 
 
+@holds_output("out_dir")
 def write_merged(run_dirs: list[Path], out_dir: Path, force: bool = False) -> BenchResult:
     """Merge bench output directories and write results.json, tables.md and auc.png to ``out_dir``."""
     from fusekit.bench.chart import write_chart
     from fusekit.bench.tables import render_markdown
+
+    check_output_paths(out_dir, run_dirs, owner="write_merged()")
+    check_output_dir(Path(out_dir), force)
 
     result = merge_results([load_result(d) for d in run_dirs], out_dir)
     with atomic_dir(Path(out_dir), force=force) as tmp:

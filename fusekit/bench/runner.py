@@ -30,7 +30,8 @@ import numpy as np
 from fusekit import __version__
 from fusekit.models.baselines import BASELINES, build_baseline
 from fusekit.errors import FusekitError
-from fusekit.io import atomic_dir, check_output_dir
+from fusekit.io import atomic_dir, check_output_dir, check_output_paths
+from fusekit.locks import holds_output
 from fusekit.metrics import roc_auc
 from fusekit.threads import current_threads
 from fusekit.bench.budget import Budget
@@ -283,6 +284,7 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+@holds_output("out_dir")
 def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, seeds: int | list[int] = 3,
               quick: bool = False, out_dir: Path = Path("bench-out"), methods: list[str] | None = None, *,
               three_tasks: list[str] | None = THREE_TASKS, models_dir: Path | None = None,
@@ -310,6 +312,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise FusekitError(f"a multi-task benchmark needs two or more distinct tasks, got {tasks}")
     out_dir = Path(out_dir)
+    check_output_paths(out_dir, [dataset, models_dir, three_models_dir], owner="run_bench()")
     check_output_dir(out_dir, force)
     budget = Budget.for_run(quick, max_epochs, patience, device, split_seed)
     task_sets = [(tasks, models_dir, True)]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fusekit.errors import Flag
-from fusekit.options import default_of, option_fields
+from fusekit.options import check_value, default_of, option_fields
 from fusekit.train_config import TrainConfig
 
 
@@ -54,6 +54,7 @@ class OptionFlags:
         self.fields: dict[tuple[str, str], tuple[str, str, Any]] = {}
         # "Owner.name" -> (flag, value it sets): flags made by hand that give a library name its value.
         self.spellings: dict[str, Flag] = {}
+        self.classes: dict[str, type] = {}
         parser.set_defaults(_option_flags=self)
 
     def add(self, cls: type, name: str, *flags: str, dest: str | None = None, help: str | None = None,
@@ -88,6 +89,7 @@ class OptionFlags:
         shown = max(flags, key=lambda f: (f.startswith("--"), len(f)))
         for owner in (cls, *also):
             self.fields[(owner.__name__, name)] = (shown, dest, sets)
+            self.classes[owner.__name__] = owner
         return action
 
     def spell(self, owner: str, **flags: str | Flag) -> None:
@@ -97,6 +99,14 @@ class OptionFlags:
         and the value it sets. ``owner``: a function (``"name()"``) or an option class name."""
         for name, flag in flags.items():
             self.spellings[f"{owner}.{name}"] = (flag, None) if isinstance(flag, str) else flag
+
+    def check(self, args: argparse.Namespace) -> None:
+        """OptionError for the first flag whose value its option class would refuse, also for a
+        command that passes the value on without building the class (eval's --split-seed)."""
+        for (owner, name), (_, dest, _) in self.fields.items():
+            # None: a flag not given, whose library default applies.
+            if getattr(args, dest, None) is not None:
+                check_value(self.classes[owner], name, getattr(args, dest))
 
     def values(self, cls: type, args: argparse.Namespace) -> dict[str, Any]:
         """The fields of ``cls`` that this command's flags set, from ``args``."""

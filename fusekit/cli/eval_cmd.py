@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task-kind", action="append", metavar="OUTPUT=KIND",
                    help="an output's kind (binary, multiclass, regression, count); default: detected")
     flags = OptionFlags(p)
-    flags.spell("evaluate_onnx()", labels="--label")
+    flags.spell("evaluate_onnx()", labels="--label", batch_size="--batch-size")
     flags.add(FuseOptions, "data_dir")
     p.add_argument("--split", default="test", choices=SPLITS, help="which split to score (default %(default)s)")
     flags.add(TrainConfig, "device", help="onnxruntime device: auto picks CUDA when onnxruntime has it")

@@ -87,6 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add(FuseOptions, "max_rows", help="use at most this many rows of each split (quick runs)")
     flags.add(FuseOptions, "resume")
     flags.add(FuseOptions, "force")
+    flags.add(FuseOptions, "ignore_task_metadata")
     flags.add(TrainConfig, "progress", "-q", "--quiet", help="no per-epoch lines or progress bars on stderr")
     flags.spell("fuse()", tasks="--tasks", out_dir="-o")
     flags.spell("FuseOptions", labels="--label", task_kinds="--task-kind", outputs="--task-output")

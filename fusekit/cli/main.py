@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
+import threading
+from typing import Iterator
 
 from fusekit import __version__
 from fusekit.errors import FusekitError, TrainingInterrupted
@@ -51,6 +56,33 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return _with_config(parser, argv, parser.parse_args(argv))
 
 
+@contextlib.contextmanager
+def _one_interrupt() -> Iterator[None]:
+    """Ctrl-C stops the command once; a second Ctrl-C while it stops is ignored, so that the
+    checkpoint, the removal of temporary files and the lock release finish (no traceback)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (``fusekit inspect X | head``): stop quietly, as ``yes | head``
+    does, with the shell's code for SIGPIPE; later writes go nowhere."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print one line and return 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -61,8 +93,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     flags = getattr(args, "_option_flags", None)
     try:
+        with _one_interrupt():
+            return _run(parser, argv, args, flags)
+    except KeyboardInterrupt:  # arrived after the command's own handling
+        print("fusekit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace, flags) -> int:
+    try:
         args = _with_config(parser, argv, args)
-        return int(args.run(args) or 0)
+        if flags is not None:
+            flags.check(args)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _closed_stdout()
     except TrainingInterrupted as exc:
         print(f"fusekit: {exc.render(flags.table() if flags else None)}", file=sys.stderr)
         return 130

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="CSV to write")
     flags = OptionFlags(p)
     flags.add(TrainConfig, "device", help="onnxruntime device: auto picks CUDA when onnxruntime has it")
-    flags.spell("predict_onnx()", out_csv="-o", force=("--force", True))
+    flags.spell("predict_onnx()", out_csv="-o", force=("--force", True), batch_size="--batch-size")
     p.add_argument("--batch-size", type=int, default=65536, help="rows per onnxruntime call (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     add_threads(flags)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fusekit.cli.args import OptionFlags, add_json, add_threads, deprecated, print_json, use_threads
 from fusekit.errors import FusekitError
+from fusekit.fusion.options import FuseOptions
 from fusekit.models.architecture import Architecture
 from fusekit.train_config import TrainConfig
 
@@ -36,7 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--task-kind", default=None, choices=("binary", "multiclass", "regression", "count"),
                    help="files: the task's kind (default binary; census-income tasks know their own)")
     flags = OptionFlags(p)
-    flags.spell("train_single()", train_rows="--train-rows", pool_tasks="--pool-tasks")
+    flags.spell("train_single()", train_rows="--train-rows", pool_tasks="--pool-tasks", out="-o",
+                force=("--force", True), holdout_seed="--holdout-seed")
     flags.spell("load_dataset()", labels="--label", categorical="--categorical", dense="--dense",
                 exclude="--exclude", holdout="--holdout")
     flags.add(Architecture, "hidden")
@@ -47,8 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--holdout", type=float, default=0.0, help="fraction of the training split kept out for fusing")
     p.add_argument("--holdout-seed", type=int, default=0, help="seed of the holdout (keep it equal across a pool)")
     flags.add(TrainConfig, "seed")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the validation/test split (keep it equal across a pool so test AUCs compare)")
+    flags.add(FuseOptions, "split_seed",
+              help="seed of the validation/test split (keep it equal across a pool so test AUCs compare)")
     flags.add(TrainConfig, "max_epochs", "--epochs")
     flags.add(TrainConfig, "patience")
     flags.add(TrainConfig, "lr")
@@ -61,13 +63,14 @@ def register(subparsers) -> None:
     deprecated(p, "--no-progress", quiet)
     add_json(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="the ONNX file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Parse options, train, print the test AUC."""
     from fusekit.data import load_dataset
-    from fusekit.models.single import train_single
+    from fusekit.models.single import check_seeds, train_single
     from fusekit.task_kinds import SCORE_LABEL
 
     labels = {}
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise FusekitError(f"--label names {', '.join(sorted(labels))} but the task is {args.task!r}")
     if args.output.suffix != ".onnx":
         raise FusekitError(f"-o should name an .onnx file, got {args.output}")
+    check_seeds(holdout_seed=args.holdout_seed)  # before the data is split with it
     flags: OptionFlags = args._option_flags
     arch = flags.build(Architecture, args)
     config = flags.build(TrainConfig, args)
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_single(args.data, args.task, args.output, pool_tasks=args.pool_tasks, arch=arch,
                           holdout=args.holdout, holdout_seed=args.holdout_seed, seed=args.seed,
                           split_seed=args.split_seed, config=config,
-                          data_dir=args.data_dir, train_rows=args.train_rows, dataset=dataset)
+                          data_dir=args.data_dir, train_rows=args.train_rows, dataset=dataset, force=args.force)
     if args.json:
         print_json(result.to_dict())
     else:

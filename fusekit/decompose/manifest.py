@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from fusekit.data.features import FeatureSpec
 
 MANIFEST = "manifest.json"
+# The version of manifest.json's layout: raised when a change would mislead an older reader.
+# A manifest without the field is format 1 (written before it existed).
+FORMAT = 1
 TASK_KEY = "fusekit.task"  # single-task models: the task they serve
 TASKS_KEY = "fusekit.tasks"  # fused models: JSON list of the tasks, in output order
 SPEC_KEY = "fusekit.feature_spec"
@@ -91,12 +94,16 @@ def task_groups(paths: Sequence[Path]) -> dict[str, list[str]]:
 
 # The function whose ``tasks`` argument (task -> models) the task-mapping messages name.
 TASKS_OWNER = "fuse()"
+# The option that lets an explicit mapping put a model in a task other than its metadata's.
+IGNORE_OWNER = "FuseOptions"
 
 
 def check_task_mapping(tasks: Mapping[str, Sequence[str]], known: Sequence[str],
-                       where: str = "the parts") -> dict[str, list[str]]:
+                       where: str = "the parts", model_tasks: Mapping[str, str | None] | None = None,
+                       ignore_metadata: bool = False) -> dict[str, list[str]]:
     """Validate an explicit ``{task: [models]}``: two or more tasks, each with models that ``known``
-    holds, every model in one task only. Returns a plain copy."""
+    holds, every model in one task only, and (with ``model_tasks``, each model's ``fusekit.task``)
+    every model in the task its metadata names unless ``ignore_metadata``. Returns a plain copy."""
     if len(tasks) < 2:
         raise FusekitError("fusing needs at least two tasks; map two or more tasks to their models in {tasks}",
                            owner=TASKS_OWNER)
@@ -111,6 +118,13 @@ def check_task_mapping(tasks: Mapping[str, Sequence[str]], known: Sequence[str],
                 raise FusekitError(f"model {literal(m)} is in two tasks ({literal(seen[m])} and {literal(task)}); "
                                    "put each model in one task of {tasks}", owner=TASKS_OWNER)
             seen[m] = task
+    for m, task in seen.items():  # after the structure: a model in two tasks is said as such
+        carried = (model_tasks or {}).get(m)
+        if carried and carried != task and not ignore_metadata:
+            raise FusekitError(f"model {literal(m)} carries task {literal(carried)} in its {TASK_KEY} metadata "
+                               f"but the task mapping puts it in task {literal(task)}; fix the mapping, or pass "
+                               "{ignore_task_metadata=True} if the model really serves that task",
+                               owner=IGNORE_OWNER)
     return {t: list(ms) for t, ms in tasks.items()}
 
 
@@ -168,6 +182,38 @@ def _require(raw: Any, keys: Sequence[str], where: Path | str, what: str = "") -
     missing = [k for k in keys if k not in raw]
     if missing:
         raise FusekitError(f"{prefix} lacks {', '.join(repr(k) for k in missing)}; {_AGAIN}")
+
+
+# What each field of a model entry holds (manifest.json written by hand or by another tool).
+_STR, _STR_LIST, _INT_LIST, _STR_MAP = "a string", "a list of strings", "a list of whole numbers", \
+    "an object of strings"
+_ENTRY_TYPES = {"name": _STR, "path": _STR, "sha256": _STR, "inputs": _STR_LIST, "outputs": _STR_LIST,
+                "components": _STR_LIST, "component_sha256": _STR_LIST, "head": _STR, "head_sha256": _STR,
+                "boundary_tensors": _STR_LIST, "layer_indices": _INT_LIST, "metadata": _STR_MAP}
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _STR_LIST:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == _INT_LIST:
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _check_shape(shape: Any, where: Path | str, what: str) -> None:
+    if not isinstance(shape, list) or not all(
+            (isinstance(d, int) and not isinstance(d, bool) and d > 0) or isinstance(d, str) for d in shape):
+        raise _fail(where, f"has an invalid shape {shape!r} for {what}")
+
+
+def _inside_name(rel: Any, where: Path | str, model: str) -> None:
+    """A component path as written: relative, without ``..``, so that it names a file of the parts folder."""
+    path = Path(rel)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise _fail(where, f"names component {rel!r} of model {model}, outside the parts folder (component paths "
+                           "must be relative to it, without ..)")
 
 
 def _plain(entry: Any) -> dict:
@@ -302,7 +348,7 @@ class Manifest:
 
     def to_dict(self) -> dict:
         """The JSON form (key order as written to manifest.json)."""
-        return {"fusekit_version": self.fusekit_version, "levels": self.levels,
+        return {"format": FORMAT, "fusekit_version": self.fusekit_version, "levels": self.levels,
                 "inputs": [_plain(i) for i in self.inputs], "boundaries": [_plain(b) for b in self.boundaries],
                 "common_layers": [_plain(c) for c in self.common_layers], "level_choice": self.level_choice,
                 "models": [_plain(m) for m in self.models]}
@@ -312,6 +358,16 @@ class Manifest:
         """Validate the JSON form; FusekitError (one line, naming the file) for anything missing or inconsistent."""
         where = Path(root or ".") / MANIFEST
         _require(data, _TOP_KEYS, where)
+        version = data.get("format", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise _fail(where, f"has an invalid format {version!r}")
+        if version > FORMAT:
+            raise FusekitError(f"{where} was written in manifest format {version} by fusekit "
+                               f"{literal(data.get('fusekit_version'))}; this fusekit reads formats up to {FORMAT}: "
+                               "upgrade fusekit, or decompose the models again with this one")
+        for key in ("inputs", "boundaries", "models"):
+            if not isinstance(data[key], list):
+                raise _fail(where, f"has {key} that is not a list")
         levels = data["levels"]
         if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
             raise _fail(where, f"has an invalid level count {levels!r}")
@@ -319,12 +375,20 @@ class Manifest:
             raise _fail(where, f"says {levels} levels but describes {len(data['boundaries'])} boundaries")
         for raw in data["inputs"]:
             _require(raw, ("name", "shape", "dtype"), where, "an input")
+            _check_shape(raw["shape"], where, f"input {raw['name']!r}")
         for raw in data["boundaries"]:
             _require(raw, ("level", "shape", "dtype"), where, "a boundary")
+            _check_shape(raw["shape"], where, f"the boundary of level {raw['level']!r}")
         models = []
         for raw in data["models"]:
             _require(raw, _MODEL_KEYS, where, "a model entry")
+            wrong = next((k for k, kind in _ENTRY_TYPES.items() if not _is(raw[k], kind)), None)
+            if wrong:
+                raise _fail(where, f"has a model entry whose {wrong!r} is not {_ENTRY_TYPES[wrong]} "
+                                   f"(got {literal(repr(raw[wrong])[:60])})")
             entry = ModelEntry(**{k: raw[k] for k in _MODEL_KEYS})
+            for rel in [*entry.components, entry.head]:
+                _inside_name(rel, where, entry.name)
             if len(entry.components) != levels or len(entry.component_sha256) != levels:
                 raise _fail(where, f"lists {len(entry.components)} components for model {entry.name} but {levels} levels")
             carried = raw.get("carried") or [[] for _ in range(levels)]
@@ -376,15 +440,49 @@ class Manifest:
         return manifest
 
     def verify_files(self) -> None:
-        """Every component and head exists with the checksum decompose recorded."""
+        """Every component and head exists inside the parts folder with the checksum decompose
+        recorded, and the first model's components output the boundary shapes the manifest says."""
         for entry in self.models:
             files = list(zip(entry.components, entry.component_sha256)) + [(entry.head, entry.head_sha256)]
             for rel, digest in files:
-                file = Path(self.root or ".") / rel
+                file = self._file(rel, entry.name)
                 if not file.is_file():
                     raise FusekitError(f"component {file} is missing; {_AGAIN}")
                 if sha256_file(file) != digest:
                     raise FusekitError(f"component {file} changed since decompose (checksum differs); {_AGAIN}")
+        self._check_boundaries()
+
+    def _file(self, rel: str, model: str) -> Path:
+        """``rel`` under the parts folder; FusekitError when it (or a symlink on the way) leads out of it."""
+        root = Path(self.root or ".")
+        file = root / rel
+        real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(file))
+        if real != real_root and real_root not in real.parents:
+            raise _fail(self.path, f"names component {rel!r} of model {model}, which leads outside the parts "
+                                   "folder (through a symlink)")
+        return file
+
+    def _check_boundaries(self) -> None:
+        """The boundary shapes of the manifest are those the components give (an edited manifest
+        would otherwise fail deep inside training)."""
+        import onnx
+
+        entry = self.models[0]
+        for boundary, rel in zip(self.boundaries, entry.components):
+            try:
+                graph = onnx.load(str(self._file(rel, entry.name)), load_external_data=False).graph
+            except Exception:  # noqa: BLE001 - the checksum matched: decompose wrote what it could read
+                continue
+            if len(graph.output) != 1 or not graph.output[0].type.HasField("tensor_type"):
+                continue
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in graph.output[0].type.tensor_type.shape.dim]
+            declared = [d if isinstance(d, int) else None for d in boundary.shape]
+            actual = [d if isinstance(d, int) else None for d in dims]
+            if len(declared) != len(actual) or any(a is not None and b is not None and a != b
+                                                   for a, b in zip(declared, actual)):
+                raise _fail(self.path, f"says level {boundary.level} outputs shape {boundary.shape}, but "
+                                       f"{rel} outputs {dims}")
 
     # -- lookups ---------------------------------------------------------------------------------
     @property
@@ -406,7 +504,7 @@ class Manifest:
 
     def component_path(self, model: str, level: int) -> Path:
         """Path of ``model``'s component at ``level`` (1-based)."""
-        return Path(self.root or ".") / self.model(model).components[level - 1]
+        return self._file(self.model(model).components[level - 1], model)
 
     def component_paths(self, model: str) -> list[Path]:
         """Paths of ``model``'s components, level 1 first."""
@@ -414,7 +512,7 @@ class Manifest:
 
     def head_path(self, model: str) -> Path:
         """Path of ``model``'s head (last cut -> model outputs)."""
-        return Path(self.root or ".") / self.model(model).head
+        return self._file(self.model(model).head, model)
 
     def source_path(self, model: str) -> Path:
         """Where the source model's file was, as recorded (relative paths resolve against ``root``)."""
@@ -428,9 +526,11 @@ class Manifest:
         """Models grouped by the task in their ``fusekit.task`` metadata, in manifest order."""
         return group_by_task(((m.name, m.task) for m in self.models), where=str(self.path))
 
-    def check_tasks(self, tasks: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-        """Validate an explicit task mapping against these models (see :func:`check_task_mapping`)."""
-        return check_task_mapping(tasks, self.names, f"the parts in {self.root or '.'}")
+    def check_tasks(self, tasks: Mapping[str, Sequence[str]], ignore_metadata: bool = False) -> dict[str, list[str]]:
+        """Validate an explicit task mapping against these models and the tasks in their metadata
+        (see :func:`check_task_mapping`)."""
+        return check_task_mapping(tasks, self.names, f"the parts in {self.root or '.'}",
+                                  {m.name: m.task for m in self.models}, ignore_metadata)
 
     def feature_spec(self, models: Iterable[str] | None = None) -> FeatureSpec | None:
         """The one feature specification of ``models`` (default all); see :func:`shared_feature_spec`."""

@@ -18,7 +18,8 @@ from fusekit.decompose.branches import carried_tensors, carry_names
 from fusekit.errors import FusekitError
 from fusekit.options import quote
 from fusekit.decompose.graph import ModelGraph, load_graph, read_model
-from fusekit.io import atomic_dir, check_output_dir, sha256_file
+from fusekit.io import atomic_dir, check_output_dir, check_output_paths, sha256_file
+from fusekit.locks import holds_output
 from fusekit.decompose.manifest import Boundary, CommonLayerEntry, InputSpec, Manifest, ModelEntry, \
     relative_source_path
 from fusekit.decompose.surgery import cut_component, verify_chain
@@ -236,6 +237,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@holds_output("out_dir")
 def decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None = None, force: bool = False,
               verify: bool = True, names: list[str] | None = None,
               progress: Callable[[str], None] | None = None, threads: int | None = None) -> DecomposeResult:
@@ -257,6 +259,7 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
                names: list[str] | None, progress: Callable[[str], None] | None = None) -> DecomposeResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_output_paths(out_dir, model_paths, owner=OWNER)
     check_output_dir(out_dir, force)
     names, graphs, analyses, inputs = analyse_models(model_paths, names, progress)
     index = common_layers(layer_classes([a.candidates for a in analyses]))

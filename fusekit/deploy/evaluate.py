@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from fusekit.errors import FusekitError
-from fusekit.io import atomic_file
+from fusekit.io import atomic_file, check_output_paths
+from fusekit.locks import holds_output
 from fusekit.options import literal
 from fusekit.data.labels import parse_labels
 from fusekit.task_kinds import TaskKind, kind_from_ending
@@ -82,6 +83,11 @@ def _input_spec(value):
     return InputSpec(value.name, ["batch", *dims[1:]] if dims else [], dtype_name(tensor.elem_type))
 
 
+def _check_batch_size(batch_size: object, owner: str) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FusekitError(f"{{batch_size}} must be a whole number of at least 1, got {batch_size!r}", owner=owner)
+
+
 @dataclass
 class EvalResult:
     """Per-task metrics of one model on one split, and which execution provider ran it.
@@ -120,6 +126,7 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
 
     threads = thread_count(threads)  # a bad count is refused before the data is read
 
+    _check_batch_size(batch_size, "evaluate_onnx()")
     info = model_info(model_path)
     spec = _spec(info)
     tasks = list(info.outputs)
@@ -175,6 +182,7 @@ class Prediction:
     encoding: "EncodingReport | None"
 
 
+@holds_output("out_csv")
 def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: str = "auto",
                  batch_size: int = 65536, force: bool = False, threads: int | None = None) -> Prediction:
     """Write one column per model output (probabilities) for every input row.
@@ -184,7 +192,9 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
 
     threads = thread_count(threads)
 
+    _check_batch_size(batch_size, "predict_onnx()")
     out_csv = Path(out_csv)
+    check_output_paths(out_csv, [model_path, input_path], owner="predict_onnx()", argument="out_csv")
     if out_csv.exists() and not force:
         raise FusekitError(f"{literal(out_csv)} exists; choose another {{out_csv}} or pass {{force=True}}",
                            owner="predict_onnx()")

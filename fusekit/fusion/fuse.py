@@ -27,10 +27,11 @@ from torch import nn
 
 from fusekit.data.dataset import Split
 from fusekit.decompose.manifest import Manifest
-from fusekit.errors import FusekitError
+from fusekit.errors import FusekitError, TrainingDiverged, TrainingInterrupted
+from fusekit.locks import holds_output
 from fusekit.options import literal
 from fusekit.provenance import run_record
-from fusekit.io import atomic_dir, atomic_file, check_output_dir, portable_path
+from fusekit.io import atomic_dir, check_output_dir, check_output_paths, portable_path
 from fusekit.data.labels import parse_labels
 from fusekit.fusion.finetune import reinitialised_copy, trainable_copy
 from fusekit.fusion.kinds import detect_kinds
@@ -141,7 +142,8 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     options.validate()  # a caller may have changed a field since it was made (train_rows='x')
     resolve_device(options.training.device)  # a missing GPU is reported before anything is written
     manifest = parts if isinstance(parts, Manifest) else Manifest.load(Path(parts))
-    mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups())
+    mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups(),
+                                   ignore_metadata=options.ignore_task_metadata)
     manifest.boundary_dims()  # refuses feature maps and sequences early
     names = [m for ms in mapping.values() for m in ms]
     spec = manifest.feature_spec(names)
@@ -205,6 +207,7 @@ def load_sources(parts: Manifest, names: list[str], heads: bool = True,
 def build_model(parts: Manifest, tasks: dict[str, list[str]], fusion: FusionOptions,
                 kinds: dict[str, TaskKind] | None = None, output_index: dict[str, int] | None = None) -> FusedModel:
     """The fused model over the decomposed parts (components re-initialised when not pretrained)."""
+    fusion.check_task_count(len(tasks))
     names = [m for ms in tasks.values() for m in ms]
     sources = load_sources(parts, names, heads=fusion.mode == "residual", output_index=output_index)
     torch.manual_seed(fusion.seed)
@@ -277,7 +280,11 @@ def _start_work_dir(plan: FusePlan, out_dir: Path) -> Path:
         if not marker.is_file():
             raise FusekitError(f"nothing to resume: no interrupted run at {literal(work)}; run without {{resume}}",
                                owner="FuseOptions")
-        if json.loads(marker.read_text()) != json.loads(json.dumps(identity)):
+        try:
+            recorded = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            recorded = None  # unreadable: not a run this fuse can continue
+        if recorded != json.loads(json.dumps(identity)):
             raise FusekitError(f"the interrupted run at {literal(work)} used other tasks, parts or options; "
                                "repeat them exactly to resume, or pass {force=True} to start over", owner="FuseOptions")
         return work
@@ -286,10 +293,19 @@ def _start_work_dir(plan: FusePlan, out_dir: Path) -> Path:
             raise FusekitError(f"an interrupted run exists at {literal(work)}; pass {{resume=True}} to continue it or "
                                "{force=True} to start over", owner="FuseOptions")
         shutil.rmtree(work)
-    work.mkdir(parents=True)
-    with atomic_file(marker) as tmp:
-        tmp.write_text(json.dumps(identity, indent=1))
+    with atomic_dir(work) as tmp:  # a full or read-only disk: one line, and no half-made work dir
+        (tmp / "run.json").write_text(json.dumps(identity, indent=1))
     return work
+
+
+def _end_failed_run(work: Path, resumed: bool, error: BaseException) -> BaseException:
+    """What a failed run leaves: an interruption keeps its work directory (``resume`` continues
+    it), and so does a failed resumed run (the user's earlier checkpoint); a new run that failed
+    on its input removes it, so that the next plain run is not refused. Returns the error to raise."""
+    if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) or resumed:
+        return error
+    shutil.rmtree(work, ignore_errors=True)
+    return error.without_checkpoint() if isinstance(error, TrainingDiverged) else error
 
 
 # -- step 4: scoring -------------------------------------------------------------------------------
@@ -474,6 +490,7 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
 
 
 # -- the command -----------------------------------------------------------------------------------
+@holds_output("out_dir")  # one run per output and work directory
 def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_dir: Path,
          options: FuseOptions | None = None) -> FuseResult:
     """Train the fusion network on the fusion rows, export fused.onnx, and write OUT/ atomically.
@@ -482,14 +499,29 @@ def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_d
     ``data`` is ``"census-income"``, a CSV/Parquet path (with ``options.labels``), or an already
     loaded TabularDataset. Raises FusekitError on bad input before anything is written.
     """
-    from fusekit.train import CHECKPOINT_NAME
+    from fusekit.train import check_labels
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_output_paths(out_dir, [parts_dir if not isinstance(parts_dir, Manifest) else parts_dir.root,
+                                 data if isinstance(data, (str, Path)) else None], owner="fuse()",
+                       around=[getattr(options, "data_dir", None)])
     plan = prepare(parts_dir, tasks, data, options, out_dir)
+    for rows, what in ((plan.train_rows, "training"), (plan.val, "validation"), (plan.test, "test")):
+        check_labels(rows, plan.task_names, what, plan.kinds)  # before any training, not after it
     model = build(plan)
     untrained = copy.deepcopy(model.state_dict())
     work = _start_work_dir(plan, out_dir)
+    try:
+        return _train_and_write(plan, model, untrained, work, out_dir, started)
+    except BaseException as exc:
+        raise _end_failed_run(work, plan.options.resume, exc) from None
+
+
+def _train_and_write(plan: FusePlan, model: FusedModel, untrained: dict, work: Path, out_dir: Path,
+                     started: float) -> FuseResult:
+    from fusekit.train import CHECKPOINT_NAME
+
     result = train(plan, model, work)
     kept = guard(plan, model, untrained)
     source_out = score_sources(plan)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from fusekit.errors import OptionError
-from fusekit.options import Options, option
+from fusekit.options import Options, option, seed_option
 from fusekit.train_config import TrainConfig
 
 MODES = ("paper", "residual")
@@ -35,7 +35,7 @@ class FusionOptions(Options):
     # Residual mode: logit correction from the last z_t (paper mode always has towers).
     tower: bool = option(True, help="residual mode: tower correction on the mixed heads")
     activation: str = option("relu", choices=ACTIVATION_NAMES, help="activation of the AKF attention networks")
-    seed: int = option(0, minimum=0, help="seed of the fusion network")
+    seed: int = seed_option(help="seed of the fusion network")
     # Source weights trained along with the fusion: none (the paper), the heads (residual mode),
     # the last level (+ heads) or all components; at finetune_lr times the fusion's learning rate.
     finetune: str = option("none", choices=FINETUNE,
@@ -59,6 +59,12 @@ class FusionOptions(Options):
         if self.finetune == "heads" and self.mode != "residual":
             raise OptionError("{finetune='heads'} needs {mode='residual'} (the paper's network does not use the heads)",
                               owner="FusionOptions")
+
+    def check_task_count(self, n_tasks: int) -> None:
+        """OptionError when the fusion gate would select more tasks than there are other tasks."""
+        if self.use_mtm and self.top_k > n_tasks - 1:
+            raise OptionError(f"{{top_k={self.top_k}}} selects more tasks than the {n_tasks - 1} other task(s) each "
+                              f"task has; use {{top_k={max(1, n_tasks - 1)}}} or fewer", owner="FusionOptions")
 
     def fused_levels(self, n_levels: int) -> list[int]:
         """Indices of the levels with an AKF module."""
@@ -93,13 +99,15 @@ class FuseOptions(Options):
     data_dir: Path | None = option(None, kind="path", help="folder holding the Census-Income files")
     max_rows: int | None = option(None, kind="int", minimum=1, help="use at most this many rows of each split")
     # The validation/test split of the data: the source models' (not the training seed).
-    split_seed: int = option(0, minimum=0, help="seed of the validation/test split of the data "
+    split_seed: int = seed_option(help="seed of the validation/test split of the data "
                                                 "(use the one the source models used)")
     # "holdout": the training rows the source models did not see, when their specification
     # records a holdout (all rows otherwise); "all": every training row.
     train_rows: str = option("holdout", choices=TRAIN_ROWS,
                              help="holdout: train on the rows the source models did not see, when their feature "
                                   "specification records a holdout; all: every training row")
+    ignore_task_metadata: bool = option(False, help="accept a task mapping that puts a model in another task than "
+                                                    "the fusekit.task of its metadata")
     parity_tol: float = option(1e-5, above=0.0, help="largest onnxruntime-vs-torch difference accepted")
     on_epoch: Callable | None = option(None, kind="callable")  # called with each EpochRecord (progress reporting)
     on_data: Callable | None = option(None, kind="callable")  # called once with how the data files were read

@@ -18,6 +18,9 @@ from torch import nn
 from fusekit.decompose.manifest import TASK_KEY
 from fusekit.data import FeatureSpec, Split, TabularDataset, load_dataset
 from fusekit.errors import FusekitError
+from fusekit.io import check_output_paths
+from fusekit.locks import holds_output
+from fusekit.options import SEED_LIMIT, literal
 from fusekit.models.architecture import Architecture
 from fusekit.seeding import seed_everything
 from fusekit.models.tabular_input import TabularInput
@@ -159,6 +162,15 @@ def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, con
     return model, result, kind.metrics(dataset.test.labels[task], outputs[task]), len(train)
 
 
+def check_seeds(**seeds: int) -> None:
+    """FusekitError naming the first of :func:`train_single`'s seed arguments that is not a seed."""
+    for name, value in seeds.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+            raise FusekitError(f"{{{name}}} must be a whole number from 0 to {SEED_LIMIT - 1}, got {value!r}",
+                               owner="train_single()")
+
+
+@holds_output("out")
 def train_single(
     data: str | Path,
     task: str,
@@ -175,6 +187,7 @@ def train_single(
     data_dir: Path | None = None,
     train_rows: int | None = None,
     dataset: TabularDataset | None = None,
+    force: bool = False,
 ) -> SingleResult:
     """Load ``data`` (``census-income`` or a CSV/Parquet path), train a model for ``task``, report
     its test metrics and export it to ``out`` (skipped when ``out`` is None).
@@ -184,7 +197,14 @@ def train_single(
     ``holdout``: fraction of the training split kept out (recorded in the spec with ``holdout_seed``,
     which is independent of the training ``seed`` so that a whole pool shares one holdout); likewise
     ``split_seed`` fixes the validation/test split so that the pool's test AUCs are comparable.
+    ``force``: replace an existing ``out``.
     """
+    check_seeds(seed=seed, split_seed=split_seed, holdout_seed=holdout_seed)
+    if out is not None:
+        check_output_paths(out, [data], owner="train_single()", argument="out", around=[data_dir])
+        if Path(out).exists() and not force:
+            raise FusekitError(f"{literal(out)} exists; choose another {{out}} or pass {{force=True}}",
+                               owner="train_single()")
     arch = arch or Architecture()
     arch.validate()
     config = config or TrainConfig(seed=seed)

@@ -51,7 +51,8 @@ def make_pool(name: str, out_root: Path, data_dir: Path | None, max_epochs: int,
             epochs = setup["max_epochs"] or max_epochs
             config = TrainConfig(seed=setup["seed"], max_epochs=epochs, patience=patience, device="cpu", progress=False)
             path = out_dir / f"{task}_{member}.onnx"
-            result = train_single("census-income", task, path, arch=setup["arch"], config=config, dataset=dataset)
+            result = train_single("census-income", task, path, arch=setup["arch"], config=config, dataset=dataset,
+                                  force=True)
             record = {
                 "file": path.name, "task": task, "member": member, "seed": setup["seed"], "max_epochs": epochs,
                 "architecture": vars(setup["arch"]), "test_auc": round(result.test_score, 5),
