@@ -415,7 +415,7 @@ def test_train_single_refuses_an_unreadable_label_flag(pool, tmp_path, capsys):
 
 def test_train_single_refuses_a_constant_label_before_training(pool, bad, tmp_path, capsys):
     refused(capsys, train_argv(pool, tmp_path / "m.onnx", data=bad["constant"]),
-            r"task '?income'? (have only the value 0; AUC needs both classes|hold a single class)",
+            r"task '?income'? (have only the value 0; a classification task needs two classes or more|hold a single class)",
             [tmp_path, bad["root"]])
 
 
@@ -474,7 +474,7 @@ def test_fuse_refuses_a_constant_label_before_any_training(pool, bad, tmp_path, 
 def test_fuse_refuses_too_few_rows_before_any_training(pool, bad, tmp_path, capsys, how):
     argv = (fuse_argv(pool, tmp_path / "out", data=bad["rows12"]) if how == "rows12"
             else fuse_argv(pool, tmp_path / "out", "--max-rows", "3"))
-    refused(capsys, argv, r"rows \(\d+\) of task \w+ have only the value [01]; AUC needs both classes: use more rows",
+    refused(capsys, argv, r"rows \(\d+\) of task \w+ have only the value [01]; a classification task needs two classes or more: use more rows",
             [tmp_path, bad["root"], pool["root"]])
 
 

@@ -122,6 +122,7 @@ def _require(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Parse, fuse, print the per-task comparison (or one JSON document)."""
     from fusekit.fusion.fuse import fuse
+    from fusekit.task_kinds import SCORE_LABEL
 
     _require(args)
     tasks = parse_tasks(args.tasks)
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'task':<16}{'metric':<10}{'fused':>9}{'average':>9}{'gain':>10}  sources (test)")
     for row in result.rows:
         sources = "  ".join(f"{name} {score:.5f}" for name, score in row["sources"].items())
-        print(f"{row['task']:<16}{row['score']:<10}{row['fused']:>9.5f}{row['average']:>9.5f}"
+        print(f"{row['task']:<16}{SCORE_LABEL[row['score']]:<10}{row['fused']:>9.5f}{row['average']:>9.5f}"
               f"{row['fused'] - row['average']:>+10.5f}  {sources}")
     for task, entry in m["per_task"].items():
         if entry.get("restored_average"):

@@ -280,8 +280,18 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
     # layer index (among all layers) of each common layer in each model
     layer_idx = np.array([[analyses[m].candidates[index[k, m]].index for m in range(len(names))]
                           for k in range(n_common)], dtype=np.int64)
-    chosen, reason = choose_levels(layer_idx, requested)
-    if levels is None:
+    # By default, cut only where fuse can mix the boundary ([batch, d]) when such cuts exist:
+    # a pool whose first common layer is one feature's embedding [batch, 1, 4] still fuses.
+    vector = [k for k in range(n_common)
+              if len(analyses[0].candidates[index[k, 0]].shape) == 2] if levels is None else []
+    if vector and len(vector) < n_common:
+        picked, reason = choose_levels(layer_idx[vector], None)
+        chosen = [vector[c] for c in picked]
+        reason = (f"default min(3, {len(vector)} common layers with vector outputs [batch, d]) = {len(chosen)}; "
+                  f"{reason}")
+    else:
+        chosen, reason = choose_levels(layer_idx, requested)
+    if levels is None and not (vector and len(vector) < n_common):
         reason = f"default min(3, {n_common} common layers) = {len(chosen)}; {reason}"
     elif levels == "all":
         reason = f"all levels asked for: {reason}"

@@ -30,7 +30,7 @@ def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...
     doc = (f"fusekit fused multi-task model (EMM, {model.options.mode} mode) over source models "
            f"{', '.join(model.model_names)}: inputs {inputs}; one output per task ({outputs}).")
     return export_onnx(DeployedOutputs(model).eval(), Path(path), example, model.input_names, model.task_names,
-                       meta, doc, serving=True)
+                       meta, doc, serving=True, compare_as=[model.task_kinds[t].probabilities for t in model.task_names])
 
 
 def check_parity(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarray], tol: float = 1e-5,
@@ -51,7 +51,10 @@ def parity_and_outputs(model: FusedModel, onnx_path: Path, arrays: dict[str, np.
     got = run(sess, arrays, batch_size)
     model = model.cpu().eval()
     expected = torch_outputs(DeployedOutputs(model), [arrays[n] for n in model.input_names], batch_size)
-    worst = max_abs_diff(expected, [got[t] for t in model.task_names])
+    # Compared in mix space (probabilities, values): see export_onnx's ``compare_as``.
+    kinds = [model.task_kinds[t] for t in model.task_names]
+    worst = max_abs_diff([k.probabilities(e) for k, e in zip(kinds, expected)],
+                         [k.probabilities(got[t]) for k, t in zip(kinds, model.task_names)])
     if not worst <= tol:
         raise FusekitError(f"fused.onnx differs from the torch model by {worst:.2e} (> {tol:.0e}) on the test data; "
                            "this is a fusekit bug, please report it")
