@@ -262,3 +262,35 @@ def test_a_fused_module_around_an_if_component_exports(tmp_path):
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     with torch.no_grad():
         assert np.abs(got - module(torch.from_numpy(x)).numpy()).max() <= 1e-6
+
+
+def test_an_input_map_aligns_models_that_name_the_same_input_differently(tmp_path, capsys):
+    """Two real torch exports of one architecture, one with its input called gpu_0/data_0."""
+    import warnings
+
+    import torch
+
+    from fusekit.cli.main import main
+    from fusekit.decompose.manifest import Manifest
+
+    paths = []
+    for k, name in enumerate(("data_0", "gpu_0/data_0")):
+        torch.manual_seed(k)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4), torch.nn.ReLU(),
+                                    torch.nn.Linear(4, 1)).eval()
+        path = tmp_path / f"m{k}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.randn(2, 6),), str(path), input_names=[name], output_names=["y"],
+                              dynamo=False, dynamic_axes={name: {0: "batch"}, "y": {0: "batch"}})
+        paths.append(path)
+    before = [p.read_bytes() for p in paths]
+    assert main(["decompose", *map(str, paths), "-o", str(tmp_path / "bad")]) == 2
+    assert "inputs" in capsys.readouterr().err
+    assert main(["decompose", *map(str, paths), "-o", str(tmp_path / "parts"), "--input-map", "gpu_0/data_0=data_0"]) == 0
+    out = capsys.readouterr().out
+    assert "m1: inputs renamed 'gpu_0/data_0' -> 'data_0'" in out
+    assert Manifest.load(tmp_path / "parts").input_names == ["data_0"]
+    assert [p.read_bytes() for p in paths] == before  # the input files are never touched
+    assert main(["decompose", *map(str, paths), "-o", str(tmp_path / "none"), "--input-map", "nope=data_0"]) == 2
+    assert "no model has an input named 'nope'" in capsys.readouterr().err

@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="number of levels, or 'all' for every common layer (default: min(3, common))")
     parser.add_argument("--names", nargs="+", default=None, help="model names (default: file names without .onnx)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--input-map", action="append", default=[], metavar="OLD=NEW",
+                        help="rename the input OLD of every model that has it to NEW, for pools that name the same "
+                             "input differently (data_0 vs gpu_0/data_0); repeat for several")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the components")
     add_verbose(parser, "common layer")
     add_quiet(parser, "per-model progress lines on stderr")
@@ -41,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags = OptionFlags(parser)
     add_threads(flags)  # the verification sessions' onnxruntime threads
     # decompose's messages name its arguments; this command gives them with these flags.
-    flags.spell("decompose()", out_dir="-o", levels="--levels", names="--names",
+    flags.spell("decompose()", input_map="--input-map", out_dir="-o", levels="--levels", names="--names",
                               force=("--force", True), verify=("--no-verify", False))
     parser.set_defaults(run=run)
 
@@ -53,8 +56,15 @@ def run(args: argparse.Namespace) -> int:
     if len(args.models) < 2:
         raise FusekitError("decompose needs at least two models; pass two or more ONNX files")
     use_threads(args)
+    input_map = {}
+    for item in args.input_map:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise FusekitError(f"cannot read --input-map {item!r}; write OLD=NEW")
+        input_map[old] = new
     result = decompose(args.models, args.output, levels=args.levels, force=args.force,
-                       verify=not args.no_verify, names=args.names, progress=progress_printer(args.quiet))
+                       verify=not args.no_verify, names=args.names, progress=progress_printer(args.quiet),
+                       input_map=input_map or None)
     if args.json:
         print_json(result.to_json())
     else:

@@ -322,3 +322,37 @@ def _check_typed(path: Path, nodes: list[onnx.NodeProto], node_kind: list[str],
                 op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
                 raise FusekitError(f"{path}: ONNX shape inference cannot handle op {op} (node "
                                    f"{node.name or i}); replace it with standard ONNX ops or re-export the model")
+
+
+def rename_inputs(model: onnx.ModelProto, mapping: dict[str, str], where: str = "the model") -> dict[str, str]:
+    """Rename ``model``'s graph inputs in place by ``mapping`` (old -> new), every reader included
+    (subgraphs too); returns the renames that applied. FusekitError when a new name is taken."""
+    graph = model.graph
+    applied = {i.name: mapping[i.name] for i in graph.input if i.name in mapping and mapping[i.name] != i.name}
+    if not applied:
+        return {}
+    taken = ({i.name for i in graph.input} | {t.name for t in graph.initializer}
+             | {o for node in graph.node for o in node.output}) - set(applied)
+    clash = sorted(set(applied.values()) & taken)
+    if clash:
+        raise FusekitError(f"{where} already has a tensor named {clash[0]!r}; map its input to another name")
+
+    def rename(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            for k, name in enumerate(node.input):
+                if name in applied:
+                    node.input[k] = applied[name]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    rename(attr.g)
+                for sub in attr.graphs:
+                    rename(sub)
+        for value in g.output:
+            if value.name in applied:
+                value.name = applied[value.name]
+
+    for value in graph.input:
+        if value.name in applied:
+            value.name = applied[value.name]
+    rename(graph)
+    return applied

@@ -17,7 +17,7 @@ from fusekit.decompose.align import Analysis, analyse, choose_levels, common_lay
 from fusekit.decompose.branches import carried_tensors, carry_names
 from fusekit.errors import FusekitError
 from fusekit.options import quote
-from fusekit.decompose.graph import ModelGraph, load_graph, read_model
+from fusekit.decompose.graph import ModelGraph, load_graph, read_model, rename_inputs
 from fusekit.io import atomic_dir, check_output_dir, check_output_paths, sha256_file
 from fusekit.locks import holds_output
 from fusekit.decompose.manifest import Boundary, CommonLayerEntry, InputSpec, Manifest, ModelEntry, \
@@ -58,6 +58,7 @@ class DecomposeResult:
     worst_diff: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     carried: dict[str, list[list[str]]] = field(default_factory=dict)  # per model, per level: carried tensors
+    renamed: dict[str, dict[str, str]] = field(default_factory=dict)  # per model, the input renames applied
 
     def carried_counts(self, level: int) -> dict[str, int]:
         """How many tensors each model's component of ``level`` (0-based) carries beside ``y``."""
@@ -75,6 +76,7 @@ class DecomposeResult:
             "models": [{"name": n, "path": str(p), "layers": c}
                        for n, p, c in zip(self.names, self.paths, self.layer_counts)],
             "inputs": self.inputs,
+            "renamed_inputs": self.renamed,
             "candidates": len(self.common),
             "common_layers": [{"summary": c.summary, "signature": c.signature, "shape": c.shape, "dtype": c.dtype,
                                "indices": dict(zip(self.names, c.indices)), "chosen": k in self.chosen}
@@ -96,7 +98,10 @@ class DecomposeResult:
         """
         lines = [f"models: {', '.join(f'{n} ({c} layers)' for n, c in zip(self.names, self.layer_counts))}",
                  "inputs: " + ", ".join(f"{i['name']} {i['dtype']} {format_shape(i['shape'])}"
-                                        for i in self.inputs), ""]
+                                        for i in self.inputs)]
+        for model, renames in self.renamed.items():
+            lines.append(f"  {model}: inputs renamed " + ", ".join(f"{old!r} -> {new!r}" for old, new in renames.items()))
+        lines.append("")
         width = max(8, *(len(n) for n in self.names))
         header = f"{'#':>3}  {'common layer':<36} {'output':<22}" + "".join(f" {n:>{width}}" for n in self.names)
         lines += [f"{len(self.common)} common cuttable layers (index of the layer in each model; the layer "
@@ -172,11 +177,14 @@ def _no_common_message(names: list[str], analyses: list[Analysis]) -> str:
 
 
 def analyse_models(paths: list[Path], names: list[str] | None = None,
-                   progress: Callable[[str], None] | None = None) -> tuple[list[str], list[ModelGraph],
-                                                                          list[Analysis], list[dict]]:
+                   progress: Callable[[str], None] | None = None, input_map: dict[str, str] | None = None,
+                   renamed: dict[str, dict[str, str]] | None = None) -> tuple[list[str], list[ModelGraph],
+                                                                              list[Analysis], list[dict]]:
     """Load, check and analyse the models; FusekitError for every problem the user can fix.
 
-    ``progress`` is told, per model, when it is loaded and when it is analysed.
+    ``progress`` is told, per model, when it is loaded and when it is analysed. ``input_map``
+    (old -> new input name) renames the inputs of every model that has them, so that pools naming
+    the same input differently align; ``renamed`` receives, per model, the renames applied.
     """
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
@@ -194,6 +202,16 @@ def analyse_models(paths: list[Path], names: list[str] | None = None,
                            "(rename the files or give {names})", owner=OWNER)
     say = progress or (lambda text: None)
     models = [read_model(p) for p in paths]
+    if input_map:
+        unused = set(input_map)
+        for name, path, model in zip(names, paths, models):
+            applied = rename_inputs(model, dict(input_map), str(path))
+            unused -= set(applied)
+            if applied and renamed is not None:
+                renamed[name] = applied
+        if unused:
+            raise FusekitError(f"no model has an input named {quote(sorted(unused)[0])}; map only inputs the models "
+                               "have in {input_map}", owner=OWNER)
     _refuse_unsupported(paths, models)
     graphs = []
     for name, path, model in zip(names, paths, models):
@@ -240,28 +258,32 @@ def _gc_paused() -> Iterator[None]:
 @holds_output("out_dir")
 def decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None = None, force: bool = False,
               verify: bool = True, names: list[str] | None = None,
-              progress: Callable[[str], None] | None = None, threads: int | None = None) -> DecomposeResult:
+              progress: Callable[[str], None] | None = None, threads: int | None = None,
+              input_map: dict[str, str] | None = None) -> DecomposeResult:
     """Cut the models at their common layers and write components and manifest.json to ``out_dir``.
 
     ``levels``: None for the default (``min(3, common layers)``, balanced), an int, or ``"all"``.
     ``progress``: called with one line per model loaded, analysed and cut. Written atomically:
     on any error nothing is left behind. ``threads``: onnxruntime's threads for the verification
-    (None: :func:`fusekit.threads.thread_count`).
+    (None: :func:`fusekit.threads.thread_count`). ``input_map``: old -> new input names, for pools
+    whose models name the same input differently (the result says which renames applied).
     """
     from fusekit.threads import apply_threads
 
     apply_threads(threads)
     with _gc_paused():
-        return _decompose(model_paths, out_dir, levels, force, verify, names, progress)
+        return _decompose(model_paths, out_dir, levels, force, verify, names, progress, input_map)
 
 
 def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None, force: bool, verify: bool,
-               names: list[str] | None, progress: Callable[[str], None] | None = None) -> DecomposeResult:
+               names: list[str] | None, progress: Callable[[str], None] | None = None,
+               input_map: dict[str, str] | None = None) -> DecomposeResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     check_output_paths(out_dir, model_paths, owner=OWNER)
     check_output_dir(out_dir, force)
-    names, graphs, analyses, inputs = analyse_models(model_paths, names, progress)
+    renamed: dict[str, dict[str, str]] = {}
+    names, graphs, analyses, inputs = analyse_models(model_paths, names, progress, input_map, renamed)
     index = common_layers(layer_classes([a.candidates for a in analyses]))
     if len(index) == 0:
         raise FusekitError(_no_common_message(names, analyses))
@@ -304,7 +326,7 @@ def _decompose(model_paths: list[Path], out_dir: Path, levels: int | str | None,
                                   dtype=layer.dtype, indices=layer_idx[k].tolist()))
     result = DecomposeResult(out_dir=out_dir, names=names, paths=[Path(p).resolve() for p in model_paths],
                              layer_counts=[len(a.layers) for a in analyses], inputs=inputs, common=common,
-                             chosen=chosen, reason=reason, requested=levels)
+                             chosen=chosen, reason=reason, requested=levels, renamed=renamed)
     with atomic_dir(out_dir, force=force) as tmp:
         entries = []
         for m, (name, graph, a) in enumerate(zip(names, graphs, analyses)):
