@@ -126,3 +126,21 @@ def test_a_task_trained_below_its_average_gets_the_average_back(mixed, tmp_path)
         if task in restored:
             assert entry["trained_val_score"] < entry["average_val_score"]
             assert entry["test_score"] == pytest.approx(entry["average_test_score"], abs=1e-5)
+
+
+def test_predict_writes_class_probabilities_as_columns_or_a_parquet_list(mixed, tmp_path):
+    """A 5-class output: name[0]..name[4] columns in a CSV, a list column in Parquet."""
+    import pandas as pd
+
+    from fusekit.deploy.evaluate import predict_onnx
+
+    rows = mixed["ds"].test.head(50)
+    np.savez(tmp_path / "rows.npz", **rows.inputs)
+    model = mixed["root"] / "education_level_a.onnx"
+    predict_onnx(model, tmp_path / "rows.npz", tmp_path / "p.csv", device="cpu")
+    predict_onnx(model, tmp_path / "rows.npz", tmp_path / "p.parquet", device="cpu")
+    csv = pd.read_csv(tmp_path / "p.csv")
+    assert list(csv.columns) == [f"education_level[{k}]" for k in range(5)]
+    table = pd.read_parquet(tmp_path / "p.parquet")
+    np.testing.assert_allclose(np.stack(table["education_level"].to_numpy()), csv.to_numpy(), atol=1e-7)
+    np.testing.assert_allclose(csv.to_numpy().sum(axis=1), 1.0, atol=1e-5)

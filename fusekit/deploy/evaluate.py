@@ -185,7 +185,9 @@ class Prediction:
 @holds_output("out_csv")
 def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: str = "auto",
                  batch_size: int = 65536, force: bool = False, threads: int | None = None) -> Prediction:
-    """Write one column per model output (probabilities) for every input row.
+    """Write every model output for every input row: a ``.parquet`` file (an output of several
+    values per row, such as class probabilities, as a list column) or a CSV (such an output as
+    columns ``name[0]..name[K-1]``, the convention fusekit reads inputs by).
     ``threads``: onnxruntime's threads (None: :func:`fusekit.threads.thread_count`)."""
     from fusekit.onnxio.sessions import run, session
     from fusekit.threads import thread_count
@@ -202,10 +204,22 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
     arrays, n, report = read_inputs(info, input_path)
     sess, provider = session(model_path, device, threads)
     outputs = run(sess, arrays, batch_size)
-    frame = pd.DataFrame({name: np.asarray(v).reshape(n, -1)[:, 0] if np.asarray(v).size == n else
-                          list(np.asarray(v).reshape(n, -1)) for name, v in outputs.items()})
+    parquet = out_csv.suffix.lower() in (".parquet", ".pq")
+    columns: dict[str, object] = {}
+    for name, value in outputs.items():
+        rows = np.asarray(value).reshape(n, -1)
+        if rows.shape[1] == 1:
+            columns[name] = rows[:, 0]
+        elif parquet:
+            columns[name] = list(rows)
+        else:
+            columns.update({f"{name}[{k}]": rows[:, k] for k in range(rows.shape[1])})
+    frame = pd.DataFrame(columns)
     with atomic_file(out_csv) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.8g")
+        if parquet:
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, float_format="%.8g")
     return Prediction(n, provider, report)
 
 
