@@ -108,3 +108,20 @@ def test_empty_and_missing_files(tmp_path):
         load_dataset(tmp_path / "header.csv", ["y"])
     with pytest.raises(FusekitError, match="does not exist"):
         load_dataset(tmp_path / "nope.csv", ["y"])
+
+
+def test_the_split_is_recorded_in_the_spec_and_checked_when_data_is_loaded_again(tmp_path):
+    """Issue 13, item 6: models of one pool must use one split; data loaded for a model with another
+    split seed is refused, naming the seed the model was trained with."""
+    frame = _toy()
+    frame["z"] = 1 - frame["y"]
+    frame.to_csv(tmp_path / "toy.csv", index=False)
+    ds = load_dataset(tmp_path / "toy.csv", ["y"], seed=3)
+    assert ds.spec.split["seed"] == 3 and ds.spec.split["rows"]["test"] == len(ds.test)
+    again = load_dataset(tmp_path / "toy.csv", ["y"], spec=ds.spec, seed=3)
+    np.testing.assert_array_equal(again.test.cat, ds.test.cat)
+    with pytest.raises(FusekitError, match="use split seed 3"):
+        load_dataset(tmp_path / "toy.csv", ["y"], spec=ds.spec, seed=0)
+    # the split is the same whichever task is loaded: it reads no label
+    other = load_dataset(tmp_path / "toy.csv", ["z"], seed=3, exclude=["y"])
+    assert other.spec.split == ds.spec.split

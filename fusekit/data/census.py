@@ -347,10 +347,11 @@ def load_census(
     from fusekit.data.dataset import Split
     from fusekit.data.features import FeatureSpec, fit_spec
     from fusekit.data.splits import stratified_halves
-    from fusekit.data.dataset import TabularDataset, holdout_dict
+    from fusekit.data.dataset import TabularDataset, holdout_dict, keep_split, split_record
 
     excluded = excluded_columns(list(tasks) + list(exclude_tasks or []))
     train_df, test_df = read_census(data_dir)
+    fitted = spec is None
     if spec is None:
         spec = fit_spec(
             train_df,
@@ -372,5 +373,7 @@ def load_census(
     train = Split.tabular(*spec.encode(train_df, "census-income.data"), {t: task_labels(train_df, t) for t in tasks})
     rest = Split.tabular(*spec.encode(test_df, "census-income.test"), {t: task_labels(test_df, t) for t in tasks})
     val_idx, test_idx = stratified_halves(task_labels(test_df, "income"), seed)
+    keep_split(spec, split_record(seed, {"train": len(train), "val": len(val_idx), "test": len(test_idx)},
+                                  val_idx, test_idx), fitted, "census-income")
     return TabularDataset(spec, list(tasks), train, rest.subset(val_idx), rest.subset(test_idx),
                           kinds={t: task_kind(t) for t in tasks})

@@ -103,6 +103,29 @@ class TabularDataset:
         return self.train if len(hold) == len(self.train) else self.train.subset(hold)
 
 
+def split_record(seed: int, rows: dict[str, int], val_idx: np.ndarray, test_idx: np.ndarray) -> dict:
+    """What identifies a validation/test split: its seed, the rows of each split and a sha256 of the
+    validation and test row indices (in their source file)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for idx in (val_idx, test_idx):
+        digest.update(np.ascontiguousarray(idx, dtype="<i8").tobytes() + b"|")
+    return {"seed": int(seed), "rows": {k: int(v) for k, v in rows.items()}, "sha256": digest.hexdigest()}
+
+
+def keep_split(spec: FeatureSpec, record: dict, fitted: bool, where: str) -> None:
+    """Record the split in a spec just fitted; for a spec that came with models, check that the data
+    gives the split the models were trained with (FusekitError naming both seeds otherwise)."""
+    if fitted:
+        spec.split = dict(record)
+        return
+    if spec.split and spec.split != record:
+        raise FusekitError(f"{where} gives another validation/test split (seed {record['seed']}, rows "
+                           f"{record['rows']}) than the models were trained with (seed {spec.split['seed']}, rows "
+                           f"{spec.split['rows']}); use split seed {spec.split['seed']} and the models' data")
+
+
 def holdout_dict(fraction: float, seed: int) -> dict | None:
     """The spec's ``holdout`` field for a fraction (None for no holdout)."""
     if not 0.0 <= fraction < 1.0:

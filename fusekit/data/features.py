@@ -151,6 +151,9 @@ class FeatureSpec:
     dataset: str = ""
     excluded: list[str] = field(default_factory=list)
     holdout: dict | None = None
+    # The validation/test split the model was trained with: seed, rows per split and a sha256 of
+    # the row indices (fusekit.data.dataset.split_record); checked whenever data is loaded for it.
+    split: dict | None = None
 
     @property
     def cardinalities(self) -> list[int]:
@@ -171,6 +174,7 @@ class FeatureSpec:
             "dense": [{"name": d.name, "mean": float(d.mean), "std": float(d.std)} for d in self.dense],
             "excluded": list(self.excluded),
             "holdout": dict(self.holdout) if self.holdout else None,
+            **({"split": dict(self.split)} if self.split else {}),
         }
 
     def to_json(self) -> str:
@@ -193,6 +197,10 @@ class FeatureSpec:
             if holdout is not None:
                 holdout = {"fraction": float(holdout["fraction"]), "seed": int(holdout["seed"])}
             spec = cls(categorical, dense, str(raw.get("dataset", "")), [str(x) for x in raw.get("excluded", [])], holdout)
+            split = raw.get("split")
+            if split is not None:
+                spec.split = {"seed": int(split["seed"]), "rows": {k: int(v) for k, v in split["rows"].items()},
+                              "sha256": str(split["sha256"])}
         except (ValueError, KeyError, TypeError) as exc:
             raise FusekitError(f"invalid feature specification ({exc}); re-export the model with fusekit") from None
         if not spec.categorical and not spec.dense:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fusekit.errors import FusekitError
-from fusekit.data.dataset import Split, TabularDataset, holdout_dict
+from fusekit.data.dataset import Split, TabularDataset, holdout_dict, keep_split, split_record
 from fusekit.data.features import FeatureSpec, fit_spec
 from fusekit.data.splits import seeded_halves
 from fusekit.options import literal, quote
@@ -152,6 +152,7 @@ def load_tabular(
     test_df = read_table(test_path) if test_path else None
 
     train_labels = {t: column_labels(train_df, c, str(path), kinds.get(t, "binary")) for t, c in columns.items()}
+    fitted = spec is None
     if spec is None:
         skip = set(columns.values()) | set(exclude or [])
         if categorical is None and dense is None:
@@ -181,6 +182,7 @@ def load_tabular(
     if val_df is not None and test_df is not None:
         val = _encoded(val_df, spec, columns, str(val_path), kinds)
         test = _encoded(test_df, spec, columns, str(test_path), kinds)
+        val_idx, test_idx = np.arange(len(val)), np.arange(len(test))
     elif test_df is not None:
         rest = _encoded(test_df, spec, columns, str(test_path), kinds)
         val_idx, test_idx = seeded_halves(len(rest), seed)
@@ -191,7 +193,11 @@ def load_tabular(
         from fusekit.data.named import carve
 
         idx = carve(len(train), ["val", "test"], seed)
-        train, val, test = train.subset(idx["train"]), train.subset(idx["val"]), train.subset(idx["test"])
+        val_idx, test_idx = idx["val"], idx["test"]
+        train, val, test = train.subset(idx["train"]), train.subset(val_idx), train.subset(test_idx)
+    # Every model of a pool and every later step must see the same split: recorded, then checked.
+    keep_split(spec, split_record(seed, {"train": len(train), "val": len(val), "test": len(test)}, val_idx, test_idx),
+               fitted, literal(path))
     return TabularDataset(spec, list(tasks), train, val, test, kinds=_task_kinds(kinds, train))
 
 

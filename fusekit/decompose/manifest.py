@@ -149,6 +149,9 @@ def shared_feature_spec(specs: Sequence[tuple[str, str | None]]) -> FeatureSpec 
         if parsed[m].fingerprint() != first.fingerprint():
             raise FusekitError(f"models {carrying[0]} and {m} encode their inputs differently (feature specification "
                                "fingerprints differ); use models trained on the same encoding")
+        if parsed[m].split and first.split and parsed[m].split != first.split:
+            raise FusekitError(f"models {carrying[0]} and {m} were trained on different validation/test splits (seed "
+                               f"{first.split['seed']} vs {parsed[m].split['seed']}); train a pool on one split")
         if (parsed[m].holdout or None) != (first.holdout or None):
             raise FusekitError(f"models {carrying[0]} and {m} were trained with different holdouts "
                                f"({first.holdout} vs {parsed[m].holdout}); retrain them with the same one")
