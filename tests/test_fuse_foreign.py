@@ -4,8 +4,6 @@ spaces), a logit output ``[B, 1]`` and no fusekit metadata, trained here on real
 rows and exported by both torch exporters. Data reaches them exactly as they were trained on it."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -18,9 +16,10 @@ from fusekit.fusion.fuse import build, fuse, prepare, score_sources
 from fusekit.fusion.model import DeployedOutputs
 from fusekit.fusion.options import FuseOptions
 from fusekit.onnxio.sessions import run, session
+from fusekit.sample_models.make_foreign import INPUTS, export
 from fusekit.train_config import TrainConfig
 
-SPARSE = {"industry code": ("det_ind_code", 52), "occupation code": ("det_occ_code", 47)}
+SPARSE = {"industry code": ("det_ind_code", 52), "occupation code": ("det_occ_code", 47)}  # INPUTS' first two
 DENSE = {"age": "age", "weeks worked": "weeks_worked", "capital gains": "capital_gains"}
 TASKS = {"income": ["inc_script", "inc_dynamo"], "never_married": ["nm_script", "nm_dynamo"]}
 
@@ -53,19 +52,6 @@ def _labels(frame) -> dict[str, np.ndarray]:
             "never_married": (frame["marital_stat"] == "Never married").to_numpy(np.float32)}
 
 
-def _export(model: nn.Module, path, example, dynamo: bool) -> None:
-    names = list(SPARSE) + list(DENSE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(model, example, str(path), input_names=names, output_names=["logit"], dynamo=True,
-                              dynamic_shapes=tuple({0: batch} for _ in names), verbose=False)
-        else:
-            torch.onnx.export(model, example, str(path), input_names=names, output_names=["logit"], dynamo=False,
-                              dynamic_axes={n: {0: "batch"} for n in names + ["logit"]})
-
-
 @pytest.fixture(scope="module")
 def foreign(census_dir, tmp_path_factory):
     from fusekit.data.census import read_census
@@ -89,7 +75,7 @@ def foreign(census_dir, tmp_path_factory):
                 opt.step()
             model.eval()
             path = root / f"{name}.onnx"
-            _export(model, path, tuple(x[:4] for x in inputs), dynamo=name.endswith("dynamo"))
+            export(model, path, dynamo=name.endswith("dynamo"))  # the walkthrough pool's export, same inputs
             paths.append(path)
     decompose(paths, root / "parts")
     part = len(held) // 2
@@ -181,3 +167,7 @@ def test_the_command_line_reads_columns_named_after_the_inputs(foreign, tmp_path
     assert code == 0, err
     scores = json.loads(out)["scores"]
     assert scores == pytest.approx({t: metrics["per_task"][t]["test_score"] for t in TASKS}, abs=1e-6)
+
+
+def test_the_inputs_are_the_walkthrough_pools():
+    assert INPUTS == list(SPARSE) + list(DENSE)
