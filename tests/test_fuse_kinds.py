@@ -98,7 +98,7 @@ def test_models_of_one_task_with_different_kinds_are_refused(mixed):
 
     swapped = {"income": ["income_a", "education_level_b"], "weeks_worked": mixed["tasks"]["weeks_worked"]}
     with pytest.raises(FusekitError, match="disagree on its kind"):
-        prepare(mixed["parts"], swapped, mixed["ds"], FuseOptions(max_rows=200))
+        prepare(mixed["parts"], swapped, mixed["ds"], FuseOptions(max_rows=200, ignore_task_metadata=True))
 
 
 def test_labels_that_do_not_fit_the_kind_are_refused(mixed):

@@ -432,7 +432,7 @@ def export(plan: FusePlan, model: FusedModel, path: Path) -> Exported:
     if plan.spec is not None:
         metadata["fusekit.feature_spec"] = plan.spec.to_json()
     arrays = test.arrays()
-    example = tuple(torch.from_numpy(np.ascontiguousarray(arrays[n][:2])) for n in model.input_names)
+    example = tuple(torch.from_numpy(np.require(arrays[n][:2], requirements=["C", "W"])) for n in model.input_names)
     onnx_path = export_fused(model, path, example, metadata)
     parity, deployed = parity_and_outputs(model, onnx_path, test.arrays(), tol=plan.options.parity_tol)
     return Exported(onnx_path, parity, deployed)
