@@ -1,9 +1,8 @@
 """The command line's flags come from the option classes: same defaults, same choices, same checks."""
 from __future__ import annotations
 
-import dataclasses
-
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
