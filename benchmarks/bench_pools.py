@@ -26,7 +26,8 @@ measured in one run (goal: at most 1.2x).
     OMP_NUM_THREADS=1 python benchmarks/bench_pools.py            # full budget (~15 min on 2 busy cores)
     OMP_NUM_THREADS=1 python benchmarks/bench_pools.py --quick    # smoke run (~2 min)
 
-Results: ``--out``/results.json (``results-quick.json`` with ``--quick``) and a markdown table on stdout.
+Results: ``--out``/results.json and tables.md (``results-quick.json``, ``tables-quick.md`` with ``--quick``),
+and the tables on stdout.
 """
 from __future__ import annotations
 
@@ -102,9 +103,6 @@ class Budget:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     repeats: int = 2000  # batch-1 calls per timed model (batch 4096: a twentieth)
     rows: int | None = None  # quick runs: a seeded subsample of this many training rows (a quarter for val/test)
-    # fused.onnx vs torch, max abs difference accepted at export. fuse's default 1e-5 is absolute,
-    # and weeks_worked's values reach 52, where float32 steps are 4e-6: a few roundings exceed it.
-    parity_tol: float = 1e-4
 
     @classmethod
     def quick(cls) -> "Budget":
@@ -117,9 +115,9 @@ class Budget:
                            progress=False)
 
     def fuse_options(self, seed: int) -> FuseOptions:
-        """fuse's default options, with the epoch cap and the parity tolerance, for one fusion seed."""
+        """fuse's default options, with the epoch cap, for one fusion seed."""
         default = TrainConfig()
-        return FuseOptions(fusion=FusionOptions(seed=seed), parity_tol=self.parity_tol,
+        return FuseOptions(fusion=FusionOptions(seed=seed),
                            training=replace(default, max_epochs=min(self.fuse_epochs, default.max_epochs), seed=seed,
                                             device="cpu", progress=False))
 
@@ -217,7 +215,7 @@ def _foreign_arrays(frame, vocab: dict[str, dict[str, int]]) -> dict[str, np.nda
             arrays[name] = frame[col].astype(np.int64).to_numpy()
         else:
             arrays[name] = frame[col].map(vocab[col]).fillna(0).astype(np.int64).to_numpy()
-    arrays.update({name: frame[col].to_numpy(np.float32) for name, col in DENSE.items()})
+    arrays.update({name: np.array(frame[col], dtype=np.float32) for name, col in DENSE.items()})  # writable copies
     return arrays
 
 
@@ -247,7 +245,7 @@ def foreign_pool(work: Path, budget: Budget, data_dir: Path | None = None) -> Po
     train_df, test_df = read_census(data_dir)
     vocab = _vocabularies(train_df)
     perm = np.random.default_rng(FOREIGN_SPLIT_SEED).permutation(len(train_df))
-    n_source = int(round(FOREIGN_SOURCE_FRACTION * len(train_df)))
+    n_source = round(FOREIGN_SOURCE_FRACTION * len(train_df))
     val_idx, test_idx = stratified_halves(task_labels(test_df, "income"), 0)
     source = _foreign_split(train_df.iloc[np.sort(perm[:n_source])], vocab)
     held = _foreign_split(train_df.iloc[np.sort(perm[n_source:])], vocab)
@@ -266,7 +264,7 @@ def foreign_pool(work: Path, budget: Budget, data_dir: Path | None = None) -> Po
             model = PerFeatureModel(cards, FOREIGN_HIDDEN[exporter], seed=10 * t + k)
             result = fit(_Trainable(model, task), source, val, [task], budget.source_config(10 * t + k))
             model.eval()
-            example = tuple(torch.as_tensor(source.inputs[n][:4]) for n in _Trainable.input_names)
+            example = tuple(torch.tensor(source.inputs[n][:4]) for n in _Trainable.input_names)
             paths[name] = _export_foreign(model, folder / f"{name}.onnx", example, dynamo=exporter == "dynamo")
             sources[name] = {"hidden": FOREIGN_HIDDEN[exporter], "seed": 10 * t + k, "train_rows": len(source),
                              "epochs": len(result.history), "best_epoch": result.best_epoch,
@@ -318,8 +316,8 @@ def serving_cost(fused_onnx: Path, sources: list[Path], test: Split, repeats: in
         rows = test.head(batch)
         feeds = {name: np.ascontiguousarray(a) for name, a in rows.arrays().items()}
         run(fused_sess, feeds)  # checks the feeds once, outside the timing
-        fused_s, sources_s = _block_medians([lambda: fused_sess.run(None, feeds),
-                                             lambda: [s.run(None, feeds) for s in source_sess]], calls)
+        fused_s, sources_s = _block_medians([lambda feeds=feeds: fused_sess.run(None, feeds),
+                                             lambda feeds=feeds: [s.run(None, feeds) for s in source_sess]], calls)
         out[f"batch{batch}"] = {"rows": len(rows), "fused_s": fused_s, "sources_separately_s": sources_s,
                                 "fused_over_sources": fused_s / sources_s,
                                 "fused_rows_per_s": len(rows) / fused_s, "sources_rows_per_s": len(rows) / sources_s}
@@ -362,8 +360,8 @@ def bench_pool(name: str, work: Path, budget: Budget, data_dir: Path | None = No
 
 
 # -- report ----------------------------------------------------------------------------------------
-def _pm(mean: float, sd: float) -> str:
-    return f"{mean:.5f} ± {sd:.5f}"
+def _pm(mean: float, sd: float, seeds: int) -> str:
+    return f"{mean:.5f} ± {sd:.5f}" if seeds > 1 else f"{mean:.5f} (one seed, no spread)"
 
 
 def markdown(results: dict) -> str:
@@ -382,7 +380,7 @@ def markdown(results: dict) -> str:
             kind = s["kind"]["kind"] + (f", {s['kind']['classes']} classes" if s["kind"]["classes"] else "")
             sources = ", ".join(f"{m} {v:.5f}" for m, v in s["sources"].items())
             lines.append(f"| {record['pool']} | {task} ({kind}) | {SCORE_LABEL[s['score']]} | {sources} | "
-                         f"{s['average']:.5f} | {_pm(s['fused_mean'], s['fused_sd'])} | "
+                         f"{s['average']:.5f} | {_pm(s['fused_mean'], s['fused_sd'], s['seeds'])} | "
                          f"{s['gain_over_average']:+.5f} | {s['fallback_to_average']}/{s['seeds']} |")
     lines += ["", "Serving in onnxruntime, one thread: fused.onnx (first seed) against the pool's sources run one after "
               "the other (one session each); medians, ratios measured in one run (goal ≤ 1.2×).", "",
@@ -420,8 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-epochs", type=int, default=None, help="max epochs of each source model (default 20)")
     parser.add_argument("--source-patience", type=int, default=None, help="early-stopping patience of the sources (3)")
     parser.add_argument("--fuse-epochs", type=int, default=None, help="cap on fuse's epochs (default 30)")
-    parser.add_argument("--parity-tol", type=float, default=None,
-                        help="largest fused.onnx-vs-torch difference fuse accepts (default 1e-4; fuse's own: 1e-5)")
     parser.add_argument("--repeats", type=int, default=None, help="batch-1 calls per timed model (default 2000)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with the Census-Income files (default: $FUSEKIT_DATA_DIR, else fetched)")
@@ -430,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     budget = Budget.quick() if args.quick else Budget()
     changes = {"source_epochs": args.source_epochs, "source_patience": args.source_patience,
-               "fuse_epochs": args.fuse_epochs, "repeats": args.repeats, "parity_tol": args.parity_tol,
+               "fuse_epochs": args.fuse_epochs, "repeats": args.repeats,
                "seeds": [int(s) for s in args.seeds.split(",")] if args.seeds else None}
     budget = replace(budget, **{k: v for k, v in changes.items() if v is not None})
     pools = [p.strip() for p in args.pools.split(",") if p.strip()]
@@ -445,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         target = args.out / ("results-quick.json" if args.quick else "results.json")
         with atomic_file(target) as part:
             part.write_text(json.dumps(results, indent=1) + "\n")
+        with atomic_file(target.with_name(target.stem.replace("results", "tables") + ".md")) as part:
+            part.write_text(markdown(results) + "\n")
     print(markdown(results))
     print(f"\n{results['seconds']:.0f} s; results in {target}", file=sys.stderr)
     return 0
