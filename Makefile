@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so that pip does not pull a multi-GB CUDA build; override on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test wheel-check bench-speed bench-paper bench-variants clean
+.PHONY: venv demo test wheel-check bench-speed bench-paper bench-variants bench-pools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-paper: $(STAMP)
 bench-variants: $(STAMP)
 	$(BIN)/python benchmarks/fusion_variants.py --pool census2 --variants default,fuse-at-all,finetune-heads,finetune-last,finetune-all,finetune-all-lr0.05,finetune-all-lr0.3,finetune-all-lr1,finetune-all-slow,all-rows,finetune-all-all-rows & \
 	$(BIN)/python benchmarks/fusion_variants.py --pool census3 --variants default,top-k-2,finetune-all,finetune-all-top-k-2; wait
+
+# The new pools (task kinds, foreign models; about 15 minutes on 2 busy cores): benchmarks/results/pools/.
+bench-pools: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_pools.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
