@@ -273,8 +273,8 @@ class Boundary:
                 return "time_major"
         raise FusekitError(f"level {self.level} components output shape {self.shape}; fusekit fuses vectors "
                            f"[{batch}, d], feature maps [{batch}, C, H, W] and sequences [{batch}, T, D] or "
-                           f"[T, {batch}, D] with a fixed width C or D; cut the models elsewhere with decompose "
-                           "{levels}", owner="decompose()")
+                           f"[T, {batch}, D] with a fixed width C or D; cut the models elsewhere (decompose's "
+                           "{levels})", owner="decompose()")
 
     def channels(self, batch: str = "batch") -> int:
         """The width AKF mixes: d of a vector, C of a feature map, D of a sequence."""
