@@ -131,3 +131,44 @@ def test_paper_mode_over_a_sequence_that_feeds_the_next_level_is_refused(digits)
     with torch.no_grad():
         preds = model(torch.as_tensor(plan.test.inputs["image"][:4]))
     assert preds["digit"].shape == (4, 10) and preds["digit_ge5"].shape == (4,)
+
+
+class TimeMajorGRU(torch.nn.Module):
+    """Rows read time-major: GRU over [T, batch, 8], ``depth`` per-step Linear+ReLU, mean over T, head."""
+
+    def __init__(self, depth: int, task: str):
+        super().__init__()
+        self.gru = torch.nn.GRU(8, 16)
+        self.steps = torch.nn.Sequential(*[m for _ in range(depth) for m in (torch.nn.Linear(16, 16), torch.nn.ReLU())])
+        self.head = md._Head(16, task)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(rows.transpose(0, 1))
+        return self.head(self.steps(out).mean(dim=0))
+
+
+def test_a_time_major_recurrent_pool_fuses_at_its_sequence_boundaries(digits, tmp_path):
+    from fusekit.decompose.manifest import TASK_KEY
+    from fusekit.onnxio.export import export_onnx
+
+    _, ds = digits["transformer"]
+    rows = ds.train.inputs["rows"]
+    paths = []
+    for t, task in enumerate(TASKS):
+        for depth in (1, 2):
+            torch.manual_seed(10 * t + depth)
+            model = md.train(TimeMajorGRU(depth, task), rows, ds.train.labels[task], 1, 10 * t + depth)
+            paths.append(export_onnx(model, tmp_path / f"{task}_{depth}.onnx", [torch.from_numpy(rows[:32])], ["rows"],
+                                     [task], {TASK_KEY: task}, f"time-major GRU for {task}"))
+    decompose(paths, tmp_path / "parts", levels="all")
+    layouts = Manifest.load(tmp_path / "parts").boundary_layouts()
+    assert ("time_major", 16) in layouts
+    plan = prepare(tmp_path / "parts", None, ds, FuseOptions(max_rows=200, fusion=FusionOptions(fuse_at="all")))
+    model = build(plan).eval()
+    x = torch.as_tensor(plan.test.inputs["rows"])
+    with torch.no_grad():
+        fused = DeployedOutputs(model)(x)
+    sources = score_sources(plan)
+    for task, out in zip(plan.task_names, fused):
+        average = np.mean([plan.kinds[task].probabilities(sources[m]) for m in plan.tasks[task]], axis=0)
+        np.testing.assert_allclose(plan.kinds[task].probabilities(out.numpy()), average, rtol=1e-5, atol=1e-6)
