@@ -256,6 +256,30 @@ class Boundary:
                                "outputs [batch, d] only (feature maps and sequences are not supported yet)")
         return int(self.shape[1])
 
+    def layout(self, batch: str = "batch") -> str:
+        """What the boundary holds, from its shape: ``"vector"`` [batch, d], ``"feature_map"``
+        [batch, C, H, W] (channel first, as ONNX's Conv), ``"sequence"`` [batch, T, D] or
+        ``"time_major"`` [T, batch, D] (recurrent ops). ``batch``: the symbolic name of the batch
+        dimension (the models' inputs'), which tells the two sequence layouts apart."""
+        shape = self.shape
+        if len(shape) == 2 and isinstance(shape[1], int):
+            return "vector"
+        if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != batch:
+            return "feature_map"
+        if len(shape) == 3 and isinstance(shape[2], int):
+            if shape[0] == batch:
+                return "sequence"
+            if shape[1] == batch:
+                return "time_major"
+        raise FusekitError(f"level {self.level} components output shape {self.shape}; fusekit fuses vectors "
+                           f"[{batch}, d], feature maps [{batch}, C, H, W] and sequences [{batch}, T, D] or "
+                           f"[T, {batch}, D] with a fixed width C or D; cut the models elsewhere (decompose's "
+                           "{levels})", owner="decompose()")
+
+    def channels(self, batch: str = "batch") -> int:
+        """The width AKF mixes: d of a vector, C of a feature map, D of a sequence."""
+        return int(self.shape[1] if self.layout(batch) in ("vector", "feature_map") else self.shape[2])
+
 
 @dataclass
 class CommonLayerEntry:
@@ -524,6 +548,17 @@ class Manifest:
     def boundary_dims(self) -> list[int]:
         """Vector width of each level's boundary; FusekitError for feature maps and sequences."""
         return [b.dim for b in self.boundaries]
+
+    def batch_name(self) -> str:
+        """The symbolic name of the batch dimension: the first model input's first dim (``batch``)."""
+        first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
+        return first if isinstance(first, str) else "batch"
+
+    def boundary_layouts(self) -> list[tuple[str, int]]:
+        """(layout, channel width) of each level's boundary (see :meth:`Boundary.layout`);
+        FusekitError naming the level for a shape fusekit cannot fuse."""
+        batch = self.batch_name()
+        return [(b.layout(batch), b.channels(batch)) for b in self.boundaries]
 
     def task_groups(self) -> dict[str, list[str]]:
         """Models grouped by the task in their ``fusekit.task`` metadata, in manifest order."""

@@ -144,7 +144,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     manifest = parts if isinstance(parts, Manifest) else Manifest.load(Path(parts))
     mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups(),
                                    ignore_metadata=options.ignore_task_metadata)
-    manifest.boundary_dims()  # refuses feature maps and sequences early
+    manifest.boundary_layouts()  # refuses boundaries that are neither vectors, feature maps nor sequences, early
     names = [m for ms in mapping.values() for m in ms]
     spec = manifest.feature_spec(names)
     if out_dir is not None:
@@ -228,7 +228,7 @@ def build_model(parts: Manifest, tasks: dict[str, list[str]], fusion: FusionOpti
                     trainable_copy(c, p) for c, p in zip(src.components[start:], src.component_paths[start:])]
             if src.head is not None:
                 src.head = trainable_copy(src.head, src.head_path)
-    return FusedModel(tasks, sources, parts.boundary_dims(), parts.input_names, fusion, kinds)
+    return FusedModel(tasks, sources, parts.boundary_layouts(), parts.input_names, fusion, kinds)
 
 
 def build(plan: FusePlan) -> FusedModel:

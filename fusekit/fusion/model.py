@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fusekit.fusion.akf import AKFLevel
+from fusekit.fusion.boundaries import BoundaryAdapter, as_layout
 from fusekit.errors import FusekitError
 from fusekit.options import literal
 from fusekit.task_kinds import BINARY, TaskKind
@@ -79,10 +80,12 @@ class FusedModel(nn.Module):
     training space of each task's kind (a logit [B], K logits [B, K], a value [B]).
 
     ``inputs`` are the source models' inputs in the order of ``input_names``; ``kinds`` gives
-    each task's kind (default binary with probability outputs).
+    each task's kind (default binary with probability outputs). ``dims``: per level, the vector
+    width of the boundary, or (layout, channels) for feature maps and sequences
+    (:meth:`Manifest.boundary_layouts`); AKF sees those pooled (fusion/boundaries.py).
     """
 
-    def __init__(self, tasks: dict[str, list[str]], sources: dict[str, SourceModel], dims: list[int],
+    def __init__(self, tasks: dict[str, list[str]], sources: dict[str, SourceModel], dims: list,
                  input_names: list[str], options: FusionOptions | None = None,
                  kinds: dict[str, TaskKind] | None = None):
         super().__init__()
@@ -95,7 +98,9 @@ class FusedModel(nn.Module):
         self.task_models = {t: list(ms) for t, ms in tasks.items()}
         self.task_kinds = {t: (kinds or {}).get(t, BINARY) for t in self.task_names}
         self.input_names = list(input_names)
-        self.dims = list(dims)
+        self.adapters = [BoundaryAdapter(*as_layout(d)) for d in dims]
+        self.dims = [a.channels for a in self.adapters]
+        dims = self.dims
         self.n_levels = len(dims)
         ordered = [m for ms in tasks.values() for m in ms]
         self.model_names = ordered
@@ -117,6 +122,14 @@ class FusedModel(nn.Module):
             self.heads = nn.ModuleDict({self.mkey[m]: sources[m].head for m in ordered})
         counts = [len(tasks[t]) for t in self.task_names]
         self.fused_levels = options.fused_levels(self.n_levels)
+        if options.mode == "paper":
+            # The next level's components would read the pooled z_t [batch, C] instead of the map.
+            for level, adapter in enumerate(self.adapters[:-1]):
+                if adapter.layout != "vector":
+                    raise FusekitError(f"{{mode='paper'}} feeds z_t [batch, {adapter.channels}] to level "
+                                       f"{level + 2}'s components, which read level {level + 1}'s {adapter.layout} "
+                                       "boundary; use {mode='residual'} or cut the models at vector boundaries",
+                                       owner="FusionOptions")
         # levels[j] and projections[j] belong to level fused_levels[j].
         self.levels = nn.ModuleList(
             AKFLevel(dims[i], counts, use_mtm=options.use_mtm, top_k=options.top_k, activation=options.activation)
@@ -172,7 +185,7 @@ class FusedModel(nn.Module):
                         h, carry[m] = self._level1(m, named)
                     else:
                         h, carry[m] = self._level(m, level, z[t], carry[m])
-                    row.append(h)
+                    row.append(self.adapters[level].pool(h))
                 outputs.append(row)
             z, level_stats = self.levels[level](outputs)
             stats.append(level_stats)
@@ -193,12 +206,13 @@ class FusedModel(nn.Module):
             if level not in self.fused_levels:
                 continue
             j = self.fused_levels.index(level)
-            outputs = [[paths[m] for m in self.task_models[task]] for task in self.task_names]
+            adapter = self.adapters[level]
+            outputs = [[adapter.pool(paths[m]) for m in self.task_models[task]] for task in self.task_names]
             z, level_stats = self.levels[j](outputs)
             stats.append(level_stats)
             for t, task in enumerate(self.task_names):
                 for m in self.task_models[task]:
-                    paths[m] = paths[m] + self.projections[j][self.mkey[m]](z[t])
+                    paths[m] = paths[m] + adapter.spread(self.projections[j][self.mkey[m]](z[t]))
         preds = {}
         for t, task in enumerate(self.task_names):
             kind = self.task_kinds[task]

@@ -1,0 +1,174 @@
+"""Fusing over feature maps and sequences: the real digits CNN and transformer pools
+(fusekit.sample_models.make_digits, one epoch), decomposed, fused and served by onnxruntime."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fusekit.data.dataset import Split, TabularDataset
+from fusekit.decompose import decompose
+from fusekit.decompose.manifest import Boundary, Manifest
+from fusekit.deploy.evaluate import evaluate_onnx
+from fusekit.errors import FusekitError
+from fusekit.fusion.boundaries import BoundaryAdapter
+from fusekit.fusion.fuse import build, fuse, prepare, score_sources
+from fusekit.fusion.model import DeployedOutputs
+from fusekit.fusion.options import FuseOptions, FusionOptions
+from fusekit.onnxio.sessions import session
+from fusekit.sample_models import make_digits as md
+from fusekit.train_config import TrainConfig
+
+TASKS = list(md.TASKS)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The CNN pool cut at its feature map, the transformer pool cut at every layer (two
+    sequence boundaries [batch, 8, 16], then the pooled vector), and the digits as datasets."""
+    root = tmp_path_factory.mktemp("maps")
+    md.make_digits(root / "pool", kinds=["cnn", "transformer"], epochs=1)
+    decompose(sorted((root / "pool" / "cnn").glob("*.onnx")), root / "cnn")
+    decompose(sorted((root / "pool" / "transformer").glob("*.onnx")), root / "transformer", levels="all")
+    splits = {s: np.load(root / "pool" / "data" / f"{s}.npz") for s in ("train", "val", "test")}
+
+    def dataset(name: str) -> TabularDataset:
+        made = [Split({name: d[name]}, {t: d[t] for t in TASKS}) for d in splits.values()]
+        return TabularDataset(None, TASKS, *made)
+
+    return {"root": root, "cnn": (root / "cnn", dataset("image")), "transformer": (root / "transformer", dataset("rows"))}
+
+
+def test_the_layout_is_read_from_the_boundary_shape():
+    def layout(shape):
+        return Boundary(level=2, shape=shape, dtype="float32").layout(), Boundary(2, shape, "float32").channels()
+
+    assert layout(["batch", 16]) == ("vector", 16)
+    assert layout(["batch", 8, 4, 4]) == ("feature_map", 8)
+    assert layout(["batch", 8, "h", "w"]) == ("feature_map", 8)
+    assert layout(["batch", 8, 16]) == ("sequence", 16)
+    assert layout(["batch", "seq", 16]) == ("sequence", 16)
+    assert layout(["seq", "batch", 16]) == ("time_major", 16)
+    for bad in (["seq", "len", 16], ["batch", 8, "d"], ["batch", 2, 3, 4, 5], ["batch"]):
+        with pytest.raises(FusekitError, match=r"^level 2 components output shape .*fusekit fuses vectors") as err:
+            layout(bad)
+        assert "\n" not in str(err.value) and str(bad) in str(err.value)
+    assert Boundary(1, ["n", 8, 16], "float32").layout(batch="n") == "sequence"
+
+
+@pytest.mark.parametrize("layout, shape, positions", [("feature_map", (3, 5, 2, 7), (2, 3)),
+                                                       ("sequence", (3, 9, 5), (1,)), ("time_major", (4, 3, 5), (0,))])
+def test_the_adapter_pools_whatever_size_comes_and_spreads_back(layout, shape, positions):
+    adapter = BoundaryAdapter(layout, shape[1] if layout == "feature_map" else shape[2])
+    for scale in (1, 2):  # another spatial size / sequence length, the same adapter
+        size = [n * scale if i in positions else n for i, n in enumerate(shape)]
+        h = torch.randn(*size, generator=torch.Generator().manual_seed(scale))
+        pooled = adapter.pool(h)
+        batch = size[1] if layout == "time_major" else size[0]
+        assert pooled.shape == (batch, adapter.channels)
+        torch.testing.assert_close(pooled, h.mean(dim=positions))
+        back = h + adapter.spread(pooled)
+        assert back.shape == h.shape
+        torch.testing.assert_close(back.mean(dim=positions), 2 * pooled)
+
+
+@pytest.mark.parametrize("pool, fuse_at", [("cnn", "last"), ("transformer", "all")])
+def test_the_untrained_fused_model_is_the_plain_average_of_its_sources(digits, pool, fuse_at):
+    parts, ds = digits[pool]
+    layouts = Manifest.load(parts).boundary_layouts()
+    assert layouts == ([("feature_map", 8)] if pool == "cnn" else [("sequence", 16)] * 2 + [("vector", 16)])
+    plan = prepare(parts, None, ds, FuseOptions(max_rows=300, fusion=FusionOptions(fuse_at=fuse_at)))
+    model = build(plan).eval()
+    arrays = plan.test.arrays()
+    with torch.no_grad():
+        fused = DeployedOutputs(model)(*[torch.as_tensor(arrays[n]) for n in model.input_names])
+    sources = score_sources(plan)
+    for task, out in zip(plan.task_names, fused):
+        average = np.mean([plan.kinds[task].probabilities(sources[m]) for m in plan.tasks[task]], axis=0)
+        assert out.shape == average.shape
+        np.testing.assert_allclose(plan.kinds[task].probabilities(out.numpy()), average, rtol=1e-5, atol=1e-6)
+    # AKF's gates saw one pooled vector per row and model at each fused level
+    with torch.no_grad():
+        _, stats = model.forward_with_stats(*[torch.as_tensor(arrays[n][:5]) for n in model.input_names])
+    assert len(stats) == len(model.fused_levels) and stats[0]["task_gate"][0].shape == (5, 2)
+
+
+@pytest.mark.parametrize("pool, fuse_at", [("cnn", "last"), ("transformer", "all")])
+def test_fuse_writes_a_fused_onnx_that_onnxruntime_serves_like_torch(digits, pool, fuse_at, tmp_path):
+    parts, ds = digits[pool]
+    options = FuseOptions(max_rows=400, fusion=FusionOptions(fuse_at=fuse_at),  # every one of the 360 test rows
+                          training=TrainConfig(max_epochs=1, progress=False, device="cpu"))
+    result = fuse(parts, None, ds, tmp_path / "fused", options)
+    assert result.metrics["onnx_parity_max_abs_diff"] <= 1e-5
+    per_task = result.metrics["per_task"]
+    assert {t: per_task[t]["score"] for t in TASKS} == {"digit_ge5": "auc", "digit": "accuracy"}
+    path = tmp_path / "fused" / "fused.onnx"
+    proto = onnx.load(str(path))
+    name = proto.graph.input[0].name
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    test = ds.test.inputs[name]
+    sess = session(path, "cpu", threads=1)[0]
+    whole = sess.run(None, {name: test})
+    one = [sess.run(None, {name: test[i:i + 1]}) for i in (0, 17)]  # the batch is dynamic
+    for k in range(len(whole)):
+        np.testing.assert_allclose(np.concatenate([o[k] for o in one]), whole[k][[0, 17]], atol=1e-6)
+    evaluation = evaluate_onnx(path, ds, device="cpu")
+    for task in TASKS:
+        assert evaluation.scores[task] == pytest.approx(per_task[task]["test_score"], abs=1e-6)
+
+
+def test_paper_mode_over_a_sequence_that_feeds_the_next_level_is_refused(digits):
+    parts, ds = digits["transformer"]
+    plan = prepare(parts, None, ds, FuseOptions(max_rows=100, fusion=FusionOptions(mode="paper")))
+    with pytest.raises(FusekitError, match=r"feeds z_t \[batch, 16\] to level 2's components.*sequence") as err:
+        build(plan)
+    assert "\n" not in str(err.value)
+    # the last boundary only reaches the towers: a CNN cut at its one feature map fuses in paper mode
+    parts, ds = digits["cnn"]
+    plan = prepare(parts, None, ds, FuseOptions(max_rows=100, fusion=FusionOptions(mode="paper")))
+    model = build(plan).eval()
+    with torch.no_grad():
+        preds = model(torch.as_tensor(plan.test.inputs["image"][:4]))
+    assert preds["digit"].shape == (4, 10) and preds["digit_ge5"].shape == (4,)
+
+
+class TimeMajorGRU(torch.nn.Module):
+    """Rows read time-major: GRU over [T, batch, 8], ``depth`` per-step Linear+ReLU, mean over T, head."""
+
+    def __init__(self, depth: int, task: str):
+        super().__init__()
+        self.gru = torch.nn.GRU(8, 16)
+        self.steps = torch.nn.Sequential(*[m for _ in range(depth) for m in (torch.nn.Linear(16, 16), torch.nn.ReLU())])
+        self.head = md._Head(16, task)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(rows.transpose(0, 1))
+        return self.head(self.steps(out).mean(dim=0))
+
+
+def test_a_time_major_recurrent_pool_fuses_at_its_sequence_boundaries(digits, tmp_path):
+    from fusekit.decompose.manifest import TASK_KEY
+    from fusekit.onnxio.export import export_onnx
+
+    _, ds = digits["transformer"]
+    rows = ds.train.inputs["rows"]
+    paths = []
+    for t, task in enumerate(TASKS):
+        for depth in (1, 2):
+            torch.manual_seed(10 * t + depth)
+            model = md.train(TimeMajorGRU(depth, task), rows, ds.train.labels[task], 1, 10 * t + depth)
+            paths.append(export_onnx(model, tmp_path / f"{task}_{depth}.onnx", [torch.from_numpy(rows[:32])], ["rows"],
+                                     [task], {TASK_KEY: task}, f"time-major GRU for {task}"))
+    decompose(paths, tmp_path / "parts", levels="all")
+    layouts = Manifest.load(tmp_path / "parts").boundary_layouts()
+    assert ("time_major", 16) in layouts
+    plan = prepare(tmp_path / "parts", None, ds, FuseOptions(max_rows=200, fusion=FusionOptions(fuse_at="all")))
+    model = build(plan).eval()
+    x = torch.as_tensor(plan.test.inputs["rows"])
+    with torch.no_grad():
+        fused = DeployedOutputs(model)(x)
+    sources = score_sources(plan)
+    for task, out in zip(plan.task_names, fused):
+        average = np.mean([plan.kinds[task].probabilities(sources[m]) for m in plan.tasks[task]], axis=0)
+        np.testing.assert_allclose(plan.kinds[task].probabilities(out.numpy()), average, rtol=1e-5, atol=1e-6)
