@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fusekit.errors import Flag
+from fusekit.errors import Flag, FusekitError
 from fusekit.options import check_value, default_of, option_fields
 from fusekit.train_config import TrainConfig
 
@@ -187,3 +187,17 @@ def progress_printer(quiet: bool):
 def print_json(data: Any) -> None:
     """The one JSON document of a command's result."""
     print(json.dumps(data, indent=1, default=str))
+
+
+def parse_pairs(items: list[str] | None, flag: str, key: str = "TASK", value: str = "COLUMN") -> dict[str, str] | None:
+    """``["income=y"]`` -> ``{"income": "y"}``, for the repeatable ``KEY=VALUE`` flags (``--label``,
+    ``--task-kind``, ``--task-output``, ``--input-map``); None when none was given."""
+    if not items:
+        return None
+    pairs = {}
+    for item in items:
+        name, sep, given = item.partition("=")
+        if not sep or not name or not given:
+            raise FusekitError(f"{flag} expects {key}={value}, got {item!r}")
+        pairs[name] = given
+    return pairs

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from fusekit.cli.args import (TABLE_HINT, TABLE_ROWS, OptionFlags, add_json, add_quiet, add_threads, add_verbose,
-                              print_json, progress_printer, use_threads)
+                              parse_pairs, print_json, progress_printer, use_threads)
 from fusekit.errors import FusekitError
 
 
@@ -56,15 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if len(args.models) < 2:
         raise FusekitError("decompose needs at least two models; pass two or more ONNX files")
     use_threads(args)
-    input_map = {}
-    for item in args.input_map:
-        old, sep, new = item.partition("=")
-        if not sep or not old or not new:
-            raise FusekitError(f"cannot read --input-map {item!r}; write OLD=NEW")
-        input_map[old] = new
+    input_map = parse_pairs(args.input_map, "--input-map", "OLD", "NEW")
     result = decompose(args.models, args.output, levels=args.levels, force=args.force,
                        verify=not args.no_verify, names=args.names, progress=progress_printer(args.quiet),
-                       input_map=input_map or None)
+                       input_map=input_map)
     if args.json:
         print_json(result.to_json())
     else:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.cli.args import OptionFlags, add_json, add_threads, deprecated, print_json, use_threads
-from fusekit.cli.fuse import parse_labels
+from fusekit.cli.args import OptionFlags, add_json, add_threads, deprecated, parse_pairs, print_json, use_threads
 from fusekit.fusion.options import FuseOptions
 from fusekit.train_config import TrainConfig
 
@@ -41,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from fusekit.deploy.evaluate import evaluate_onnx
 
     threads = use_threads(args)
-    result = evaluate_onnx(args.model, args.data, labels=parse_labels(args.label), split=args.split,
+    result = evaluate_onnx(args.model, args.data, labels=parse_pairs(args.label, "--label"), split=args.split,
                            device=args.device, batch_size=args.batch_size, data_dir=args.data_dir,
-                           seed=args.split_seed, task_kinds=parse_labels(args.task_kind, "--task-kind", "kind"),
+                           seed=args.split_seed, task_kinds=parse_pairs(args.task_kind, "--task-kind", "OUTPUT", "KIND"),
                            val=args.val, test=args.test, threads=threads)
     if args.json:
         print_json({"model": str(args.model), "split": result.split, "rows": result.rows,

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fusekit.cli.args import OptionFlags, add_json, add_threads, print_json, use_threads
+from fusekit.cli.args import OptionFlags, add_json, add_threads, parse_pairs, print_json, use_threads
 from fusekit.errors import FusekitError
 from fusekit.fusion.options import FuseOptions, FusionOptions
 from fusekit.train_config import TrainConfig
@@ -23,19 +23,6 @@ def parse_tasks(items: list[str]) -> dict[str, list[str]]:
             raise FusekitError(f"task {task.strip()} is given twice in --tasks; list all its models once")
         tasks[task.strip()] = names
     return tasks
-
-
-def parse_labels(items: list[str] | None, flag: str = "--label", value: str = "column") -> dict[str, str] | None:
-    """``["income=y"]`` -> ``{"income": "y"}`` (for ``--label``, ``--task-kind``, ``--task-output``)."""
-    if not items:
-        return None
-    labels = {}
-    for item in items:
-        task, sep, column = item.partition("=")
-        if not sep or not task or not column:
-            raise FusekitError(f"cannot read {flag} {item!r}; write task={value}")
-        labels[task] = column
-    return labels
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,9 +86,9 @@ def options_from_args(args: argparse.Namespace) -> FuseOptions:
     """The FuseOptions the parsed flags (and config file) ask for; the command line is recorded."""
     flags: OptionFlags = args._option_flags
     return flags.build(FuseOptions, args, fusion=flags.build(FusionOptions, args),
-                       training=flags.build(TrainConfig, args), labels=parse_labels(args.label),
-                       task_kinds=parse_labels(args.task_kind, "--task-kind", "kind"),
-                       outputs=parse_labels(args.task_output, "--task-output", "output"),
+                       training=flags.build(TrainConfig, args), labels=parse_pairs(args.label, "--label"),
+                       task_kinds=parse_pairs(args.task_kind, "--task-kind", value="KIND"),
+                       outputs=parse_pairs(args.task_output, "--task-output", value="OUTPUT"),
                        command=["fusekit", *getattr(args, "_argv", [])],
                        on_data=None if args.json else _print_data_report)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusekit.cli.args import OptionFlags, add_json, add_threads, deprecated, print_json, use_threads
+from fusekit.cli.args import OptionFlags, add_json, add_threads, deprecated, parse_pairs, print_json, use_threads
 from fusekit.errors import FusekitError
 from fusekit.fusion.options import FuseOptions
 from fusekit.models.architecture import Architecture
@@ -73,12 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from fusekit.models.single import check_seeds, train_single
     from fusekit.task_kinds import SCORE_LABEL
 
-    labels = {}
-    for item in args.label:
-        task, sep, column = item.partition("=")
-        if not sep or not task or not column:
-            raise FusekitError(f"--label expects TASK=COLUMN, got {item!r}")
-        labels[task] = column
+    labels = parse_pairs(args.label, "--label") or {}
     if labels and set(labels) != {args.task}:
         raise FusekitError(f"--label names {', '.join(sorted(labels))} but the task is {args.task!r}")
     if args.output.suffix != ".onnx":
