@@ -253,9 +253,7 @@ class FrozenComponent(nn.Module):
                 if slot >= 0:
                     env[slot] = g(env)
         self._steps.append(step)
-        for name, slot in zip(node.output, outs):
-            if name:
-                values[name] = _Value("tensor", slot, dtype=dtypes.get(name))
+        _bind_outputs(node, outs, values, dtypes)
 
     def _plan_loop(self, node, values, dtypes, consumers, where) -> None:
         """A Loop as one step that runs its body (planned once, here) per iteration."""
@@ -291,9 +289,7 @@ class FrozenComponent(nn.Module):
                 if slot >= 0:
                     env[slot] = r
         self._steps.append(step)
-        for name, slot in zip(node.output, outs):
-            if name:
-                values[name] = _Value("tensor", slot, dtype=dtypes.get(name))
+        _bind_outputs(node, outs, values, dtypes)
 
     def _fold(self, node, fn, opdef, static, ins, values, where) -> None:
         args = [None if v is None else (onnx_ops.host(v.const) if i in static else v.const)
@@ -365,9 +361,7 @@ class FrozenComponent(nn.Module):
                     if slot >= 0:
                         env[slot] = r
         self._steps.append(step)
-        for name, slot in zip(node.output, outs):
-            if name:
-                values[name] = _Value("tensor", slot, dtype=dtypes.get(name))
+        _bind_outputs(node, outs, values, dtypes)
 
     def _getter(self, values: dict, name: str, tensor: bool) -> Callable[[list], Any]:
         """How a step reads `name`: as a tensor (`tensor=True`) or as a host value."""
@@ -417,6 +411,13 @@ class FrozenComponent(nn.Module):
     def extra_repr(self) -> str:
         return (f"source={self.source!r}, inputs={self.input_names}, outputs={self.output_names}, "
                 f"steps={len(self._steps)}")
+
+
+def _bind_outputs(node: onnx.NodeProto, outs: list[int], values: dict, dtypes: dict) -> None:
+    """Name the tensor slots a planned node writes (unnamed, optional outputs are skipped)."""
+    for name, slot in zip(node.output, outs):
+        if name:
+            values[name] = _Value("tensor", slot, dtype=dtypes.get(name))
 
 
 def _none(env: list) -> None:
