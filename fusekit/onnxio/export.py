@@ -107,18 +107,28 @@ def torch_outputs(module: nn.Module, arrays: Sequence[np.ndarray], batch_size: i
     return [np.concatenate(c) for c in chunks]
 
 
-def max_abs_diff(expected: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> float:
+def max_abs_diff(expected: Sequence[np.ndarray], got: Sequence[np.ndarray], relative: bool = True) -> float:
     """Largest difference over matching outputs, absolute where |expected| <= 1 (probabilities)
-    and relative above (logits and values, whose float32 rounding grows with their size); inf
-    when shapes differ."""
+    and relative above (logits and values, whose float32 rounding grows with their size), or
+    absolute everywhere when not ``relative``; inf when shapes differ."""
     worst = 0.0
     for e, g in zip(expected, got):
         if e.shape != g.shape:
             return float("inf")
         if e.size:
             e64, g64 = e.astype(np.float64), g.astype(np.float64)
-            worst = max(worst, float(np.max(np.abs(e64 - g64) / np.maximum(1.0, np.abs(e64)))))
+            scale = np.maximum(1.0, np.abs(e64)) if relative else 1.0
+            worst = max(worst, float(np.max(np.abs(e64 - g64) / scale)))
     return worst
+
+
+def check_model(proto: onnx.ModelProto) -> None:
+    """onnx.checker's full check of a file fusekit is about to write; FusekitError if it fails."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - checker raises ValidationError and C++ errors
+        raise FusekitError(f"the exported model fails onnx.checker ({str(exc).splitlines()[0]}); "
+                           "this is a fusekit bug, please report it") from exc
 
 
 def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], input_names: Sequence[str],
@@ -158,11 +168,7 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
     name_batch_dim(proto)
     strip_exporter_metadata(proto)
     set_metadata(proto, metadata, doc)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:  # noqa: BLE001 - checker raises ValidationError and C++ errors
-        raise FusekitError(f"the exported model fails onnx.checker ({str(exc).splitlines()[0]}); "
-                           "this is a fusekit bug, please report it") from exc
+    check_model(proto)
     data = proto.SerializeToString()
     arrays = [t.numpy() for t in rows]
     expected = torch_outputs(module, arrays)
