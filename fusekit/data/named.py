@@ -42,6 +42,7 @@ import numpy as np
 
 from fusekit.data.dataset import Split
 from fusekit.data.labels import class_count, kind_name, label_columns, parse_labels
+from fusekit.data.splits import CARVED_FRACTION, carve
 from fusekit.errors import FusekitError
 from fusekit.io import portable_path, sha256_file
 from fusekit.options import literal, quote
@@ -54,8 +55,6 @@ NPZ = ".npz"
 # The dtypes an input can be fed as (numpy names, as decompose writes them into the manifest).
 DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
           "float16", "float32", "float64")
-SPLIT_SEED_DOMAIN = 0x5B17  # keeps this partition's stream apart from the holdout's
-CARVED_FRACTION = 0.1  # of the training file, for each of val and test when not given as files
 _INDEXED = re.compile(r"(.+)\[(\d+)\]")
 
 
@@ -674,22 +673,6 @@ def read_named(path: Path | str, inputs: Sequence[InputLike], tasks: Mapping[str
 def rows_digest(idx: np.ndarray) -> str:
     """sha256 of row indices (int64, little-endian, in the order given)."""
     return hashlib.sha256(np.ascontiguousarray(idx, dtype="<i8").tobytes()).hexdigest()
-
-
-def carve(n_rows: int, parts: Sequence[str], seed: int) -> dict[str, np.ndarray]:
-    """Sorted row indices for ``train`` and each of ``parts`` (``val``, ``test``) cut from ``n_rows`` rows:
-    each carved part holds ``CARVED_FRACTION`` of the rows (at least one), train the rest.
-
-    A seeded permutation of the row indices, independent of any label: every task gets the same rows.
-    """
-    size = max(1, int(round(CARVED_FRACTION * n_rows)))
-    if n_rows - size * len(parts) < 1:
-        raise FusekitError(f"the training data has {n_rows} rows, too few to carve {' and '.join(parts)} from it; "
-                           "give more rows or the {val} and {test} files", owner=OWNER)
-    perm = np.random.default_rng([seed, SPLIT_SEED_DOMAIN]).permutation(n_rows)
-    out = {part: np.sort(perm[k * size:(k + 1) * size]) for k, part in enumerate(parts)}
-    out["train"] = np.sort(perm[size * len(parts):])
-    return out
 
 
 def _file_digest(path: Path) -> str:

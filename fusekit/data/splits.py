@@ -1,9 +1,15 @@
-"""Seeded row partitions: validation/test halves of a test file, and the training holdout."""
+"""Seeded row partitions: validation/test halves of a test file, validation and test carved from a
+training file, and the training holdout."""
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
 from fusekit.errors import FusekitError
+
+SPLIT_SEED_DOMAIN = 0x5B17  # keeps this partition's stream apart from the holdout's
+CARVED_FRACTION = 0.1  # of the training file, for each of val and test when not given as files
 
 
 def stratified_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,3 +66,19 @@ def holdout_partition(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarr
     perm = np.random.default_rng([seed, 0x401D]).permutation(n_rows)
     n_hold = int(round(fraction * n_rows))
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
+def carve(n_rows: int, parts: Sequence[str], seed: int, owner: str = "read_splits()") -> dict[str, np.ndarray]:
+    """Sorted row indices for ``train`` and each of ``parts`` (``val``, ``test``) cut from ``n_rows`` rows:
+    each carved part holds ``CARVED_FRACTION`` of the rows (at least one), train the rest.
+
+    A seeded permutation of the row indices, independent of any label: every task gets the same rows.
+    """
+    size = max(1, int(round(CARVED_FRACTION * n_rows)))
+    if n_rows - size * len(parts) < 1:
+        raise FusekitError(f"the training data has {n_rows} rows, too few to carve {' and '.join(parts)} from it; "
+                           "give more rows or the {val} and {test} files", owner=owner)
+    perm = np.random.default_rng([seed, SPLIT_SEED_DOMAIN]).permutation(n_rows)
+    out = {part: np.sort(perm[k * size:(k + 1) * size]) for k, part in enumerate(parts)}
+    out["train"] = np.sort(perm[size * len(parts):])
+    return out

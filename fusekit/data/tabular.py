@@ -21,7 +21,7 @@ import pandas as pd
 from fusekit.errors import FusekitError
 from fusekit.data.dataset import Split, TabularDataset, holdout_dict, keep_split, split_record
 from fusekit.data.features import FeatureSpec, fit_spec
-from fusekit.data.splits import seeded_halves
+from fusekit.data.splits import carve, seeded_halves
 from fusekit.options import literal, quote
 
 # The function whose arguments (labels, categorical, dense) these messages name.
@@ -190,9 +190,7 @@ def load_tabular(
     else:
         if val_df is not None:
             raise FusekitError(f"{val_path} exists but no test file beside it; add the test file")
-        from fusekit.data.named import carve
-
-        idx = carve(len(train), ["val", "test"], seed)
+        idx = carve(len(train), ["val", "test"], seed, owner="load_dataset()")
         val_idx, test_idx = idx["val"], idx["test"]
         train, val, test = train.subset(idx["train"]), train.subset(val_idx), train.subset(test_idx)
     # Every model of a pool and every later step must see the same split: recorded, then checked.
