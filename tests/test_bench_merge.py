@@ -41,8 +41,8 @@ def test_round_trip_and_merge_keep_every_number(two_runs, tmp_path, capsys):
 
 def test_runs_with_other_settings_do_not_merge(two_runs, tmp_path):
     root, a, b = two_runs
-    b.seeds = [0, 1]
-    with pytest.raises(FusekitError, match="different seeds"):
+    b.budget = {**b.budget, "lr": 0.5}
+    with pytest.raises(FusekitError, match="different budget"):
         merge_results([a, b], tmp_path / "m")
     assert main(["bench-merge", str(tmp_path / "missing"), "-o", str(tmp_path / "n")]) == 2
     assert not (tmp_path / "n").exists()

@@ -32,13 +32,14 @@ class Budget(Options):
 
     @classmethod
     def for_run(cls, quick: bool, max_epochs: int | None = None, patience: int | None = None,
-                device: str = "auto", split_seed: int = 0) -> "Budget":
+                device: str = "auto", split_seed: int = 0, batch_size: int | None = None) -> "Budget":
         """The full budget, or the quick smoke-test one (2 epochs on 10,000 rows, batch 256)."""
         # Quick: ~80 optimiser steps per method. Income (6 % positives) needs a few dozen steps
         # before its AUC passes 0.5, so a smaller batch rather than fewer rows.
         changes = {"device": device, "split_seed": split_seed,
                    **({"max_epochs": max_epochs} if max_epochs is not None else {}),
-                   **({"patience": patience} if patience is not None else {})}
+                   **({"patience": patience} if patience is not None else {}),
+                   **({"batch_size": batch_size} if batch_size is not None else {})}
         if quick:
             return cls(**{"max_epochs": 2, "patience": 2, "batch_size": 256, "train_rows": 10000, "val_rows": 4000,
                           "test_rows": 20000, "in_process_fusion": True, **changes})

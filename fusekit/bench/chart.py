@@ -132,6 +132,6 @@ def write_chart(result: BenchResult, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig = _chart_figure(result)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return Path(path)

@@ -1,5 +1,6 @@
-"""Combine benchmark runs made in separate processes (for example one per task set, or baselines
-and fused models run side by side on two cores) into one report."""
+"""Combine benchmark runs made in separate processes (for example one per task set or per group of
+splits, or baselines and fused models run side by side on two cores) into one report: the union of
+their cells, and rows made again from it."""
 from __future__ import annotations
 
 import json
@@ -24,10 +25,10 @@ def load_result(run_dir: Path) -> BenchResult:
     try:
         data = json.loads(path.read_text())
         sets = [TaskSetResult(s["tasks"], _rows(s["rows"]), _rows(s["ablation"]), s.get("gates", {}),
-                              s.get("sources", []), s.get("data", {})) for s in data["sets"]]
+                              s.get("sources", []), s.get("data", {}), s.get("cells", [])) for s in data["sets"]]
         return BenchResult(data["dataset"], data["seeds"], data["quick"], data["budget"], data["hyperparameters"],
                            sets, Path(data["out_dir"]), data.get("seconds", 0.0), data.get("versions", {}),
-                           data.get("threads"))
+                           data.get("threads"), data.get("splits", [0]))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, or not a bench's results
         what = f"lacks {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         raise FusekitError(f"{path} is not a results.json written by `fusekit bench` ({what}); run the bench "
@@ -35,39 +36,48 @@ def load_result(run_dir: Path) -> BenchResult:
 
 
 def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
-    """One BenchResult holding every task set and row of ``results`` (in order; a method measured
-    twice on the same task set keeps its last measurement). Runs must share dataset, seeds and budget."""
+    """One BenchResult holding every task set and cell of ``results`` (a cell measured twice keeps its
+    last measurement), rows made again from the cells. Runs must share dataset and budget; their
+    splits and seeds are combined."""
+    from fusekit.bench.protocol import Cell
+    from fusekit.bench.rows import rebuild
+    from fusekit.models.baselines import BASELINES
+
     if not results:
         raise FusekitError("nothing to merge; pass at least one bench output directory")
     first = results[0]
     for other in results[1:]:
-        for key in ("dataset", "seeds", "quick", "budget"):
+        for key in ("dataset", "quick", "budget"):
             if getattr(other, key) != getattr(first, key):
                 raise FusekitError(f"cannot merge bench runs with different {key} "
                                    f"({getattr(first, key)} vs {getattr(other, key)}); rerun with the same settings")
     merged: dict[tuple, TaskSetResult] = {}
+    cells: dict[tuple, dict[tuple, dict]] = {}
+    ablation: dict[tuple, bool] = {}
     for result in results:
         for task_set in result.sets:
             key = tuple(task_set.tasks)
             target = merged.setdefault(key, TaskSetResult(list(task_set.tasks)))
-            for attr in ("rows", "ablation"):
-                kept = [r for r in getattr(target, attr) if r.method not in {n.method for n in getattr(task_set, attr)}]
-                setattr(target, attr, kept + getattr(task_set, attr))
-            target.gates.update(task_set.gates)
+            for c in task_set.cells:
+                cells.setdefault(key, {})[Cell(**c).key] = c
+            ablation[key] = ablation.get(key, False) or bool(task_set.ablation)
             target.sources = target.sources or task_set.sources
             target.data = target.data or task_set.data
-    # Rows in the order a single run writes them, whichever run each came from.
-    from fusekit.models.baselines import BASELINES
-    from fusekit.bench.runner import EMM_METHODS
-
-    kinds = {"single": 0, "ensemble": 1, "baseline": 2, "emm": 3}
-    within = {name: i for i, name in enumerate(list(BASELINES) + EMM_METHODS)}
-    for task_set in merged.values():
-        task_set.rows.sort(key=lambda r: (kinds.get(r.kind, 4), within.get(r.method, len(within))))
-    return BenchResult(first.dataset, first.seeds, first.quick, first.budget, first.hyperparameters,
+    for key, target in merged.items():
+        target.cells = list(cells.get(key, {}).values())
+        if target.cells:
+            rebuild(target, ablation[key], list(BASELINES))
+        else:  # results.json of a fusekit before cells: its rows as written
+            for result in results:
+                for task_set in result.sets:
+                    if tuple(task_set.tasks) == key:
+                        target.rows, target.ablation, target.gates = task_set.rows, task_set.ablation, task_set.gates
+    seeds = sorted({s for r in results for s in r.seeds})
+    splits = sorted({s for r in results for s in r.splits})
+    return BenchResult(first.dataset, seeds, first.quick, first.budget, first.hyperparameters,
                        list(merged.values()), Path(out_dir), sum(r.seconds for r in results), first.versions,
                        # runs made with different thread counts have no one count
-                       first.threads if len({r.threads for r in results}) == 1 else None)
+                       first.threads if len({r.threads for r in results}) == 1 else None, splits)
 
 
 @holds_output("out_dir")

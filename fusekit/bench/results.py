@@ -1,4 +1,5 @@
-"""The data a benchmark produces: rows of per-seed test AUCs, grouped by task set."""
+"""The data a benchmark produces: cells (one method, split and seed each) and the rows made from
+them, grouped by task set."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -10,7 +11,8 @@ import numpy as np
 
 @dataclass
 class Row:
-    """One method's results on one task set: test AUC per task and seed, sizes, training time.
+    """One method's results on one task set: test AUC per task and cell (``extra["cells"]``: the
+    [split, seed] of each value, seed None for untrained rows), sizes, training time.
 
     ``kind`` is ``single`` (a source model), ``ensemble`` (plain average of sources, untrained),
     ``baseline`` (a multi-task model trained from scratch) or ``emm`` (a fused model).
@@ -27,12 +29,12 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def mean(self, task: str) -> float | None:
-        """Mean test AUC over seeds (None when the row has no value for ``task``)."""
+        """Mean test AUC over cells (None when the row has no value for ``task``)."""
         values = self.auc.get(task) or []
         return float(np.mean(values)) if values else None
 
     def std(self, task: str) -> float | None:
-        """Sample standard deviation over seeds (0 with one seed; None without values)."""
+        """Sample standard deviation over cells (0 with one cell; None without values)."""
         values = self.auc.get(task) or []
         if not values:
             return None
@@ -53,6 +55,7 @@ class TaskSetResult:
     gates: dict[str, Any] = field(default_factory=dict)
     sources: list[dict] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    cells: list[dict] = field(default_factory=list)  # fusekit.bench.protocol.Cell, JSON-ready
 
     def single_task_mean(self, task: str) -> float | None:
         """Mean test AUC of the task's single-task source models (the paper's gain reference)."""
@@ -83,6 +86,7 @@ class BenchResult:
     seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
     threads: int | None = None  # torch and onnxruntime threads of the run (fusekit.threads)
+    splits: list[int] = field(default_factory=lambda: [0])  # evaluation split seeds
 
     def to_dict(self) -> dict:
         """JSON-ready form (means and standard deviations included for convenience)."""

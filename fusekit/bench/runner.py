@@ -1,4 +1,9 @@
-"""``run_bench``: every method on the same data, budget and early stopping; tables, JSON and chart.
+"""``run_bench``: every method on the same data, splits, seeds, budget and early stopping.
+
+The protocol (fusekit/bench/protocol.py): the dataset's test split is the evaluation pool; split
+``k`` halves it with seed ``k`` into validation (early stopping) and test. Every method runs once
+per split and seed, a **cell**, written to ``OUT/cells/`` as soon as it ends, so that a failure
+loses no finished work and the same command resumes where it stopped.
 
 Rows of Table I for a task set:
 
@@ -8,20 +13,23 @@ Rows of Table I for a task set:
   training split (early stopping on mean validation AUC, best weights kept);
 * ``emm-paper`` (the paper's fusion network), ``emm`` (fusekit's default residual mode, AKF at
   the last level), ``emm-all-levels`` (residual, AKF at every level) and ``emm-finetune``
-  (residual, source weights fine-tuned at a tenth of the learning rate), made by ``fusekit.decompose.decompose`` and ``fusekit.fuse.fuse`` over the source models.
-  ``fuse`` trains on the rows the source models did not see when their specification records a
-  holdout, as a user would; the baselines train on the whole training split.
+  (residual, source weights fine-tuned at a tenth of the learning rate), made by
+  ``fusekit.decompose.decompose`` and ``fusekit.fuse.fuse`` over the source models. ``fuse`` trains on
+  the rows the source models did not see when their specification records a holdout, as a user
+  would; the baselines train on the whole training split.
 
 Table II (``ablation``) repeats the paper's Table II with ``emm-paper``: no trained
 components and no MTM; MTM only; trained components without MTM; full.
-Every test AUC is computed here on the same test split, with onnxruntime for ONNX models.
+Every test AUC is computed here on the same test rows of a split, with onnxruntime for ONNX models.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -30,36 +38,23 @@ import numpy as np
 from fusekit import __version__
 from fusekit.models.baselines import BASELINES, build_baseline
 from fusekit.errors import FusekitError
-from fusekit.io import atomic_dir, check_output_dir, check_output_paths
+from fusekit.io import atomic_file, check_output_paths
 from fusekit.locks import holds_output
 from fusekit.metrics import roc_auc
 from fusekit.threads import current_threads
 from fusekit.bench.budget import Budget
-from fusekit.bench.results import BenchResult, Row, TaskSetResult
+from fusekit.bench.methods import (ABLATION_VARIANTS, DEFAULT_TASKS, EMM_METHODS, EMM_VARIANTS, SOURCE_ROWS,
+                                   THREE_TASKS, ablation_method, all_methods)
+from fusekit.bench.protocol import (CELLS_DIR, Cell, CellStore, check_protocol, evaluation_splits, task_set_key,
+                                    write_protocol)
+from fusekit.bench.results import BenchResult, TaskSetResult
+from fusekit.bench.rows import rebuild
 from fusekit.bench.sources import describe, find_sources, onnx_probabilities, shared_spec, spec_summary
 from fusekit.decompose.manifest import group_by_task
 
-DEFAULT_TASKS = ["income", "never_married"]
-THREE_TASKS = ["income", "never_married", "education"]
-SOURCE_ROWS = ["sources", "average"]
-EMM_METHODS = ["emm-paper", "emm", "emm-all-levels", "emm-finetune"]
-ALL_METHODS = SOURCE_ROWS + list(BASELINES) + EMM_METHODS + ["ablation"]
-
-# Fusion variants: (label, FusionOptions keywords). Table II uses the paper's network.
-EMM_VARIANTS = {
-    "emm-paper": ("EMM (paper network)", {"mode": "paper", "use_mtm": True, "pretrained": True}),
-    "emm": ("EMM (fusekit residual, default)", {"mode": "residual", "use_mtm": True, "pretrained": True}),
-    "emm-all-levels": ("EMM residual, AKF at every level",
-                       {"mode": "residual", "use_mtm": True, "pretrained": True, "fuse_at": "all"}),
-    "emm-finetune": ("EMM residual, sources fine-tuned (--finetune all)",
-                     {"mode": "residual", "use_mtm": True, "pretrained": True, "finetune": "all"}),
-}
-ABLATION_VARIANTS = {
-    "baseline": ("no trained components, no MTM", {"mode": "paper", "use_mtm": False, "pretrained": False}),
-    "baseline+mtm": ("MTM only (no trained components)", {"mode": "paper", "use_mtm": True, "pretrained": False}),
-    "baseline+p": ("trained components, no MTM", {"mode": "paper", "use_mtm": False, "pretrained": True}),
-    "full": ("full EMM (trained components + MTM)", {"mode": "paper", "use_mtm": True, "pretrained": True}),
-}
+ALL_METHODS = all_methods()
+__all__ = ["ALL_METHODS", "DEFAULT_TASKS", "THREE_TASKS", "EMM_METHODS", "EMM_VARIANTS", "ABLATION_VARIANTS",
+           "Budget", "run_bench", "run_task_set"]
 
 
 def default_models_dir(tasks: list[str]) -> Path:
@@ -89,34 +84,34 @@ def _load(dataset: str, tasks: list[str], spec, split_seed: int = 0):
     return load_dataset(dataset, tasks, spec=spec, seed=split_seed)
 
 
-def _train_baseline(name: str, spec_sizes: tuple[list[int], int], tasks: list[str], train, val, test,
-                    seeds: list[int], budget: Budget, progress: bool, log: Callable[[str], None]) -> Row:
+def _cell(tasks: list[str], method: str, split: int, seed: int | None, scores: dict[str, float], **info) -> Cell:
+    seconds, epochs = info.pop("seconds", None), info.pop("epochs", None)
+    return Cell(task_set_key(tasks), method, split, seed, {t: float(v) for t, v in scores.items()},
+                None if seconds is None else float(seconds), None if epochs is None else int(epochs), info)
+
+
+def _train_baseline(name: str, spec_sizes: tuple[list[int], int], tasks: list[str], train, val, test, split: int,
+                    seed: int, budget: Budget, progress: bool, log: Callable[[str], None]) -> Cell:
     from fusekit.seeding import seed_everything
     from fusekit.train import evaluate, fit
 
     cardinalities, n_dense = spec_sizes
-    row = Row(name, "baseline", {t: [] for t in tasks}, label=BASELINES[name].description.split(":")[0])
-    for seed in seeds:
-        seed_everything(seed)  # the initial weights depend on the seed only
-        model = build_baseline(name, cardinalities, n_dense, tasks)
-        result = fit(model, train, val, tasks, budget.train_config(seed, progress))
-        test_auc = evaluate(model.cpu(), test, tasks, "cpu")
-        for t in tasks:
-            row.auc[t].append(test_auc[t])
-        row.seconds.append(result.seconds)
-        row.epochs.append(result.best_epoch)
-        row.parameters = model.num_parameters()
-        row.trainable = model.num_parameters(trainable_only=True)
-        row.extra["hyperparameters"] = model.hparams
-        log(f"  {name} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
-            + f" ({result.seconds:.0f} s, best epoch {result.best_epoch})")
-    return row
+    seed_everything(seed)  # the initial weights depend on the seed only
+    model = build_baseline(name, cardinalities, n_dense, tasks)
+    result = fit(model, train, val, tasks, budget.train_config(seed, progress))
+    test_auc = evaluate(model.cpu(), test, tasks, "cpu")
+    log(f"  {name} split {split} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
+        + f" ({result.seconds:.0f} s, best epoch {result.best_epoch})")
+    return _cell(tasks, name, split, seed, test_auc, seconds=result.seconds, epochs=result.best_epoch,
+                 kind="baseline", label=BASELINES[name].description.split(":")[0],
+                 parameters=model.num_parameters(), trainable=model.num_parameters(trainable_only=True),
+                 hyperparameters=model.hparams)
 
 
 def _decompose(sources, parts_dir: Path) -> None:
     from fusekit.decompose.pipeline import decompose
 
-    decompose([s.path for s in sources], parts_dir, names=[s.name for s in sources])
+    decompose([s.path for s in sources], parts_dir, names=[s.name for s in sources], force=True)
 
 
 def _fuse_options(fusion_kw: dict, seed: int, budget: Budget, progress: bool, **kw):
@@ -129,151 +124,151 @@ def _fuse_options(fusion_kw: dict, seed: int, budget: Budget, progress: bool, **
 
 
 def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_models: dict[str, list[str]], ds,
-                  test, tasks: list[str], seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
-                  log: Callable[[str], None]) -> tuple[Row, dict]:
+                  tasks: list[str], split: int, seed: int, budget: Budget, progress: bool, runs_dir: Path,
+                  log: Callable[[str], None], want_gates: bool) -> Cell:
     from fusekit.fusion.fuse import fuse
 
-    row = Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw})
-    gates: dict = {}
-    for seed in seeds:
-        out = runs_dir / f"{key}-seed{seed}"
-        result = fuse(parts_dir, task_models, ds, out, _fuse_options(fusion_kw, seed, budget, progress, force=True))
-        fused = Path(result.out_dir) / "fused.onnx"
-        # Scored here on the bench's own test split, like every other row.
-        test_auc = _auc(test, onnx_probabilities(fused, test, tasks), tasks)
-        for t in tasks:
-            row.auc[t].append(test_auc[t])
-        metrics = result.metrics
-        row.seconds.append(float(metrics.get("train_seconds", 0.0)))
-        row.epochs.append(int(metrics.get("best_epoch", 0)))
-        row.trainable = metrics.get("trainable_parameters")
-        row.parameters = metrics.get("parameters")
-        row.extra["train_rows"] = metrics.get("rows", {}).get("train_source")
-        gates_path = Path(result.out_dir) / "gates.json"
-        if seed == seeds[0] and gates_path.is_file():
-            gates = json.loads(gates_path.read_text())
-        # Keep the small reports; the fused model and checkpoint are reproducible and large.
-        for name in ("fused.onnx", "checkpoint.pt"):
-            (Path(result.out_dir) / name).unlink(missing_ok=True)
-        log(f"  {key} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
-            + f" ({row.seconds[-1]:.0f} s)")
-    return row, gates
+    out = runs_dir / f"{key}-split{split}-seed{seed}"
+    result = fuse(parts_dir, task_models, ds, out, _fuse_options(fusion_kw, seed, budget, progress, force=True))
+    fused = Path(result.out_dir) / "fused.onnx"
+    # Scored here on the bench's own test split, like every other row.
+    test_auc = _auc(ds.test, onnx_probabilities(fused, ds.test, tasks), tasks)
+    metrics = result.metrics
+    gates_path = Path(result.out_dir) / "gates.json"
+    gates = json.loads(gates_path.read_text()) if want_gates and gates_path.is_file() else None
+    shutil.rmtree(result.out_dir, ignore_errors=True)  # reproducible and large; the cell keeps the numbers
+    per_task = metrics.get("per_task", {})
+    log(f"  {key} split {split} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
+        + f" ({float(metrics.get('train_seconds', 0.0)):.0f} s)")
+    return _cell(tasks, key, split, seed, test_auc, seconds=metrics.get("train_seconds", 0.0),
+                 epochs=metrics.get("best_epoch", 0), kind="emm", label=label, fusion=fusion_kw,
+                 parameters=metrics.get("parameters"), trainable=metrics.get("trainable_parameters"),
+                 train_rows=metrics.get("rows", {}).get("train_source"),
+                 restored_average={t: bool(per_task.get(t, {}).get("restored_average")) for t in tasks},
+                 **({"gates": gates} if gates else {}))
 
 
 def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_models: dict[str, list[str]], ds,
-                     test, tasks: list[str], seeds: list[int], budget: Budget, progress: bool, runs_dir: Path,
-                     log: Callable[[str], None]) -> tuple[Row, dict]:
-    """Quick runs: ``fuse``'s own steps (prepare, build, train) without its ONNX export, scored in torch.
+                     tasks: list[str], split: int, seed: int, budget: Budget, progress: bool, runs_dir: Path,
+                     log: Callable[[str], None], want_gates: bool) -> Cell:
+    """Quick runs: ``fuse``'s own steps (prepare, build, train, guard) without its ONNX export, scored in torch.
 
     ``fuse`` also exports and checks fused.onnx, which takes longer than a quick run's training;
     the full benchmark goes through ``fuse`` itself (``_fuse_variant``).
     """
-    from fusekit.decompose.manifest import Manifest
     import copy
 
+    from fusekit.decompose.manifest import Manifest
     from fusekit.fusion.fuse import build, guard, prepare, train
     from fusekit.fusion.report import gate_statistics
     from fusekit.train import evaluate
 
-    parts = Manifest.load(parts_dir)
-    row = Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw, "path": "in-process"})
-    gates: dict = {}
-    for seed in seeds:
-        plan = prepare(parts, task_models, ds, _fuse_options(fusion_kw, seed, budget, progress))
-        model = build(plan)
-        untrained = copy.deepcopy(model.state_dict())
-        result = train(plan, model)
-        kept = guard(plan, model, untrained)  # as fuse does: no task below its sources' average on validation
-        row.extra.setdefault("restored_average", []).append(kept.restored)
-        test_auc = evaluate(model, test, tasks, "cpu")
-        for t in tasks:
-            row.auc[t].append(test_auc[t])
-        row.seconds.append(result.seconds)
-        row.epochs.append(result.best_epoch)
-        row.trainable = sum(p.numel() for p in model.fusion_parameters())
-        row.parameters = model.parameter_count()
-        row.extra["train_rows"] = plan.train_source
-        if seed == seeds[0]:
-            gates = gate_statistics(model, test)
-        log(f"  {key} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
-            + f" ({result.seconds:.0f} s, in-process)")
-    return row, gates
+    plan = prepare(Manifest.load(parts_dir), task_models, ds, _fuse_options(fusion_kw, seed, budget, progress))
+    model = build(plan)
+    untrained = copy.deepcopy(model.state_dict())
+    result = train(plan, model)
+    kept = guard(plan, model, untrained)  # as fuse does: no task below its sources' average on validation
+    test_auc = evaluate(model, ds.test, tasks, "cpu")
+    log(f"  {key} split {split} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
+        + f" ({result.seconds:.0f} s, in-process)")
+    gates = gate_statistics(model, ds.test) if want_gates else None
+    return _cell(tasks, key, split, seed, test_auc, seconds=result.seconds, epochs=result.best_epoch, kind="emm",
+                 label=label, fusion=fusion_kw, path="in-process", parameters=model.parameter_count(),
+                 trainable=sum(p.numel() for p in model.fusion_parameters()), train_rows=plan.train_source,
+                 restored_average={t: t in kept.restored for t in tasks}, **({"gates": gates} if gates else {}))
 
 
-def _guarded_fuse(key: str, label: str, fusion_kw: dict, *args, log: Callable[[str], None] = print,
-                  **kwargs) -> tuple[Row, dict]:
-    """``_fuse_variant``, but a failing variant becomes a row that says why instead of losing the run."""
-    tasks, budget = args[4], args[6]
+def _guarded_fuse(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_models: dict[str, list[str]], ds,
+                  tasks: list[str], split: int, seed: int, budget: Budget, progress: bool, runs_dir: Path,
+                  log: Callable[[str], None], want_gates: bool) -> Cell:
+    """One fused cell; a failing variant becomes a cell that says why (kept in memory only, so that a
+    resumed run tries it again) instead of losing the run."""
     runner = _fuse_in_process if budget.in_process_fusion else _fuse_variant
     try:
-        return runner(key, label, fusion_kw, *args, log=log, **kwargs)
+        return runner(key, label, fusion_kw, parts_dir, task_models, ds, tasks, split, seed, budget, progress,
+                      runs_dir, log, want_gates)
     except FusekitError as exc:
         message = str(exc).splitlines()[0][:300]
-        log(f"  {key} FAILED: {message}")
-        return Row(key, "emm", {t: [] for t in tasks}, label=label, extra={"fusion": fusion_kw, "error": message}), {}
+        log(f"  {key} split {split} seed {seed} FAILED: {message}")
+        return _cell(tasks, key, split, seed, {}, kind="emm", label=label, fusion=fusion_kw, error=message)
 
 
-def run_task_set(dataset: str, tasks: list[str], seeds: list[int], budget: Budget, methods: list[str],
-                 work_dir: Path, models_dir: Path | None = None, ablation: bool = True, progress: bool = False,
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _evaluation_data(ds, val_idx, test_idx, budget: Budget):
+    """The dataset of one evaluation split: the same training rows, the pool halved into validation and test."""
+    val = ds.test.subset(val_idx).sample(budget.val_rows, 1)
+    test = ds.test.subset(test_idx).sample(budget.test_rows, 2)
+    return dataclasses.replace(ds, val=val, test=test)
+
+
+def run_task_set(dataset: str, tasks: list[str], seeds: list[int], splits: list[int], budget: Budget,
+                 methods: list[str], work_dir: Path, store: CellStore, models_dir: Path | None = None,
+                 ablation: bool = True, progress: bool = False,
                  log: Callable[[str], None] = print) -> TaskSetResult:
-    """Table I (and Table II when ``ablation``) for one task set; work files go under ``work_dir``."""
+    """Every cell (method × split × seed) of one task set that ``store`` does not hold yet; then the
+    task set's rows, made from the stored cells. Work files go under ``work_dir``."""
     needs_sources = any(m in methods for m in SOURCE_ROWS + EMM_METHODS) or (ablation and "ablation" in methods)
     sources = find_sources(models_dir or default_models_dir(tasks), tasks) if needs_sources else []
     spec = shared_spec(sources) if sources else None
     task_models = group_by_task(((s.name, s.task) for s in sources), tasks) if sources else {}
-    log(f"[{'+'.join(tasks)}] loading {dataset}")
+    name = "+".join(tasks)
+    log(f"[{name}] loading {dataset}")
     ds = _load(dataset, tasks, spec, budget.split_seed)
-    train = ds.train.sample(budget.train_rows, 0)
-    val = ds.val.sample(budget.val_rows, 1)
-    test = ds.test.sample(budget.test_rows, 2)
-    result = TaskSetResult(list(tasks), sources=describe(sources), data={
-        "rows": {"train": len(train), "validation": len(val), "test": len(test)},
-        "spec": spec_summary(getattr(ds, "spec", None)),
-    })
-
-    if sources and ("sources" in methods or "average" in methods):
-        probs = {s.name: onnx_probabilities(s.path, test, [s.task])[s.task] for s in sources}
-        if "sources" in methods:
-            for s in sources:
-                result.rows.append(Row(s.name, "single", {s.task: [roc_auc(test.labels[s.task], probs[s.name])]},
-                                       parameters=s.parameters, trainable=0, label=f"{s.name} (single task)"))
-        if "average" in methods:
-            avg = {t: np.mean([probs[m] for m in task_models[t]], axis=0) for t in tasks}
-            result.rows.append(Row("average", "ensemble", {t: [v] for t, v in _auc(test, avg, tasks).items()},
-                                   parameters=sum(s.parameters for s in sources), trainable=0,
-                                   label="average of source models (untrained)"))
-
-    sizes = (ds.spec.cardinalities, len(ds.spec.dense))
-    for name in [m for m in methods if m in BASELINES]:
-        log(f"[{'+'.join(tasks)}] training {name}")
-        result.rows.append(_train_baseline(name, sizes, tasks, train, val, test, seeds, budget, progress, log))
-
+    train = ds.train.sample(budget.train_rows, 0)  # the baselines'; fuse takes its rows from ds itself
+    plan = evaluation_splits(len(ds.test), splits)
+    data = {"rows": {"train": len(train), "pool": len(ds.test),
+                     "validation": len(plan[0][1]) if budget.val_rows is None else min(budget.val_rows, len(plan[0][1])),
+                     "test": len(plan[0][2]) if budget.test_rows is None else min(budget.test_rows, len(plan[0][2]))},
+            "spec": spec_summary(getattr(ds, "spec", None))}
     variants = [(k, *EMM_VARIANTS[k]) for k in EMM_METHODS if k in methods]
-    ablate = ablation and "ablation" in methods
-    if variants or ablate:
-        parts = work_dir / "parts"
-        log(f"[{'+'.join(tasks)}] decomposing {len(sources)} source models")
-        _decompose(sources, parts)
-        runs = work_dir / "runs"
-        done: dict[tuple, Row] = {}
+    if ablation and "ablation" in methods:
+        variants += [(f"ablation-{k}", label, kw) for k, (label, kw) in ABLATION_VARIANTS.items()
+                     if ablation_method(k) == f"ablation-{k}"]
+    baselines = [m for m in methods if m in BASELINES]
+    parts = work_dir / "parts"
+    failed: list[Cell] = []
+    for split, val_idx, test_idx in plan:
+        ds_k = _evaluation_data(ds, val_idx, test_idx, budget)
+        if sources and ("sources" in methods or "average" in methods) and store.get(name, "average", split, None) is None:
+            probs = {s.name: onnx_probabilities(s.path, ds_k.test, [s.task])[s.task] for s in sources}
+            for s in sources:
+                store.put(_cell(tasks, s.name, split, None, {s.task: roc_auc(ds_k.test.labels[s.task], probs[s.name])},
+                                kind="single", label=f"{s.name} (single task)", parameters=s.parameters, trainable=0))
+            avg = {t: np.mean([probs[m] for m in task_models[t]], axis=0) for t in tasks}
+            store.put(_cell(tasks, "average", split, None, _auc(ds_k.test, avg, tasks), kind="ensemble",
+                            label="average of source models (untrained)",
+                            parameters=sum(s.parameters for s in sources), trainable=0))
+        for method in baselines:
+            for seed in seeds:
+                if store.get(name, method, split, seed) is None:
+                    log(f"[{name}] training {method} (split {split}, seed {seed})")
+                    store.put(_train_baseline(method, (ds.spec.cardinalities, len(ds.spec.dense)), tasks, train,
+                                              ds_k.val, ds_k.test, split, seed, budget, progress, log))
         for key, label, kw in variants:
-            log(f"[{'+'.join(tasks)}] fusing: {label}")
-            row, gates = _guarded_fuse(key, label, kw, parts, task_models, ds, test, tasks, seeds, budget,
-                                       progress, runs, log=log)
-            result.rows.append(row)
-            result.gates[key] = gates
-            done[tuple(sorted(kw.items()))] = row
-        if ablate:
-            for key, (label, kw) in ABLATION_VARIANTS.items():
-                same = done.get(tuple(sorted(kw.items())))
-                if same is None:
-                    log(f"[{'+'.join(tasks)}] ablation: {label}")
-                    same, _ = _guarded_fuse(f"ablation-{key}", label, kw, parts, task_models, ds, test, tasks,
-                                            seeds, budget, progress, runs, log=log)
-                result.ablation.append(Row(key, "emm", same.auc, same.parameters, same.trainable, same.seconds,
-                                           same.epochs, label, {"fusion": kw, **({"error": same.extra["error"]}
-                                                                                 if "error" in same.extra else {})}))
-        shutil.rmtree(parts, ignore_errors=True)
+            for seed in seeds:
+                if store.get(name, key, split, seed) is not None:
+                    continue
+                if not (parts / "manifest.json").is_file():
+                    log(f"[{name}] decomposing {len(sources)} source models")
+                    _decompose(sources, parts)
+                log(f"[{name}] fusing: {label} (split {split}, seed {seed})")
+                want_gates = split == plan[0][0] and seed == seeds[0]
+                cell = _guarded_fuse(key, label, kw, parts, task_models, ds_k, tasks, split, seed, budget, progress,
+                                     work_dir / "runs", log, want_gates)
+                (failed.append if cell.info.get("error") else store.put)(cell)
+    shutil.rmtree(parts, ignore_errors=True)
+    wanted = {s.name for s in sources} if "sources" in methods else set()
+    wanted |= ({"average"} if "average" in methods else set()) | set(baselines) | {k for k, _, _ in variants}
+    cells = [c for c in store.all() if c.task_set == name and c.split in splits and (c.seed is None or c.seed in seeds)
+             and c.method in wanted] + failed
+    result = TaskSetResult(list(tasks), sources=describe(sources), data=data,
+                           cells=[asdict(c) for c in cells])
+    rebuild(result, ablation and "ablation" in methods, list(BASELINES))
     return result
 
 
@@ -284,28 +279,39 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def _protocol(dataset: str, budget: Budget, task_sets: list[tuple[list[str], Path | None, bool]],
+              methods: list[str]) -> dict:
+    """What the cells of a run depend on; a resume must match it (splits, seeds and methods may grow)."""
+    needs_sources = any(m in methods for m in SOURCE_ROWS + EMM_METHODS + ["ablation"])
+    sets = {}
+    for tasks, models_dir, _ in task_sets:
+        sources = find_sources(models_dir or default_models_dir(tasks), tasks) if needs_sources else []
+        sets[task_set_key(tasks)] = {s.name: _sha256(s.path) for s in sources}
+    budget_record = {k: v for k, v in budget.__dict__.items() if k != "device"}
+    return {"dataset": str(dataset), "budget": budget_record, "sources": sets, "fusekit": __version__,
+            "protocol": "test split halved per split seed (fusekit.bench.protocol)"}
+
+
 @holds_output("out_dir")
 def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, seeds: int | list[int] = 3,
               quick: bool = False, out_dir: Path = Path("bench-out"), methods: list[str] | None = None, *,
-              three_tasks: list[str] | None = THREE_TASKS, models_dir: Path | None = None,
-              three_models_dir: Path | None = None, max_epochs: int | None = None, patience: int | None = None,
-              device: str = "auto", force: bool = False, progress: bool = False, split_seed: int = 0,
+              splits: int | list[int] = 1, three_tasks: list[str] | None = THREE_TASKS,
+              models_dir: Path | None = None, three_models_dir: Path | None = None, max_epochs: int | None = None,
+              patience: int | None = None, batch_size: int | None = None, device: str = "auto",
+              force: bool = False, progress: bool = False, split_seed: int = 0,
               log: Callable[[str], None] = print) -> BenchResult:
     """Benchmark every method on ``tasks`` (Table I, Table II) and on ``three_tasks`` (Table I with
-    fusion-gate statistics), same data, budget and early stopping for all; write ``out_dir``.
+    fusion-gate statistics), same data, splits, seeds, budget and early stopping for all; write ``out_dir``.
 
-    ``seeds``: a count (seeds 0..N-1) or explicit seeds; ``quick`` uses one seed and 2 epochs on a row
-    subsample (a smoke test: its numbers mean nothing). ``out_dir`` gets ``results.json``,
-    ``tables.md`` and ``auc.png``, atomically. FusekitError on bad input before any training.
+    ``seeds``/``splits``: a count (0..N-1) or explicit seeds. ``quick`` uses one seed and 2 epochs on
+    a row subsample (a smoke test: its numbers mean nothing). Each finished cell is written to
+    ``out_dir/cells`` at once; run the same call again to resume. ``out_dir`` finally gets
+    ``results.json``, ``tables.md`` and ``auc.png``. FusekitError on bad input before any training.
     """
-    from fusekit.bench.chart import write_chart
-    from fusekit.bench.tables import render_markdown
-
     started = time.perf_counter()
     tasks = list(tasks or DEFAULT_TASKS)
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    if not seed_list or any(int(s) < 0 for s in seed_list):
-        raise FusekitError("{seeds} must be a positive number of seeds", owner="run_bench()")
+    seed_list = _seed_list(seeds, "seeds")
+    split_list = _seed_list(splits, "splits")
     if quick and isinstance(seeds, int):
         seed_list = seed_list[:1]
     chosen = _check_methods(methods)
@@ -313,23 +319,53 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
         raise FusekitError(f"a multi-task benchmark needs two or more distinct tasks, got {tasks}")
     out_dir = Path(out_dir)
     check_output_paths(out_dir, [dataset, models_dir, three_models_dir], owner="run_bench()")
-    check_output_dir(out_dir, force)
-    budget = Budget.for_run(quick, max_epochs, patience, device, split_seed)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FusekitError(f"output path {out_dir} exists and is not a directory; choose another {{out_dir}}",
+                           owner="run_bench()")
+    budget = Budget.for_run(quick, max_epochs, patience, device, split_seed, batch_size)
     task_sets = [(tasks, models_dir, True)]
     if three_tasks and list(three_tasks) != tasks:
         task_sets.append((list(three_tasks), three_models_dir, False))
-
-    with atomic_dir(out_dir, force=force) as tmp:
-        sets = []
-        for index, (set_tasks, set_models, ablation) in enumerate(task_sets):
-            work = tmp / "runs" / "+".join(set_tasks)
-            sets.append(run_task_set(dataset, set_tasks, seed_list, budget, chosen, work, set_models, ablation,
-                                     progress, log))
-        result = BenchResult(dataset, seed_list, quick, budget.__dict__, {
-            name: {**cls.defaults} for name, cls in BASELINES.items()}, sets, out_dir,
-            versions=_versions(), threads=current_threads())
-        result.seconds = time.perf_counter() - started
-        (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
-        (tmp / "tables.md").write_text(render_markdown(result))
-        write_chart(result, tmp / "auc.png")
+    protocol = _protocol(dataset, budget, task_sets, chosen)
+    resuming = check_protocol(out_dir, protocol, force)
+    if not resuming and out_dir.is_dir():
+        shutil.rmtree(out_dir)  # force: start over
+    write_protocol(out_dir, protocol)
+    store = CellStore(out_dir / CELLS_DIR)
+    if resuming:
+        log(f"resuming {out_dir}: {len(store.all())} finished cells kept")
+    sets = []
+    for set_tasks, set_models, ablation in task_sets:
+        work = out_dir / "work" / task_set_key(set_tasks)
+        sets.append(run_task_set(dataset, set_tasks, seed_list, split_list, budget, chosen, work, store, set_models,
+                                 ablation, progress, log))
+    shutil.rmtree(out_dir / "work", ignore_errors=True)
+    result = BenchResult(dataset, seed_list, quick, budget.__dict__, {
+        name: {**cls.defaults} for name, cls in BASELINES.items()}, sets, out_dir,
+        versions=_versions(), threads=current_threads(), splits=split_list)
+    result.seconds = time.perf_counter() - started
+    write_report(result)
     return result
+
+
+def write_report(result: BenchResult) -> None:
+    """results.json, tables.md and auc.png of ``result`` in its ``out_dir`` (each file atomically)."""
+    from fusekit.bench.chart import write_chart
+    from fusekit.bench.tables import render_markdown
+
+    out = Path(result.out_dir)
+    with atomic_file(out / "results.json") as tmp:
+        Path(tmp).write_text(json.dumps(result.to_dict(), indent=1))
+    with atomic_file(out / "tables.md") as tmp:
+        Path(tmp).write_text(render_markdown(result))
+    with atomic_file(out / "auc.png") as tmp:
+        write_chart(result, Path(tmp))
+
+
+def _seed_list(value: int | list[int], name: str) -> list[int]:
+    """A count N (0..N-1) or explicit non-negative, distinct seeds."""
+    values = list(range(value)) if isinstance(value, int) else [int(v) for v in value]
+    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise FusekitError(f"{{{name}}} must be a positive count or distinct non-negative seeds, got {value!r}",
+                           owner="run_bench()")
+    return values

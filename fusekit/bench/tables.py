@@ -1,6 +1,7 @@
-"""Markdown tables of a benchmark: Table I per task set, Table II, fusion-gate statistics."""
+"""Markdown tables of a benchmark: the paired comparison, Table I per task set, Table II, gates."""
 from __future__ import annotations
 
+from fusekit.bench.protocol import Cell, PairedDifference, paired_difference, spreads
 from fusekit.bench.results import BenchResult, Row, TaskSetResult
 
 # The EMM paper's Census-Income figures (Table I and Table II; income / never married).
@@ -61,7 +62,8 @@ def table_one(result: TaskSetResult, title: str) -> str:
         lines += ["", "Paper single-task rows: TM-1 " + " / ".join(f"{v:.5f}" for v in PAPER_TABLE1["TM-1"])
                   + ", TM-2 " + " / ".join(f"{v:.5f}" for v in PAPER_TABLE1["TM-2"]) + "."]
     lines += ["", "Gain: mean test AUC minus the mean of the task's single-task source models (the paper's "
-              "definition)."] + comparison_notes(result) + failure_notes(result.rows)
+              "definition). Mean ± SD over every split × seed cell; the paired table above says which "
+              "differences are real."] + failure_notes(result.rows)
     return "\n".join(lines)
 
 
@@ -71,31 +73,97 @@ def failure_notes(rows: list[Row]) -> list[str]:
     return ([""] + failed) if failed else []
 
 
-def comparison_notes(result: TaskSetResult) -> list[str]:
-    """Where each fused model stands against every other row, per task, beyond seed spread.
+def _cells_by_method(result: TaskSetResult) -> dict[str, list[Cell]]:
+    out: dict[str, list[Cell]] = {}
+    for c in result.cells:
+        cell = Cell(**c)
+        if not cell.info.get("error"):
+            out.setdefault(cell.method, []).append(cell)
+    return out
 
-    A difference counts only when it exceeds the larger of the two rows' standard deviations;
-    with one seed there is no spread, and the note says so.
-    """
-    notes = []
-    for emm in [r for r in result.rows if r.kind == "emm"]:
-        for task in result.tasks:
-            mine = emm.mean(task)
-            if mine is None:
+
+def _diff_cell(diff: PairedDifference | None) -> str:
+    if diff is None:
+        return "–"
+    if diff.low is None:
+        return f"{diff.mean:+.5f} (no interval)"
+    word = {"better": "**better**", "worse": "**worse**", "tie": "tie"}[diff.verdict]
+    return f"{diff.mean:+.5f} [{diff.low:+.5f}, {diff.high:+.5f}] {word}"
+
+
+def _spread(value: float | None) -> str:
+    return "–" if value is None else f"{value:.5f}"
+
+
+def best_baseline(result: TaskSetResult, task: str) -> Row | None:
+    """The baseline row with the highest mean score on ``task``."""
+    rows = [r for r in result.rows if r.kind == "baseline" and r.mean(task) is not None]
+    return max(rows, key=lambda r: r.mean(task)) if rows else None
+
+
+def paired_differences(result: TaskSetResult) -> dict[str, dict[str, dict]]:
+    """Per task and trained method: its paired differences to the average and the best baseline."""
+    cells = _cells_by_method(result)
+    ratio = _test_over_val(result)
+    out: dict[str, dict[str, dict]] = {}
+    for task in result.tasks:
+        best = best_baseline(result, task)
+        for row in result.rows:
+            if row.kind not in ("baseline", "emm") or row.method not in cells:
                 continue
-            better, worse, tied = [], [], []
-            for other in result.rows:
-                theirs = other.mean(task)
-                if other is emm or theirs is None:
-                    continue
-                spread = max(emm.std(task) or 0.0, other.std(task) or 0.0)
-                diff = mine - theirs
-                (better if diff > spread else worse if diff < -spread else tied).append(other.method)
-            single = min(len(emm.auc.get(task) or []), 2) < 2
-            notes.append(f"- {emm.display()} on {task}: above {', '.join(better) or 'none'}; "
-                         f"below {', '.join(worse) or 'none'}; within spread of {', '.join(tied) or 'none'}"
-                         + (" (one seed: no spread, differences unproven)" if single else "") + ".")
-    return ([""] + notes) if notes else []
+            entry = {}
+            for name, ref in (("average", "average"), ("best_baseline", best.method if best else None)):
+                if ref and ref != row.method and ref in cells:
+                    diff = paired_difference(cells[row.method], cells[ref], task, ratio)
+                    if diff is not None:
+                        entry[name] = {"reference": ref, **diff.to_dict()}
+            out.setdefault(task, {})[row.method] = entry
+    return out
+
+
+def _test_over_val(result: TaskSetResult) -> float:
+    rows = result.data.get("rows", {})
+    val, test = rows.get("validation"), rows.get("test")
+    return float(test) / float(val) if val and test else 1.0
+
+
+def paired_table(result: TaskSetResult) -> str:
+    """Per task: each trained method's mean, its spreads, and its paired differences (95 % intervals)
+    to the sources' average and to the best baseline."""
+    cells = _cells_by_method(result)
+    if "average" not in cells and not any(r.kind == "baseline" for r in result.rows):
+        return ""
+    ratio = _test_over_val(result)
+    splits = sorted({c.split for cs in cells.values() for c in cs})
+    seeds = sorted({c.seed for cs in cells.values() for c in cs if c.seed is not None})
+    lines = [f"### Paired comparison: {', '.join(result.tasks)} ({len(splits)} splits × {len(seeds)} seeds)", ""]
+    for task in result.tasks:
+        best = best_baseline(result, task)
+        lines += [f"**{task}** (best baseline: {best.display() if best else 'none'})", "",
+                  "| method | mean | SD over splits | SD over seeds | − average [95 % CI] | − best baseline [95 % CI] "
+                  "| average kept |", "|---|---|---|---|---|---|---|"]
+        for row in result.rows:
+            mine = cells.get(row.method)
+            if not mine or task not in {t for c in mine for t in c.scores}:
+                continue
+            over_splits, over_seeds = spreads(mine, task)
+            vs_avg = (paired_difference(mine, cells["average"], task, ratio)
+                      if "average" in cells and row.kind in ("baseline", "emm") else None)
+            vs_best = (paired_difference(mine, cells[best.method], task, ratio)
+                       if best and best.method != row.method and row.kind in ("baseline", "emm") else None)
+            kept = row.extra.get("restored_average", {}).get(task)
+            n = len([c for c in mine if task in c.scores])
+            lines.append(f"| {row.display()} | {row.mean(task):.5f} | {_spread(over_splits)} | {_spread(over_seeds)} | "
+                         f"{_diff_cell(vs_avg)} | {_diff_cell(vs_best)} | "
+                         f"{'–' if kept is None else f'{kept}/{n}'} |")
+        lines.append("")
+    basis = "corrected resampled t-interval over the splits (Nadeau & Bengio 2003; seeds averaged within a split)" \
+        if len(splits) > 1 else "t-interval over the seeds of one split (training noise only, not test-set noise)"
+    lines += [f"Differences are paired: the same split for both methods. 95 % interval: {basis}. A difference is "
+              "**better** or **worse** only when its interval excludes zero; otherwise it is a tie. "
+              "\"average kept\": cells in which fuse exported the sources' average for the task, because the "
+              "trained fusion scored below it on validation."]
+    return "\n".join(lines)
 
 
 def table_two(result: TaskSetResult) -> str:
@@ -167,9 +235,10 @@ def data_note(result: TaskSetResult) -> str:
     """Which rows each kind of method trained on."""
     rows = result.data.get("rows", {})
     spec = result.data.get("spec") or {}
-    text = (f"Data: {rows.get('train', '?'):,} training, {rows.get('validation', '?'):,} validation and "
-            f"{rows.get('test', '?'):,} test rows; every AUC is on the same test rows. The baselines train on all "
-            "training rows.")
+    text = (f"Data: {rows.get('train', '?'):,} training rows. Each split halves the {rows.get('pool', '?'):,} rows of "
+            "the test split, which no method trains on, into validation (early stopping) and test "
+            f"({rows.get('validation', '?'):,} and {rows.get('test', '?'):,} rows); within a split every method is "
+            "scored on the same test rows. The baselines train on all training rows.")
     holdout = spec.get("holdout")
     if holdout:
         text += (f" The source models were trained on the training split minus a seeded {holdout['fraction']:.0%} "
@@ -179,12 +248,14 @@ def data_note(result: TaskSetResult) -> str:
 
 def render_markdown(result: BenchResult) -> str:
     """The whole report: Table I per task set, Table II, gate statistics, hyperparameters."""
-    parts = [f"## fusekit bench: {result.dataset} (seeds {', '.join(map(str, result.seeds))}"
+    parts = [f"## fusekit bench: {result.dataset} (splits {', '.join(map(str, result.splits))}; seeds "
+             f"{', '.join(map(str, result.seeds))}"
              f"{', quick' if result.quick else ''})", ""]
     for index, task_set in enumerate(result.sets):
         title = "Table I" if index == 0 else f"Table I, {len(task_set.tasks)} tasks"
         title += f": {', '.join(task_set.tasks)}"
-        parts += [table_one(task_set, title), "", data_note(task_set), ""]
+        paired = paired_table(task_set)
+        parts += ([paired, ""] if paired else []) + [table_one(task_set, title), "", data_note(task_set), ""]
         two = table_two(task_set)
         if two:
             parts += [two, ""]

@@ -1,4 +1,4 @@
-"""``fusekit bench census-income [--tasks income,never_married] [--seeds N] [--quick] [-o DIR]``."""
+"""``fusekit bench census-income [--tasks income,never_married] [--splits K] [--seeds 0,1,2] [--quick] [-o DIR]``."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,16 @@ from fusekit.bench.budget import Budget
 from fusekit.cli.args import OptionFlags, add_json, add_quiet, add_threads, print_json, progress_printer, use_threads
 from fusekit.errors import FusekitError
 from fusekit.options import default_of
+
+
+def _seeds(text: str) -> int | list[int]:
+    """``3`` (seeds 0, 1, 2) or ``3,7,11`` (those seeds)."""
+    try:
+        if "," not in text:
+            return int(text)
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}; write a count (3) or seeds (3,7,11)") from None
 
 
 def _task_list(text: str | None) -> list[str] | None:
@@ -47,25 +57,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--three-tasks", default="income,never_married,education",
                    help="tasks of the extra three-task table (default %(default)s)")
     p.add_argument("--no-three-tasks", action="store_true", help="skip the three-task table")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default %(default)s)")
+    p.add_argument("--seeds", type=_seeds, default=3,
+                   help="training seeds per split: a count N (0..N-1) or a list such as 3,7,11 (default %(default)s)")
+    p.add_argument("--splits", type=_seeds, default=1,
+                   help="evaluation splits: each halves the test split into validation and test with its own seed; "
+                        "a count K (0..K-1) or a list (default %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test in minutes: 2 epochs on 10,000 training rows, 1 seed, fused models not exported")
     p.add_argument("--methods", action=_MethodsAction)
     p.add_argument("--models", type=Path, help="source models for --tasks (default sample_models/census2)")
     p.add_argument("--three-models", type=Path, help="source models for --three-tasks (default sample_models/census3)")
     flags = OptionFlags(p)
-    flags.spell("run_bench()", seeds="--seeds", models_dir="--models", out_dir="-o", force=("--force", True))
+    flags.spell("run_bench()", seeds="--seeds", splits="--splits", models_dir="--models", out_dir="-o",
+                force=("--force", True))
     # None: the budget's own (the quick budget has other defaults).
     flags.add(Budget, "max_epochs", default=None,
               help=f"override the epoch budget (default {default_of(Budget, 'max_epochs')}, quick 2)")
     flags.add(Budget, "patience", default=None,
               help=f"override early-stopping patience (default {default_of(Budget, 'patience')}, quick 2)")
+    flags.add(Budget, "batch_size", default=None,
+              help=f"override the batch size (default {default_of(Budget, 'batch_size')}, quick 256)")
     flags.add(Budget, "device")
     flags.add(Budget, "split_seed")
     add_threads(flags)
     p.add_argument("-o", "--output", type=Path, default=Path("bench-out"),
                    help="output directory (default %(default)s)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--force", action="store_true",
+                   help="start over in a non-empty output directory (without it, a folder holding the same "
+                        "protocol resumes: finished cells are kept)")
     p.add_argument("--progress", action="store_true", help="also per-epoch lines (and bars on a terminal)")
     add_quiet(p, "progress lines on stderr")
     add_json(p)
@@ -99,12 +118,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the tables (or results.json)."""
     from fusekit.bench import run_bench
 
-    if args.seeds < 1:
-        raise FusekitError("--seeds must be at least 1")
     use_threads(args, torch=True)
     result = run_bench(
         args.dataset, _task_list(args.tasks), args.seeds, args.quick, args.output,
-        _task_list(args.methods), three_tasks=None if args.no_three_tasks else _task_list(args.three_tasks),
+        _task_list(args.methods), splits=args.splits, batch_size=args.batch_size, three_tasks=None if args.no_three_tasks else _task_list(args.three_tasks),
         models_dir=args.models, three_models_dir=args.three_models, max_epochs=args.max_epochs,
         patience=args.patience, device=args.device, force=args.force, progress=args.progress and not args.quiet,
         split_seed=args.split_seed, log=progress_printer(args.quiet))
