@@ -12,7 +12,8 @@ def _row(method: str, cells: list[Cell], tasks: list[str]) -> Row:
     info = cells[0].info
     errors = [c.info["error"] for c in cells if c.info.get("error")]
     good = [c for c in cells if not c.info.get("error")]
-    row = Row(method, info.get("kind", "emm"), {t: [c.scores[t] for c in good if t in c.scores] for t in tasks},
+    scored = [t for t in tasks if any(t in c.scores for c in good)] or tasks  # a source row scores its own task
+    row = Row(method, info.get("kind", "emm"), {t: [c.scores[t] for c in good if t in c.scores] for t in scored},
               info.get("parameters"), info.get("trainable"),
               [c.seconds for c in good if c.seconds is not None], [c.epochs for c in good if c.epochs is not None],
               info.get("label", ""), {})
