@@ -240,10 +240,11 @@ def agreement(step: str) -> Iterator[None]:
     """Run the block on every rank, then raise on every rank if it failed on any.
 
     The rank that failed raises its own error; the others raise a copy of it (a FusekitError),
-    or one FusekitError naming the failed rank and ``step`` for any other exception. Outside a
-    group the block runs as it is. Every rank must enter the same agreements in the same order.
+    or one FusekitError naming the failed rank and ``step`` for any other exception. Outside
+    torchrun the block runs as it is; under it the group is opened first (:func:`start`). Every
+    rank must enter the same agreements in the same order.
     """
-    if not active():
+    if start().world == 1:
         yield
         return
     import torch.distributed as dist

@@ -15,19 +15,25 @@ Rows of Table I for a task set:
 Table II (``ablation``) repeats the paper's Table II with ``emm-paper``: no trained
 components and no MTM; MTM only; trained components without MTM; full.
 Every test AUC is computed here on the same test split, with onnxruntime for ONNX models.
+
+Started by torchrun, every rank runs the same methods in the same order, so that every training
+run is data-parallel (fusekit/train.py); rank 0 alone logs, scores fused models and writes
+``out_dir``, the other ranks work in a scratch directory and return None.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from fusekit import __version__
+from fusekit import __version__, distributed
 from fusekit.models.baselines import BASELINES, build_baseline
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_dir, check_output_dir, check_output_paths
@@ -138,6 +144,8 @@ def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_m
     for seed in seeds:
         out = runs_dir / f"{key}-seed{seed}"
         result = fuse(parts_dir, task_models, ds, out, _fuse_options(fusion_kw, seed, budget, progress, force=True))
+        if result is None:
+            continue  # another process of a torchrun run: rank 0 scores and writes
         fused = Path(result.out_dir) / "fused.onnx"
         # Scored here on the bench's own test split, like every other row.
         test_auc = _auc(test, onnx_probabilities(fused, test, tasks), tasks)
@@ -290,13 +298,14 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
               three_tasks: list[str] | None = THREE_TASKS, models_dir: Path | None = None,
               three_models_dir: Path | None = None, max_epochs: int | None = None, patience: int | None = None,
               device: str = "auto", force: bool = False, progress: bool = False, split_seed: int = 0,
-              log: Callable[[str], None] = print) -> BenchResult:
+              log: Callable[[str], None] = print) -> BenchResult | None:
     """Benchmark every method on ``tasks`` (Table I, Table II) and on ``three_tasks`` (Table I with
     fusion-gate statistics), same data, budget and early stopping for all; write ``out_dir``.
 
     ``seeds``: a count (seeds 0..N-1) or explicit seeds; ``quick`` uses one seed and 2 epochs on a row
     subsample (a smoke test: its numbers mean nothing). ``out_dir`` gets ``results.json``,
-    ``tables.md`` and ``auc.png``, atomically. FusekitError on bad input before any training.
+    ``tables.md`` and ``auc.png``, atomically. FusekitError on bad input before any training. Under
+    torchrun, ranks other than 0 return None (see the module docstring).
     """
     from fusekit.bench.chart import write_chart
     from fusekit.bench.tables import render_markdown
@@ -319,7 +328,10 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     if three_tasks and list(three_tasks) != tasks:
         task_sets.append((list(three_tasks), three_models_dir, False))
 
-    with atomic_dir(out_dir, force=force) as tmp:
+    main = distributed.is_main()
+    if not main:
+        log = _silent
+    with atomic_dir(out_dir, force=force) if main else _scratch() as tmp:
         sets = []
         for index, (set_tasks, set_models, ablation) in enumerate(task_sets):
             work = tmp / "runs" / "+".join(set_tasks)
@@ -329,7 +341,20 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
             name: {**cls.defaults} for name, cls in BASELINES.items()}, sets, out_dir,
             versions=_versions(), threads=current_threads())
         result.seconds = time.perf_counter() - started
+        if not main:
+            return None
         (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
         (tmp / "tables.md").write_text(render_markdown(result))
         write_chart(result, tmp / "auc.png")
     return result
+
+
+def _silent(text: str) -> None:
+    """The log of the ranks that do not print."""
+
+
+@contextlib.contextmanager
+def _scratch():
+    """The work directory of a rank that does not write the output (removed at the end)."""
+    with tempfile.TemporaryDirectory(prefix="fusekit-bench-rank") as path:
+        yield Path(path)
