@@ -14,11 +14,12 @@ tensors (DDP's gradients), in one group (``cpu:gloo,cuda:nccl``). While a group 
   failed in it: all ranks raise the first failing rank's error, so one failure ends the whole
   run at a known point instead of leaving the other ranks waiting in a collective. Only rank 0
   prints such a shared error (:func:`reports`); the others exit quietly with the same code.
-* A failure outside an agreement (inside a training step, say) ends that rank; torchrun then
-  stops the other ranks with SIGTERM, which :func:`start` turns into ``SystemExit`` so that their
-  temporary outputs and locks are cleaned up as on any other error. A rank that waits in a
-  collective for a rank that is gone gives up after ``FUSEKIT_DIST_TIMEOUT`` seconds (default
-  900).
+* A failure outside an agreement (inside a training step, say) ends that rank. The ranks that
+  wait for it in a collective see its connection close and raise :func:`peer_lost`'s one-line
+  FusekitError (gloo says so at once; a peer that hangs instead is given up after
+  ``FUSEKIT_DIST_TIMEOUT`` seconds, default 900), and torchrun stops what is left with SIGTERM,
+  which :func:`start` turns into ``SystemExit``: every rank unwinds as on any other error, so
+  temporary outputs and locks are cleaned up.
 
 Floor 1: no torch at import.
 """
@@ -180,7 +181,8 @@ def barrier() -> None:
     if active():
         import torch.distributed as dist
 
-        dist.barrier()
+        with _collective():
+            dist.barrier()
 
 
 def all_reduce(tensor, op: str = "sum"):
@@ -191,7 +193,8 @@ def all_reduce(tensor, op: str = "sum"):
     import torch.distributed as dist
 
     moved = tensor.detach().to("cpu", copy=True)  # gloo reduces CPU tensors (see start)
-    dist.all_reduce(moved, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    with _collective():
+        dist.all_reduce(moved, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     if op == "mean":
         moved /= launch().world
     tensor.copy_(moved)
@@ -206,7 +209,8 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     import torch.distributed as dist
 
     box = [value]
-    dist.broadcast_object_list(box, src=src, device="cpu")
+    with _collective():
+        dist.broadcast_object_list(box, src=src, device="cpu")
     return box[0]
 
 
@@ -221,13 +225,43 @@ def broadcast_bytes(data: bytes | None, src: int = 0) -> bytes:
 
     payload = bytes(data or b"") if rank() == src else b""
     size = torch.tensor([len(payload)], dtype=torch.int64)
-    dist.broadcast(size, src=src)
+    with _collective():
+        dist.broadcast(size, src=src)
     if not int(size.item()):
         return b""
     buffer = (torch.frombuffer(bytearray(payload), dtype=torch.uint8) if rank() == src
               else torch.empty(int(size.item()), dtype=torch.uint8))
-    dist.broadcast(buffer, src=src)
+    with _collective():
+        dist.broadcast(buffer, src=src)
     return buffer.numpy().tobytes()
+
+
+# How gloo and NCCL say that a peer went away (they raise plain RuntimeErrors, told apart by text).
+_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out",
+         "NCCL communicator was aborted")
+
+
+def peer_lost(exc: BaseException) -> FusekitError | None:
+    """The one-line error of a collective that failed because another rank ended or hung; None for
+    any other exception (or outside a group)."""
+    if not active() or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if type(exc).__name__ != "DistBackendError" and not any(mark in text for mark in _LOST):
+        return None
+    return FusekitError("another process of this distributed run ended or stopped answering; its own message "
+                        "(above) says why, and this run wrote no output")
+
+
+@contextlib.contextmanager
+def _collective() -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as exc:
+        lost = peer_lost(exc)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def _summary(exc: BaseException) -> str:
@@ -256,7 +290,8 @@ def agreement(step: str) -> Iterator[None]:
         failure = exc
     mine = None if failure is None else (_summary(failure), failure if isinstance(failure, FusekitError) else None)
     gathered: list = [None] * launch().world
-    dist.all_gather_object(gathered, mine)
+    with _collective():
+        dist.all_gather_object(gathered, mine)
     failed = [(r, item) for r, item in enumerate(gathered) if item is not None]
     if not failed:
         return

@@ -379,6 +379,11 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     except KeyboardInterrupt:
         where = f"; rerun with {{resume=True}} to continue from {literal(ckpt_path)}" if ckpt_path else ""
         raise TrainingInterrupted(f"training interrupted in epoch {epoch}{where}", owner="TrainConfig") from None
+    except RuntimeError as exc:  # DDP's gradient exchange with a rank that ended
+        lost = distributed.peer_lost(exc)
+        if lost is None:
+            raise
+        raise lost from None
     model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - began
     return result
