@@ -9,6 +9,10 @@ file removed) on exit, on error and on Ctrl-C.
 
 Within one process the lock is re-entrant (a command holding its output may call library
 functions that lock the same output). Nothing here imports torch.
+
+In a run started by torchrun only rank 0 writes outputs, so only rank 0 takes the lock; the
+other ranks learn through an agreement (fusekit/distributed.py) whether it got it, and a refused
+lock ends every rank with rank 0's message.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from fusekit import distributed
 from fusekit.errors import FusekitError
 
 LOCK_SUFFIX = ".fusekit-lock"
@@ -151,7 +156,13 @@ def holds_output(argument: str) -> Callable:
             output = signature.bind(*args, **kwargs).arguments.get(argument)
             if output is None:
                 return func(*args, **kwargs)
-            with output_lock(output, owner=f"{func.__name__}()", argument=argument):
+            if distributed.start().world == 1:
+                with output_lock(output, owner=f"{func.__name__}()", argument=argument):
+                    return func(*args, **kwargs)
+            with contextlib.ExitStack() as held:
+                with distributed.agreement("locking the output"):
+                    if distributed.is_main():
+                        held.enter_context(output_lock(output, owner=f"{func.__name__}()", argument=argument))
                 return func(*args, **kwargs)
 
         return locked

@@ -6,6 +6,15 @@ each task's kind (fusekit/task_kinds.py: a logit, K logits, a value). Only param
 ``requires_grad`` are optimised, so frozen components stay frozen. Data stays in memory as
 tensors on the training device; batches are slices of a seeded permutation (no per-row Python).
 Early stopping watches the mean over tasks of each kind's score (AUC, accuracy, R²).
+
+Started by torchrun (fusekit/distributed.py), ``fit`` trains data-parallel: the model is wrapped
+in DistributedDataParallel (trainable parameters only), every rank draws the same seeded
+permutation and takes a rank-strided share of each global batch (``TrainConfig.batch_size`` is
+the global batch, divided among the ranks), rank 0 computes the validation score and sends it to
+the others, so that every rank takes the same early-stopping decision, and only rank 0 writes
+checkpoints. The permutation and :func:`shard` are the one seam where a batch source that is
+itself sharded by rank and world replaces the in-memory rows. Outside torchrun none of this
+runs.
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusekit import distributed
 from fusekit.data.dataset import Split
 from fusekit.errors import FusekitError, OptionError, TrainingDiverged, TrainingInterrupted
 from fusekit.io import atomic_file
@@ -55,6 +65,7 @@ class TrainResult:
     device: str = "cpu"
     amp: bool = False
     stopped_early: bool = False
+    processes: int = 1  # the data-parallel processes that trained (torchrun's world)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -148,6 +159,54 @@ def evaluate(model: nn.Module, split: Split, tasks: list[str], device: torch.dev
     return {t: kinds[t].score(split.labels[t], outputs[t]) for t in tasks}
 
 
+def check_global_batch(batch_size: int, processes: int | None = None) -> None:
+    """OptionError unless the global ``batch_size`` divides among the run's processes (1 outside torchrun)."""
+    processes = distributed.world() if processes is None else processes
+    if processes > 1 and batch_size % processes:
+        raise OptionError(f"{{batch_size={batch_size}}} is the global batch of the {processes} processes of this run "
+                          f"and must divide among them; give a multiple of {processes}", owner="TrainConfig")
+
+
+def batch_starts(n: int, batch_size: int, processes: int = 1) -> range | list[int]:
+    """Where each global batch of an epoch over ``n`` rows starts. With several processes a last
+    batch of fewer rows than processes is left out (every rank needs a row to take a step)."""
+    starts = range(0, n, batch_size)
+    if processes > 1 and n % batch_size and n % batch_size < processes:
+        return starts[:-1]
+    return starts
+
+
+def shard(batch: torch.Tensor, place: "distributed.Launch") -> tuple[torch.Tensor, float]:
+    """This rank's rows of one global batch (rank-strided) and the weight of its mean loss.
+
+    DDP averages the ranks' gradients; weighting each rank's mean by its share of the batch
+    (``rows * world / batch rows``) makes that average the gradient of the whole batch's mean
+    loss, as one process computes it, also when a last batch does not divide evenly.
+    """
+    if place.world == 1:
+        return batch, 1.0
+    mine = batch[place.rank::place.world]
+    return mine, len(mine) * place.world / len(batch)
+
+
+def _data_parallel(model: nn.Module, inputs: list[torch.Tensor], device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel; ``find_unused_parameters`` only when a probe step
+    shows a trainable parameter that the forward pass does not reach (it costs a graph walk per step)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    was_training = model.training
+    model.eval()  # the probe draws no dropout and moves no normalisation statistics
+    out = model(*[x[:2] for x in inputs])
+    sum(o.float().sum() for o in out.values()).backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    unused = any(p.grad is None for p in trainable)
+    for p in trainable:
+        p.grad = None
+    model.train(was_training)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=unused)
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     # Serialised in memory and written by Python, so that a full or read-only disk is an OSError
     # with its errno (atomic_file's one-line error), not torch's RuntimeError from its own writer.
@@ -157,9 +216,21 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         tmp.write_bytes(buffer.getbuffer())
 
 
-def _load_checkpoint(path: Path) -> dict:
+def _read_checkpoint(path: Path | None) -> bytes:
+    if path is None or not path.exists():
+        raise OptionError(f"no checkpoint to resume from at {literal(path)}; run without {{resume}}",
+                          owner="TrainConfig")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return path.read_bytes()
+    except OSError as exc:
+        raise OptionError(f"cannot read checkpoint {literal(path)} ({type(exc).__name__}); delete it and train "
+                          "without {resume}", owner="TrainConfig") from exc
+
+
+def _load_checkpoint(path: Path, data: bytes | None = None) -> dict:
+    """The checkpoint's state: from ``data`` (its bytes, as rank 0 read and sent them) or the file."""
+    try:
+        return torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise OptionError(f"cannot read checkpoint {literal(path)} ({type(exc).__name__}); delete it and train "
                           "without {resume}", owner="TrainConfig") from exc
@@ -197,22 +268,29 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     ``config.checkpoint_dir`` a checkpoint is written after every epoch and
     ``config.resume`` continues from it. A non-finite loss stops training with a
     FusekitError and leaves the last good checkpoint in place.
+
+    Under torchrun every rank calls ``fit`` with the same data and config (see the module
+    docstring); a bad input on any rank raises the same error on all of them, and ``on_epoch``
+    and the progress lines run on rank 0 only.
     """
     config = config or TrainConfig()
     from fusekit.threads import apply_threads
 
     apply_threads(config.threads, torch=True)  # before any torch work of this run
-    if len(train) == 0 or len(val) == 0:
-        raise FusekitError("training and validation data must not be empty")
-    check_labels(train, tasks, "training", kinds_of(model, tasks, kinds))
-    check_labels(val, tasks, "validation", kinds_of(model, tasks, kinds))
-    device = resolve_device(config.device)
+    place = distributed.start()
+    with distributed.agreement("checking the training data"):
+        check_global_batch(config.batch_size, place.world)
+        if len(train) == 0 or len(val) == 0:
+            raise FusekitError("training and validation data must not be empty")
+        check_labels(train, tasks, "training", kinds_of(model, tasks, kinds))
+        check_labels(val, tasks, "validation", kinds_of(model, tasks, kinds))
+        device = distributed.device_for(resolve_device(config.device))
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise FusekitError("the model has no trainable parameters")
     use_amp = bool(config.amp and device.type == "cuda")
     generator = seed_everything(config.seed)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise FusekitError("the model has no trainable parameters")
     # A model may ask for per-group learning rates (fine-tuned source weights train slower).
     groups = model.optimizer_groups() if hasattr(model, "optimizer_groups") else [{"params": params, "lr_scale": 1.0}]
     optimizer = torch.optim.Adam([{"params": g["params"], "lr": config.lr * g["lr_scale"]} for g in groups if g["params"]],
@@ -222,59 +300,42 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     names = input_names_of(model, train)
     inputs, labels = _tensors(train, names, tasks, kinds, device)
 
-    result = TrainResult(device=str(device), amp=use_amp)
+    result = TrainResult(device=str(device), amp=use_amp, processes=place.world)
     best_score = -math.inf
     best_state = copy.deepcopy(model.state_dict())
     bad_epochs = 0
     start_epoch = 1
     ckpt_path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
-    if config.resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise OptionError(f"no checkpoint to resume from at {literal(ckpt_path)}; run without {{resume}}",
-                              owner="TrainConfig")
-        state = _load_checkpoint(ckpt_path)
-        if state.get("tasks") != list(tasks):
-            raise OptionError(f"checkpoint {literal(ckpt_path)} was made for tasks {literal(state.get('tasks'))}, "
-                              f"not {literal(tasks)}; use another output directory or drop {{resume}}",
-                              owner="TrainConfig")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            best_state = state["best_model"]
-            best_score = state["best_score"]
-            bad_epochs = state["bad_epochs"]
-            result.best_epoch = state["best_epoch"]
-            result.history = [EpochRecord(**r) for r in state["history"]]
-            result.best_val_score = dict(state["best_val_score"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch = state["epoch"] + 1
-        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OptionError(f"checkpoint {literal(ckpt_path)} was made for another model or by another fusekit "
-                              f"({literal(what[:160])}); train without {{resume}} to start over", owner="TrainConfig") \
-                from None
-        if bad_epochs >= config.patience:
-            start_epoch = config.max_epochs + 1
+    # Rank 0's disk holds the checkpoint: it decides whether to resume, reads the file and sends its bytes.
+    if distributed.broadcast_object(bool(config.resume)):
+        with distributed.agreement("reading the checkpoint"):
+            data = _read_checkpoint(ckpt_path) if place.is_main else None
+        data = distributed.broadcast_bytes(data)
+        with distributed.agreement("loading the checkpoint"):
+            start_epoch, best_state, best_score, bad_epochs = _resume(
+                model, optimizer, generator, result, tasks, config, ckpt_path, data)
+    step_model = _data_parallel(model, inputs, device) if place.world > 1 else model
 
     began = time.perf_counter() - sum(r.seconds for r in result.history)
     n = len(train)
     # Bars only on a terminal: in a redirected log every redraw would be kept as text.
-    tqdm = _progress_bars() if config.progress and _is_terminal(sys.stderr) else None
+    tqdm = _progress_bars() if config.progress and place.is_main and _is_terminal(sys.stderr) else None
     epoch = start_epoch - 1
     try:
         for epoch in range(start_epoch, config.max_epochs + 1):
             t0 = time.perf_counter()
-            model.train()
-            order = torch.randperm(n, generator=generator).to(device)
+            step_model.train()
+            order = torch.randperm(n, generator=generator).to(device)  # the same on every rank
             total = torch.zeros((), device=device)
-            steps = range(0, n, config.batch_size)
+            steps = batch_starts(n, config.batch_size, place.world)
             bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, unit="batch", file=sys.stderr) if tqdm else steps
             for i, start in enumerate(bar):
-                idx = order[start:start + config.batch_size]
+                idx, weight = shard(order[start:start + config.batch_size], place)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    out = model(*[x[idx] for x in inputs])
+                    out = step_model(*[x[idx] for x in inputs])
                     loss = sum(kinds[t].loss(out[t], labels[k][idx]) for k, t in enumerate(tasks))
+                    if weight != 1.0:
+                        loss = loss * weight
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -282,10 +343,12 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                 total += loss.detach()
                 if tqdm is not None and i % 20 == 0:
                     bar.set_postfix(loss=f"{total.item() / (i + 1):.4f}")
-            train_loss = total.item() / max(1, len(steps))
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(train_loss, epoch, ckpt_path if ckpt_path and ckpt_path.is_file() else None)
-            val_score = evaluate(model, val, tasks, device, config.eval_batch_size, kinds)
+            train_loss = distributed.all_reduce(total, "mean").item() / max(1, len(steps))
+            with distributed.agreement(f"validating epoch {epoch}"):
+                if not math.isfinite(train_loss):
+                    raise TrainingDiverged(train_loss, epoch, ckpt_path if ckpt_path and ckpt_path.is_file() else None)
+                val_score = evaluate(model, val, tasks, device, config.eval_batch_size, kinds) if place.is_main else None
+            val_score = distributed.broadcast_object(val_score)  # every rank takes rank 0's decision
             mean_score = float(np.mean(list(val_score.values())))
             record = EpochRecord(epoch, train_loss, val_score, mean_score, time.perf_counter() - t0)
             result.history.append(record)
@@ -295,19 +358,20 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                 result.best_epoch, result.best_val_score = epoch, dict(val_score)
             else:
                 bad_epochs += 1
-            if ckpt_path is not None:
-                _save_checkpoint(ckpt_path, {
-                    "epoch": epoch, "tasks": list(tasks), "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "best_model": best_state, "best_score": best_score,
-                    "best_epoch": result.best_epoch, "best_val_score": result.best_val_score,
-                    "bad_epochs": bad_epochs, "history": [asdict(r) for r in result.history],
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                })
-            if config.progress:
+            with distributed.agreement(f"writing the checkpoint of epoch {epoch}"):
+                if ckpt_path is not None and place.is_main:
+                    _save_checkpoint(ckpt_path, {
+                        "epoch": epoch, "tasks": list(tasks), "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "best_model": best_state, "best_score": best_score,
+                        "best_epoch": result.best_epoch, "best_val_score": result.best_val_score,
+                        "bad_epochs": bad_epochs, "history": [asdict(r) for r in result.history],
+                        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                    })
+            if config.progress and place.is_main:
                 _progress_line(f"epoch {epoch}: loss {train_loss:.4f}, validation: "
                                + ", ".join(f"{t} {kinds[t].score_label} {a:.5f}" for t, a in val_score.items())
                                + (" (best so far)" if bad_epochs == 0 else ""), tqdm)
-            if on_epoch is not None:
+            if on_epoch is not None and place.is_main:
                 on_epoch(record)
             if bad_epochs >= config.patience:
                 result.stopped_early = True
@@ -315,6 +379,40 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     except KeyboardInterrupt:
         where = f"; rerun with {{resume=True}} to continue from {literal(ckpt_path)}" if ckpt_path else ""
         raise TrainingInterrupted(f"training interrupted in epoch {epoch}{where}", owner="TrainConfig") from None
+    except RuntimeError as exc:  # DDP's gradient exchange with a rank that ended
+        lost = distributed.peer_lost(exc)
+        if lost is None:
+            raise
+        raise lost from None
     model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _resume(model: nn.Module, optimizer, generator: torch.Generator, result: TrainResult, tasks: list[str],
+            config: TrainConfig, ckpt_path: Path | None, data: bytes) -> tuple[int, dict, float, int]:
+    """Load a checkpoint's state into the model, optimizer, generator and ``result``; returns
+    (first epoch to run, best state, best score, epochs without improvement)."""
+    state = _load_checkpoint(ckpt_path, data)
+    if state.get("tasks") != list(tasks):
+        raise OptionError(f"checkpoint {literal(ckpt_path)} was made for tasks {literal(state.get('tasks'))}, "
+                          f"not {literal(tasks)}; use another output directory or drop {{resume}}",
+                          owner="TrainConfig")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        result.best_epoch = state["best_epoch"]
+        result.history = [EpochRecord(**r) for r in state["history"]]
+        result.best_val_score = dict(state["best_val_score"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, bad_epochs = state["epoch"] + 1, state["bad_epochs"]
+        best = (state["best_model"], state["best_score"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OptionError(f"checkpoint {literal(ckpt_path)} was made for another model or by another fusekit "
+                          f"({literal(what[:160])}); train without {{resume}} to start over", owner="TrainConfig") \
+            from None
+    if bad_epochs >= config.patience:
+        start_epoch = config.max_epochs + 1
+    return start_epoch, best[0], best[1], bad_epochs

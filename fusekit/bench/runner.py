@@ -21,13 +21,20 @@ Rows of Table I for a task set:
 Table II (``ablation``) repeats the paper's Table II with ``emm-paper``: no trained
 components and no MTM; MTM only; trained components without MTM; full.
 Every test AUC is computed here on the same test rows of a split, with onnxruntime for ONNX models.
+
+Started by torchrun, every rank runs the same cells in the same order (rank 0 says which cells are
+still to run), so that every training run is data-parallel (fusekit/train.py); rank 0 alone logs,
+scores fused models and writes ``out_dir``; the other ranks keep their cells in a scratch folder
+and return None.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
 import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 
-from fusekit import __version__
+from fusekit import __version__, distributed
 from fusekit.models.baselines import BASELINES, build_baseline
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_file, check_output_paths
@@ -130,6 +137,8 @@ def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_m
 
     out = runs_dir / f"{key}-split{split}-seed{seed}"
     result = fuse(parts_dir, task_models, ds, out, _fuse_options(fusion_kw, seed, budget, progress, force=True))
+    if result is None:  # another process of a torchrun run: rank 0 scores and writes
+        return _cell(tasks, key, split, seed, {}, kind="emm", label=label, fusion=fusion_kw)
     fused = Path(result.out_dir) / "fused.onnx"
     # Scored here on the bench's own test split, like every other row.
     test_auc = _auc(ds.test, onnx_probabilities(fused, ds.test, tasks), tasks)
@@ -199,6 +208,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _missing(store: CellStore, *key) -> bool:
+    """Whether a cell is still to run; rank 0's store decides for every rank of a torchrun run."""
+    return bool(distributed.broadcast_object(store.get(*key) is None))
+
+
 def _evaluation_data(ds, val_idx, test_idx, budget: Budget):
     """The dataset of one evaluation split: the same training rows, the pool halved into validation and test."""
     val = ds.test.subset(val_idx).sample(budget.val_rows, 1)
@@ -234,7 +248,7 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], splits: list[
     failed: list[Cell] = []
     for split, val_idx, test_idx in plan:
         ds_k = _evaluation_data(ds, val_idx, test_idx, budget)
-        if sources and ("sources" in methods or "average" in methods) and store.get(name, "average", split, None) is None:
+        if sources and ("sources" in methods or "average" in methods) and _missing(store, name, "average", split, None):
             probs = {s.name: onnx_probabilities(s.path, ds_k.test, [s.task])[s.task] for s in sources}
             for s in sources:
                 store.put(_cell(tasks, s.name, split, None, {s.task: roc_auc(ds_k.test.labels[s.task], probs[s.name])},
@@ -245,13 +259,13 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], splits: list[
                             parameters=sum(s.parameters for s in sources), trainable=0))
         for method in baselines:
             for seed in seeds:
-                if store.get(name, method, split, seed) is None:
+                if _missing(store, name, method, split, seed):
                     log(f"[{name}] training {method} (split {split}, seed {seed})")
                     store.put(_train_baseline(method, (ds.spec.cardinalities, len(ds.spec.dense)), tasks, train,
                                               ds_k.val, ds_k.test, split, seed, budget, progress, log))
         for key, label, kw in variants:
             for seed in seeds:
-                if store.get(name, key, split, seed) is not None:
+                if not _missing(store, name, key, split, seed):
                     continue
                 if not (parts / "manifest.json").is_file():
                     log(f"[{name}] decomposing {len(sources)} source models")
@@ -299,7 +313,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
               models_dir: Path | None = None, three_models_dir: Path | None = None, max_epochs: int | None = None,
               patience: int | None = None, batch_size: int | None = None, device: str = "auto",
               force: bool = False, progress: bool = False, split_seed: int = 0,
-              log: Callable[[str], None] = print) -> BenchResult:
+              log: Callable[[str], None] = print) -> BenchResult | None:
     """Benchmark every method on ``tasks`` (Table I, Table II) and on ``three_tasks`` (Table I with
     fusion-gate statistics), same data, splits, seeds, budget and early stopping for all; write ``out_dir``.
 
@@ -307,6 +321,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     a row subsample (a smoke test: its numbers mean nothing). Each finished cell is written to
     ``out_dir/cells`` at once; run the same call again to resume. ``out_dir`` finally gets
     ``results.json``, ``tables.md`` and ``auc.png``. FusekitError on bad input before any training.
+    Under torchrun, ranks other than 0 return None (see the module docstring).
     """
     started = time.perf_counter()
     tasks = list(tasks or DEFAULT_TASKS)
@@ -327,19 +342,27 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     if three_tasks and list(three_tasks) != tasks:
         task_sets.append((list(three_tasks), three_models_dir, False))
     protocol = _protocol(dataset, budget, task_sets, chosen)
-    resuming = check_protocol(out_dir, protocol, force)
-    if not resuming and out_dir.is_dir():
-        shutil.rmtree(out_dir)  # force: start over
-    write_protocol(out_dir, protocol)
-    store = CellStore(out_dir / CELLS_DIR)
-    if resuming:
-        log(f"resuming {out_dir}: {len(store.all())} finished cells kept")
-    sets = []
-    for set_tasks, set_models, ablation in task_sets:
-        work = out_dir / "work" / task_set_key(set_tasks)
-        sets.append(run_task_set(dataset, set_tasks, seed_list, split_list, budget, chosen, work, store, set_models,
-                                 ablation, progress, log))
-    shutil.rmtree(out_dir / "work", ignore_errors=True)
+    main = distributed.is_main()
+    with distributed.agreement("checking the output folder"):
+        resuming = check_protocol(out_dir, protocol, force) if main else False
+    with _scratch() if not main else contextlib.nullcontext(out_dir) as home:
+        if main:
+            if not resuming and out_dir.is_dir():
+                shutil.rmtree(out_dir)  # force: start over
+            write_protocol(out_dir, protocol)
+        else:
+            log = _silent
+        store = CellStore(home / CELLS_DIR)
+        if resuming:
+            log(f"resuming {out_dir}: {len(store.all())} finished cells kept")
+        sets = []
+        for set_tasks, set_models, ablation in task_sets:
+            work = home / "work" / task_set_key(set_tasks)
+            sets.append(run_task_set(dataset, set_tasks, seed_list, split_list, budget, chosen, work, store,
+                                     set_models, ablation, progress, log))
+        shutil.rmtree(home / "work", ignore_errors=True)
+    if not main:
+        return None
     result = BenchResult(dataset, seed_list, quick, budget.__dict__, {
         name: {**cls.defaults} for name, cls in BASELINES.items()}, sets, out_dir,
         versions=_versions(), threads=current_threads(), splits=split_list)
@@ -360,6 +383,17 @@ def write_report(result: BenchResult) -> None:
         Path(tmp).write_text(render_markdown(result))
     with atomic_file(out / "auc.png") as tmp:
         write_chart(result, Path(tmp))
+
+
+def _silent(text: str) -> None:
+    """The log of the ranks that do not print."""
+
+
+@contextlib.contextmanager
+def _scratch():
+    """The cells and work files of a rank that does not write the output (removed at the end)."""
+    with tempfile.TemporaryDirectory(prefix="fusekit-bench-rank") as path:
+        yield Path(path)
 
 
 def _seed_list(value: int | list[int], name: str) -> list[int]:

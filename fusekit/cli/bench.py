@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         models_dir=args.models, three_models_dir=args.three_models, max_epochs=args.max_epochs,
         patience=args.patience, device=args.device, force=args.force, progress=args.progress and not args.quiet,
         split_seed=args.split_seed, log=progress_printer(args.quiet))
+    if result is None:
+        return 0  # another process of a torchrun run (rank 0) writes and prints
     if args.json:
         print_json(result.to_dict())
         return 0

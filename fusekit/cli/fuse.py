@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     use_threads(args, torch=True)
     result = fuse(args.parts, tasks, args.data, args.output, options)
+    if result is None:
+        return 0  # another process of a torchrun run (rank 0) writes and prints
     m = result.metrics
     if args.json:
         print_json({"out_dir": str(result.out_dir), "fused_onnx": str(Path(result.out_dir) / "fused.onnx"),

@@ -83,6 +83,14 @@ def _closed_stdout() -> int:
     return 128 + signal.SIGPIPE
 
 
+def _reports(error: BaseException) -> bool:
+    """Whether this process prints ``error``: always, except that in a torchrun run an error every
+    rank raised alike is printed by rank 0 only (fusekit/distributed.py)."""
+    from fusekit.distributed import reports
+
+    return reports(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print one line and return 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -111,11 +119,13 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namesp
     except BrokenPipeError:
         return _closed_stdout()
     except TrainingInterrupted as exc:
-        print(f"fusekit: {exc.render(flags.table() if flags else None)}", file=sys.stderr)
+        if _reports(exc):
+            print(f"fusekit: {exc.render(flags.table() if flags else None)}", file=sys.stderr)
         return 130
     except FusekitError as exc:
         # The library names option fields; say them as this command's flags.
-        print(f"fusekit: error: {exc.render(flags.table() if flags else None)}", file=sys.stderr)
+        if _reports(exc):
+            print(f"fusekit: error: {exc.render(flags.table() if flags else None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fusekit: interrupted", file=sys.stderr)

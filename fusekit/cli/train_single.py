@@ -70,6 +70,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Parse options, train, print the test AUC."""
     from fusekit.data import load_dataset
+    from fusekit.distributed import agreement
     from fusekit.models.single import check_seeds, train_single
     from fusekit.task_kinds import SCORE_LABEL
 
@@ -87,14 +88,17 @@ def run(args: argparse.Namespace) -> int:
     if args.data != "census-income":
         if args.pool_tasks and set(args.pool_tasks) - {args.task}:
             raise FusekitError("--pool-tasks applies to census-income; for files, drop columns with --exclude")
-        dataset = load_dataset(args.data, [args.task], labels=labels or {args.task: args.task}, seed=args.split_seed,
-                               holdout=args.holdout, holdout_seed=args.holdout_seed, categorical=args.categorical,
-                               dense=args.dense, exclude=args.exclude,
-                               kinds={args.task: args.task_kind} if args.task_kind else None)
+        with agreement("reading the data"):  # under torchrun: a bad file ends every process with one message
+            dataset = load_dataset(args.data, [args.task], labels=labels or {args.task: args.task},
+                                   seed=args.split_seed, holdout=args.holdout, holdout_seed=args.holdout_seed,
+                                   categorical=args.categorical, dense=args.dense, exclude=args.exclude,
+                                   kinds={args.task: args.task_kind} if args.task_kind else None)
     result = train_single(args.data, args.task, args.output, pool_tasks=args.pool_tasks, arch=arch,
                           holdout=args.holdout, holdout_seed=args.holdout_seed, seed=args.seed,
                           split_seed=args.split_seed, config=config,
                           data_dir=args.data_dir, train_rows=args.train_rows, dataset=dataset, force=args.force)
+    if result is None:
+        return 0  # another process of a torchrun run (rank 0) exports and prints
     if args.json:
         print_json(result.to_dict())
     else:

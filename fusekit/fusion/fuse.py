@@ -9,6 +9,11 @@ and it is removed once OUT/ is complete.
 :func:`prepare` (parts, tasks, data and rows checked: a :class:`FusePlan`), :func:`build`
 (the :class:`FusedModel`), :func:`train`, :func:`score_sources`, :func:`export`,
 :func:`compare` and :func:`write_outputs`.
+
+Started by torchrun, every rank checks the inputs and trains (data-parallel, see
+fusekit/train.py); rank 0 alone holds the lock, makes the work directory, writes OUT/ and prints,
+and the other ranks return None once training ends. A bad input on any rank ends every rank
+with one error before training (fusekit/distributed.py's agreements).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusekit import distributed
 from fusekit.data.dataset import Split
 from fusekit.decompose.manifest import Manifest
 from fusekit.errors import FusekitError, TrainingDiverged, TrainingInterrupted
@@ -136,11 +142,12 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     ``data``: as for :func:`fuse`. ``out_dir``, when given, must be free (or ``options.force``).
     FusekitError on bad input; nothing is written.
     """
-    from fusekit.train import resolve_device
+    from fusekit.train import check_global_batch, resolve_device
 
     options = options or FuseOptions()
     options.validate()  # a caller may have changed a field since it was made (train_rows='x')
     resolve_device(options.training.device)  # a missing GPU is reported before anything is written
+    check_global_batch(options.training.batch_size)
     manifest = parts if isinstance(parts, Manifest) else Manifest.load(Path(parts))
     mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups(),
                                    ignore_metadata=options.ignore_task_metadata)
@@ -168,7 +175,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     if plan.data_report is not None:
         plan.data_report.labels = [dataclasses.replace(lb, kind=plan.kinds[lb.task].kind, classes=plan.kinds[lb.task].classes)
                                    for lb in plan.data_report.labels]
-        if options.on_data is not None:
+        if options.on_data is not None and distributed.is_main():
             options.on_data(plan.data_report)
     return plan
 
@@ -301,8 +308,9 @@ def _start_work_dir(plan: FusePlan, out_dir: Path) -> Path:
 def _end_failed_run(work: Path, resumed: bool, error: BaseException) -> BaseException:
     """What a failed run leaves: an interruption keeps its work directory (``resume`` continues
     it), and so does a failed resumed run (the user's earlier checkpoint); a new run that failed
-    on its input removes it, so that the next plain run is not refused. Returns the error to raise."""
-    if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) or resumed:
+    on its input removes it, so that the next plain run is not refused. Returns the error to raise.
+    Only rank 0 owns the work directory."""
+    if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) or resumed or not distributed.is_main():
         return error
     shutil.rmtree(work, ignore_errors=True)
     return error.without_checkpoint() if isinstance(error, TrainingDiverged) else error
@@ -470,7 +478,7 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
         "mean_test_score": float(np.mean([per_task[t]["test_score"] for t in plan.task_names])),
         "epochs": len(result.history), "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
         "train_seconds": result.seconds, "total_seconds": seconds,
-        "device": result.device, "amp": result.amp,
+        "device": result.device, "amp": result.amp, "processes": result.processes,
         "rows": {"train": len(plan.train_rows), "validation": len(plan.val), "test": len(plan.test),
                  "train_source": plan.train_source},
         "trainable_parameters": sum(p.numel() for p in model.fusion_parameters()),
@@ -492,26 +500,28 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
 # -- the command -----------------------------------------------------------------------------------
 @holds_output("out_dir")  # one run per output and work directory
 def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_dir: Path,
-         options: FuseOptions | None = None) -> FuseResult:
+         options: FuseOptions | None = None) -> FuseResult | None:
     """Train the fusion network on the fusion rows, export fused.onnx, and write OUT/ atomically.
 
     ``tasks``: the models of each task (None: grouped by their ``fusekit.task`` metadata).
     ``data`` is ``"census-income"``, a CSV/Parquet path (with ``options.labels``), or an already
     loaded TabularDataset. Raises FusekitError on bad input before anything is written.
+    Under torchrun, ranks other than 0 return None after training (rank 0 writes OUT/).
     """
     from fusekit.train import check_labels
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    check_output_paths(out_dir, [parts_dir if not isinstance(parts_dir, Manifest) else parts_dir.root,
-                                 data if isinstance(data, (str, Path)) else None], owner="fuse()",
-                       around=[getattr(options, "data_dir", None)])
-    plan = prepare(parts_dir, tasks, data, options, out_dir)
-    for rows, what in ((plan.train_rows, "training"), (plan.val, "validation"), (plan.test, "test")):
-        check_labels(rows, plan.task_names, what, plan.kinds)  # before any training, not after it
-    model = build(plan)
-    untrained = copy.deepcopy(model.state_dict())
-    work = _start_work_dir(plan, out_dir)
+    with distributed.agreement("checking the inputs"):
+        check_output_paths(out_dir, [parts_dir if not isinstance(parts_dir, Manifest) else parts_dir.root,
+                                     data if isinstance(data, (str, Path)) else None], owner="fuse()",
+                           around=[getattr(options, "data_dir", None)])
+        plan = prepare(parts_dir, tasks, data, options, out_dir)
+        for rows, what in ((plan.train_rows, "training"), (plan.val, "validation"), (plan.test, "test")):
+            check_labels(rows, plan.task_names, what, plan.kinds)  # before any training, not after it
+        model = build(plan)
+        untrained = copy.deepcopy(model.state_dict())
+        work = _start_work_dir(plan, out_dir) if distributed.is_main() else work_dir_for(out_dir)
     try:
         return _train_and_write(plan, model, untrained, work, out_dir, started)
     except BaseException as exc:
@@ -519,10 +529,12 @@ def fuse(parts_dir: Path, tasks: Mapping[str, Sequence[str]] | None, data, out_d
 
 
 def _train_and_write(plan: FusePlan, model: FusedModel, untrained: dict, work: Path, out_dir: Path,
-                     started: float) -> FuseResult:
+                     started: float) -> FuseResult | None:
     from fusekit.train import CHECKPOINT_NAME
 
     result = train(plan, model, work)
+    if not distributed.is_main():
+        return None  # rank 0 scores, exports and writes
     kept = guard(plan, model, untrained)
     source_out = score_sources(plan)
     with atomic_dir(out_dir, force=plan.options.force) as tmp:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusekit import distributed
 from fusekit.decompose.manifest import TASK_KEY
 from fusekit.data import FeatureSpec, Split, TabularDataset, load_dataset
 from fusekit.errors import FusekitError
@@ -138,10 +139,21 @@ def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, con
                      train_rows: int | None = None) -> tuple[SingleTaskModel, TrainResult, dict, int]:
     """Train one model on ``dataset``'s source rows; returns (model, fit result, test metrics, rows used).
 
-    The task's kind is the dataset's (binary unless the data says otherwise).
+    The task's kind is the dataset's (binary unless the data says otherwise). Under torchrun
+    every rank trains (fusekit/train.py) and a bad input ends every rank alike.
 
     ``train_rows`` takes a seeded random subset of the source rows (for quick runs).
     """
+    with distributed.agreement("checking the training data"):
+        train, kind = _training_rows(dataset, task, config, train_rows)
+    model = build_model(dataset.spec, task, arch, config.seed, kind)
+    result = fit(model, train, dataset.val, [task], config)
+    outputs = predict(model, dataset.test, [task], "cpu" if result.device == "cpu" else None)
+    return model, result, kind.metrics(dataset.test.labels[task], outputs[task]), len(train)
+
+
+def _training_rows(dataset: TabularDataset, task: str, config: TrainConfig,
+                   train_rows: int | None) -> tuple[Split, TaskKind]:
     if task not in dataset.tasks:
         raise FusekitError(f"task {task!r} is not in the dataset (tasks: {', '.join(dataset.tasks)})")
     train = dataset.source_rows()
@@ -156,10 +168,7 @@ def train_on_dataset(dataset: TabularDataset, task: str, arch: Architecture, con
         if kind.kind != "regression" and kind.kind != "count" and (len(labels) == 0 or labels.min() == labels.max()):
             raise FusekitError(f"the {name} rows of task {task!r} hold a single class; a {kind.kind} task needs "
                                "two or more")
-    model = build_model(dataset.spec, task, arch, config.seed, kind)
-    result = fit(model, train, dataset.val, [task], config)
-    outputs = predict(model, dataset.test, [task], "cpu" if result.device == "cpu" else None)
-    return model, result, kind.metrics(dataset.test.labels[task], outputs[task]), len(train)
+    return train, kind
 
 
 def check_seeds(**seeds: int) -> None:
@@ -168,6 +177,35 @@ def check_seeds(**seeds: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
             raise FusekitError(f"{{{name}}} must be a whole number from 0 to {SEED_LIMIT - 1}, got {value!r}",
                                owner="train_single()")
+
+
+def _checked_dataset(data, task: str, out: Path | None, label: str | None, pool_tasks: list[str] | None,
+                     holdout: float, holdout_seed: int, seed: int, split_seed: int, data_dir: Path | None,
+                     dataset: TabularDataset | None, force: bool, arch: Architecture) -> TabularDataset:
+    """:func:`train_single`'s checks of its arguments, and its dataset (loaded unless given)."""
+    check_seeds(seed=seed, split_seed=split_seed, holdout_seed=holdout_seed)
+    if out is not None:
+        check_output_paths(out, [data], owner="train_single()", argument="out", around=[data_dir])
+        if Path(out).exists() and not force:
+            raise FusekitError(f"{literal(out)} exists; choose another {{out}} or pass {{force=True}}",
+                               owner="train_single()")
+    arch.validate()
+    if dataset is None:
+        pool = list(pool_tasks or [task])
+        if task not in pool:
+            pool = [task] + pool
+        others = [t for t in pool if t != task]
+        if str(data) == "census-income":
+            dataset = load_dataset("census-income", [task], exclude_tasks=others, data_dir=data_dir,
+                                   seed=split_seed, holdout=holdout, holdout_seed=holdout_seed)
+        else:
+            if others:
+                # The command line checks this itself, with its --exclude, before calling here.
+                raise FusekitError("pool_tasks applies to census-income only; for a file, load it with "
+                                   "load_dataset(..., exclude=[columns]) and pass it as dataset")
+            dataset = load_dataset(data, [task], labels={task: label or task}, seed=split_seed,
+                                   holdout=holdout, holdout_seed=holdout_seed)
+    return dataset
 
 
 @holds_output("out")
@@ -188,7 +226,7 @@ def train_single(
     train_rows: int | None = None,
     dataset: TabularDataset | None = None,
     force: bool = False,
-) -> SingleResult:
+) -> SingleResult | None:
     """Load ``data`` (``census-income`` or a CSV/Parquet path), train a model for ``task``, report
     its test metrics and export it to ``out`` (skipped when ``out`` is None).
 
@@ -197,34 +235,18 @@ def train_single(
     ``holdout``: fraction of the training split kept out (recorded in the spec with ``holdout_seed``,
     which is independent of the training ``seed`` so that a whole pool shares one holdout); likewise
     ``split_seed`` fixes the validation/test split so that the pool's test AUCs are comparable.
-    ``force``: replace an existing ``out``.
+    ``force``: replace an existing ``out``. Under torchrun every rank trains and rank 0 alone
+    exports; the other ranks return None.
     """
-    check_seeds(seed=seed, split_seed=split_seed, holdout_seed=holdout_seed)
-    if out is not None:
-        check_output_paths(out, [data], owner="train_single()", argument="out", around=[data_dir])
-        if Path(out).exists() and not force:
-            raise FusekitError(f"{literal(out)} exists; choose another {{out}} or pass {{force=True}}",
-                               owner="train_single()")
     arch = arch or Architecture()
-    arch.validate()
+    with distributed.agreement("checking the inputs"):
+        dataset = _checked_dataset(data, task, out, label, pool_tasks, holdout, holdout_seed, seed, split_seed,
+                                   data_dir, dataset, force, arch)
     config = config or TrainConfig(seed=seed)
-    if dataset is None:
-        pool = list(pool_tasks or [task])
-        if task not in pool:
-            pool = [task] + pool
-        others = [t for t in pool if t != task]
-        if str(data) == "census-income":
-            dataset = load_dataset("census-income", [task], exclude_tasks=others, data_dir=data_dir,
-                                   seed=split_seed, holdout=holdout, holdout_seed=holdout_seed)
-        else:
-            if others:
-                # The command line checks this itself, with its --exclude, before calling here.
-                raise FusekitError("pool_tasks applies to census-income only; for a file, load it with "
-                                   "load_dataset(..., exclude=[columns]) and pass it as dataset")
-            dataset = load_dataset(data, [task], labels={task: label or task}, seed=split_seed,
-                                   holdout=holdout, holdout_seed=holdout_seed)
     began = time.perf_counter()
     model, result, test_metrics, n_rows = train_on_dataset(dataset, task, arch, config, train_rows)
+    if not distributed.is_main():
+        return None  # rank 0 exports and reports
     train_seconds = sum(r.seconds for r in result.history)
     written = None
     if out is not None:
