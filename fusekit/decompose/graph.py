@@ -10,6 +10,7 @@ component re-creates for itself.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -29,6 +30,7 @@ Dim = int | str | None
 # every data output, so "on every input-to-output path" becomes "dominates the sink".
 SOURCE = ("virtual", "source")
 SINK = ("virtual", "sink")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -75,9 +77,19 @@ class ModelGraph:
         canonical = self._canonical.get(shape)
         if canonical is None:
             # Dims that shape inference invented (unk__N) differ between models: unknown, "?".
-            canonical = tuple([d if isinstance(d, int) else self.dim_names.get(d, "?") if d else "?" for d in shape])
+            canonical = tuple([d if isinstance(d, int) else self._canonical_dim(d) if d else "?" for d in shape])
             self._canonical[shape] = canonical
         return canonical
+
+    def _canonical_dim(self, dim: str) -> str:
+        """An input dim's canonical name; an expression of input dims that the exporter wrote
+        (``(H//2)`` after a stride-2 pool) with each of them renamed; anything else ``?``."""
+        if dim in self.dim_names:
+            return self.dim_names[dim]
+        names = _IDENTIFIER.findall(dim)
+        if not names or any(n not in self.dim_names for n in names):
+            return "?"
+        return _IDENTIFIER.sub(lambda m: self.dim_names[m.group(0)], dim)
 
     @cached_property
     def data_graph(self) -> nx.DiGraph:
