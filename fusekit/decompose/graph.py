@@ -18,7 +18,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from fusekit.errors import FusekitError
 from fusekit.onnxio import optable
@@ -245,13 +245,74 @@ def _canonical_dims(model: onnx.ModelProto, inputs: list[str]) -> dict[str, str]
     return names
 
 
+class _Untyped(FusekitError):
+    """Shape inference left a data tensor without a type or rank."""
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy of ``model`` whose top-level nodes computed from constants alone are Constant nodes
+    (evaluated by onnx's reference evaluator), or None when there are none.
+
+    Why: ONNX shape inference propagates shape values through a few ops only; the legacy
+    torch exporter computes some reshape targets from constants with others (``Mod`` in
+    ``unflatten``), so the shapes after such a Reshape stay unknown until those are folded.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nodes, changed = [], False
+    for node in graph.node:
+        if node.op_type == "Constant" and not node.domain:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                known[node.output[0]] = numpy_helper.to_array(value.t)
+            nodes.append(node)
+            continue
+        ins = [n for n in node.input if n]
+        if (not ins or any(n not in known for n in ins) or optable.subgraphs(node) or node.domain
+                or not optable.foldable(node.op_type, node.domain)):
+            nodes.append(node)
+            continue
+        try:
+            values = ReferenceEvaluator(node).run(None, {n: known[n] for n in ins})
+        except Exception:  # noqa: BLE001 - an op the reference evaluator lacks stays as it is
+            nodes.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            known[name] = np.asarray(value)
+            nodes.append(helper.make_node("Constant", [], [name], name=f"{node.name or name}/folded",
+                                          value=numpy_helper.from_array(np.asarray(value), name)))
+        changed = True
+    if not changed:
+        return None
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    del folded.graph.node[:]
+    folded.graph.node.extend(nodes)
+    return folded
+
+
 def load_graph(path: Path, model: onnx.ModelProto | None = None) -> ModelGraph:
     """Read, check and shape-infer ``path``; classify every tensor as data, const or shape.
 
-    ``model``: the file as :func:`read_model` already returned it, to not read it twice.
+    ``model``: the file as :func:`read_model` already returned it, to not read it twice. When
+    shape inference leaves a data tensor untyped, the constant-only nodes are folded
+    (:func:`fold_constants`) and the folded model is analysed instead (an equivalent graph).
     """
     path = Path(path)
-    model = infer_shapes(model if model is not None else read_model(path), path)
+    model = model if model is not None else read_model(path)
+    try:
+        return _load_graph(path, model)
+    except _Untyped:
+        folded = fold_constants(model)
+        if folded is None:
+            raise
+        return _load_graph(path, folded)
+
+
+def _load_graph(path: Path, model: onnx.ModelProto) -> ModelGraph:
+    model = infer_shapes(model, path)
     graph = model.graph
     opset = optable.default_opset(model)
     initializers = {t.name: t for t in graph.initializer}
@@ -332,7 +393,7 @@ def _check_typed(path: Path, nodes: list[onnx.NodeProto], node_kind: list[str],
         for name in node.output:
             if name and (tensors[name].dtype is None or tensors[name].shape is None):
                 op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-                raise FusekitError(f"{path}: ONNX shape inference cannot handle op {op} (node "
+                raise _Untyped(f"{path}: ONNX shape inference cannot handle op {op} (node "
                                    f"{node.name or i}); replace it with standard ONNX ops or re-export the model")
 
 
