@@ -379,9 +379,38 @@ def _load_graph(path: Path, model: onnx.ModelProto) -> ModelGraph:
         if tensors[name].shape is None:
             tensors[name].dtype, tensors[name].shape = dtype, shape
     _check_typed(path, nodes, node_kind, tensors)
+    dim_names = _canonical_dims(model, inputs)
+    dim_names.update(_concat_aliases(nodes, tensors, dim_names))
     return ModelGraph(path=path, model=model, tensors=tensors, nodes=nodes, node_inputs=node_inputs,
                       node_kind=node_kind, inputs=inputs, outputs=outputs, opset=opset,
-                      initializers=initializers, dim_names=_canonical_dims(model, inputs), nested=nested)
+                      initializers=initializers, dim_names=dim_names, nested=nested)
+
+
+def _concat_aliases(nodes: list[onnx.NodeProto], tensors: dict[str, Tensor], dim_names: dict[str, str]) -> dict[str, str]:
+    """Dims that shape inference invented, named after the input dim a Concat shows they equal.
+
+    Why: a Loop's scan output (the legacy exporter's ``nn.EmbeddingBag``) gets an invented
+    length (``unk__3``), which is really the batch: the Concat that joins it to the dense
+    features' ``[batch, d]`` proves it, since every axis but the joined one must agree."""
+    aliases: dict[str, str] = {}
+    for node in nodes:
+        if node.op_type != "Concat" or node.domain or len(node.input) < 2:
+            continue
+        shapes = [tensors[n].shape if n in tensors else None for n in node.input if n]
+        if any(s is None for s in shapes) or len({len(s) for s in shapes}) != 1:
+            continue
+        rank = len(shapes[0])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % max(rank, 1)
+        for i in range(rank):
+            if i == axis:
+                continue
+            dims = [s[i] for s in shapes]
+            known = {dim_names.get(d) or aliases.get(d) for d in dims if isinstance(d, str)} - {None}
+            if len(known) != 1 or any(isinstance(d, int) for d in dims):
+                continue
+            name = known.pop()
+            aliases.update({d: name for d in dims if isinstance(d, str) and d not in dim_names and d not in aliases})
+    return aliases
 
 
 def _check_typed(path: Path, nodes: list[onnx.NodeProto], node_kind: list[str],
