@@ -13,7 +13,7 @@ from fusekit.decompose.manifest import Boundary, Manifest
 from fusekit.deploy.evaluate import evaluate_onnx
 from fusekit.errors import FusekitError
 from fusekit.fusion.boundaries import BoundaryAdapter
-from fusekit.fusion.fuse import build, fuse, prepare, score_sources
+from fusekit.fusion.fuse import build, export, fuse, prepare, score_sources
 from fusekit.fusion.model import DeployedOutputs
 from fusekit.fusion.options import FuseOptions, FusionOptions
 from fusekit.onnxio.sessions import session
@@ -172,3 +172,148 @@ def test_a_time_major_recurrent_pool_fuses_at_its_sequence_boundaries(digits, tm
     for task, out in zip(plan.task_names, fused):
         average = np.mean([plan.kinds[task].probabilities(sources[m]) for m in plan.tasks[task]], axis=0)
         np.testing.assert_allclose(plan.kinds[task].probabilities(out.numpy()), average, rtol=1e-5, atol=1e-6)
+
+
+class FreeLengthTransformer(torch.nn.Module):
+    """Rows [batch, T, 8] of any length T: Linear embedding (no position table), encoder, mean, head."""
+
+    def __init__(self, depth: int, task: str):
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 16)
+        layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = md._Head(16, task)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(rows)).mean(dim=1))
+
+
+def _dynamic_pool(folder, make, x: np.ndarray, labels: dict, name: str, axes: dict[int, str]) -> list:
+    """Two models per task trained one epoch, exported by torch.onnx (dynamo) with a dynamic batch
+    and the dynamic ``axes``, with their task in the metadata."""
+    from fusekit.decompose.manifest import TASK_KEY
+
+    folder.mkdir()
+    paths = []
+    for t, task in enumerate(TASKS):
+        for depth in (1, 2):
+            torch.manual_seed(10 * t + depth)
+            model = md.train(make(depth, task), x, labels[task], 1, 10 * t + depth)
+            shapes = ({0: torch.export.Dim("batch"), **{a: torch.export.Dim(n) for a, n in axes.items()}},)
+            with torch.no_grad():
+                proto = torch.onnx.export(model, (torch.from_numpy(x[:4]),), dynamo=True, input_names=[name],
+                                          output_names=[task], dynamic_shapes=shapes, verbose=False).model_proto
+            proto.metadata_props.add(key=TASK_KEY, value=task)
+            paths.append(folder / f"{task}_{depth}.onnx")
+            onnx.save(proto, str(paths[-1]))
+    return paths
+
+
+@pytest.mark.parametrize("pool, sizes", [("transformer", [(5, 8), (13, 8)]), ("cnn", [(6, 10), (12, 8)])])
+def test_sources_with_dynamic_lengths_or_image_sizes_give_a_fused_onnx_with_the_same_dynamic_dims(
+        digits, pool, sizes, tmp_path):
+    _, ds = digits[pool]
+    name = "rows" if pool == "transformer" else "image"
+    axes = {1: "T"} if pool == "transformer" else {2: "H", 3: "W"}
+    make = FreeLengthTransformer if pool == "transformer" else md.DigitsCNN
+    paths = _dynamic_pool(tmp_path / "pool", make, ds.train.inputs[name], ds.train.labels, name, axes)
+    decompose(paths, tmp_path / "parts", levels="all")
+    parts = Manifest.load(tmp_path / "parts")
+    assert [n for n in parts.inputs[0].shape[1:] if isinstance(n, str)] == list(parts.inputs[0].dynamic_axes().values())
+    plan = prepare(tmp_path / "parts", None, ds, FuseOptions(max_rows=200, fusion=FusionOptions(fuse_at="all")))
+    model = build(plan).eval()
+    export(plan, model, tmp_path / "fused.onnx")
+    dims = onnx.load(str(tmp_path / "fused.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == [
+        "batch", *[parts.inputs[0].dynamic_axes().get(a, n) for a, n in enumerate(parts.inputs[0].shape) if a]]
+    # the untrained fused model is the sources' plain average, in onnxruntime, at sizes it never saw
+    rng = np.random.default_rng(0)
+    sources = {p.stem: session(p, "cpu", threads=1)[0] for p in paths}
+    fused = session(tmp_path / "fused.onnx", "cpu", threads=1)[0]
+    for size in sizes:
+        shape = (7, size[0], 8) if pool == "transformer" else (7, 1, *size)
+        x = rng.random(shape, dtype=np.float32)
+        for task, out in zip(TASKS, fused.run(None, {name: x})):
+            average = np.mean([sources[f"{task}_{d}"].run(None, {name: x})[0] for d in (1, 2)], axis=0)
+            np.testing.assert_allclose(out, average, rtol=1e-5, atol=1e-6)
+
+
+class MaskedTransformer(torch.nn.Module):
+    """Padded rows [batch, 8, 8] and their ``attention_mask`` [batch, 8] (1 = a real row, as
+    tokenizers give it): the encoder's src_key_padding_mask in every layer, a masked mean, head."""
+
+    def __init__(self, depth: int, task: str):
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 16)
+        layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = md._Head(16, task)
+
+    def forward(self, rows: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        keep = attention_mask.to(rows.dtype)[..., None]
+        h = self.encoder(self.embed(rows), src_key_padding_mask=attention_mask == 0)
+        return self.head((h * keep).sum(1) / keep.sum(1))
+
+
+def _padded(split: Split, seed: int) -> Split:
+    """The split's rows cut to a seeded length of 3 to 8 each, zero-padded, with their attention_mask."""
+    rows = split.inputs["rows"]
+    lengths = np.random.default_rng(seed).integers(3, 9, len(rows))
+    mask = (np.arange(8)[None] < lengths[:, None]).astype(np.int64)
+    return Split({"rows": rows * mask[..., None].astype(np.float32), "attention_mask": mask}, split.labels)
+
+
+def test_an_attention_mask_reaches_every_component_of_a_mixed_exporter_transformer_pool(digits, tmp_path):
+    """One model per task exported by the dynamo exporter, the other by the legacy one (whose
+    reshape targets ONNX shape inference could not follow until decompose folded them)."""
+    from fusekit.decompose.manifest import TASK_KEY
+
+    _, ds = digits["transformer"]
+    ds = TabularDataset(None, TASKS, *[_padded(s, k) for k, s in enumerate((ds.train, ds.val, ds.test))])
+    x, mask = (torch.from_numpy(ds.train.inputs[n][:4]) for n in ("rows", "attention_mask"))
+    paths = []
+    for t, task in enumerate(TASKS):
+        for depth in (1, 2):
+            torch.manual_seed(10 * t + depth)
+            model = MaskedTransformer(depth, task).eval()
+            path = tmp_path / f"{task}_{depth}.onnx"
+            names = dict(input_names=["rows", "attention_mask"], output_names=[task])
+            # with gradients on: under no_grad the legacy exporter meets torch's fused encoder kernel
+            if depth == 1:
+                batch = torch.export.Dim("batch")
+                proto = torch.onnx.export(model, (x, mask), dynamo=True, dynamic_shapes=({0: batch}, {0: batch}),
+                                          verbose=False, **names).model_proto
+            else:
+                torch.onnx.export(model, (x, mask), str(path), dynamo=False, **names,
+                                  dynamic_axes={n: {0: "batch"} for n in ("rows", "attention_mask", task)})
+                proto = onnx.load(str(path))
+            proto.metadata_props.add(key=TASK_KEY, value=task)
+            onnx.save(proto, str(path))
+            paths.append(path)
+    decompose(paths, tmp_path / "parts", levels="all")
+    parts = Manifest.load(tmp_path / "parts")
+    assert parts.boundary_layouts()[0] == ("sequence", 16)
+    for entry in parts.models:  # every later component reads the mask, carried beside the boundary
+        assert all("attention_mask" in carried for carried in entry.carried[:-1])
+        later = [onnx.load(str(tmp_path / "parts" / c)) for c in entry.components[1:]]
+        assert all(len(c.graph.input) == 1 + len(entry.carried[k]) for k, c in enumerate(later))
+    plan = prepare(tmp_path / "parts", None, ds, FuseOptions(max_rows=300, fusion=FusionOptions(fuse_at="all")))
+    export(plan, build(plan).eval(), tmp_path / "fused.onnx")
+    fused = session(tmp_path / "fused.onnx", "cpu", threads=1)[0]
+    sources = {p.stem: session(p, "cpu", threads=1)[0] for p in paths}
+    feeds = {n: ds.test.inputs[n] for n in ("rows", "attention_mask")}
+
+    def served(feeds):
+        return fused.run(None, feeds), {task: np.mean([sources[f"{task}_{d}"].run(None, feeds)[0] for d in (1, 2)], axis=0)
+                                        for task in TASKS}
+
+    got, average = served(feeds)
+    for task, out in zip(TASKS, got):  # the untrained fused model: the sources' plain average
+        np.testing.assert_allclose(out, average[task], rtol=1e-5, atol=1e-6)
+    # what lies under the padding does not matter, the mask does
+    noisy = dict(feeds, rows=np.where(feeds["attention_mask"][..., None] == 1, feeds["rows"],
+                                      np.random.default_rng(1).random(feeds["rows"].shape, dtype=np.float32)))
+    for out, again in zip(got, served(noisy)[0]):
+        np.testing.assert_allclose(again, out, rtol=1e-5, atol=1e-6)
+    unmasked = served(dict(feeds, attention_mask=np.ones_like(feeds["attention_mask"])))[0]
+    assert max(np.abs(a - b).max() for a, b in zip(got, unmasked)) > 1e-3

@@ -10,6 +10,7 @@ component re-creates for itself.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from fusekit.errors import FusekitError
 from fusekit.onnxio import optable
@@ -29,6 +30,7 @@ Dim = int | str | None
 # every data output, so "on every input-to-output path" becomes "dominates the sink".
 SOURCE = ("virtual", "source")
 SINK = ("virtual", "sink")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -75,9 +77,19 @@ class ModelGraph:
         canonical = self._canonical.get(shape)
         if canonical is None:
             # Dims that shape inference invented (unk__N) differ between models: unknown, "?".
-            canonical = tuple([d if isinstance(d, int) else self.dim_names.get(d, "?") if d else "?" for d in shape])
+            canonical = tuple([d if isinstance(d, int) else self._canonical_dim(d) if d else "?" for d in shape])
             self._canonical[shape] = canonical
         return canonical
+
+    def _canonical_dim(self, dim: str) -> str:
+        """An input dim's canonical name; an expression of input dims that the exporter wrote
+        (``(H//2)`` after a stride-2 pool) with each of them renamed; anything else ``?``."""
+        if dim in self.dim_names:
+            return self.dim_names[dim]
+        names = _IDENTIFIER.findall(dim)
+        if not names or any(n not in self.dim_names for n in names):
+            return "?"
+        return _IDENTIFIER.sub(lambda m: self.dim_names[m.group(0)], dim)
 
     @cached_property
     def data_graph(self) -> nx.DiGraph:
@@ -233,13 +245,74 @@ def _canonical_dims(model: onnx.ModelProto, inputs: list[str]) -> dict[str, str]
     return names
 
 
+class _Untyped(FusekitError):
+    """Shape inference left a data tensor without a type or rank."""
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy of ``model`` whose top-level nodes computed from constants alone are Constant nodes
+    (evaluated by onnx's reference evaluator), or None when there are none.
+
+    Why: ONNX shape inference propagates shape values through a few ops only; the legacy
+    torch exporter computes some reshape targets from constants with others (``Mod`` in
+    ``unflatten``), so the shapes after such a Reshape stay unknown until those are folded.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nodes, changed = [], False
+    for node in graph.node:
+        if node.op_type == "Constant" and not node.domain:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                known[node.output[0]] = numpy_helper.to_array(value.t)
+            nodes.append(node)
+            continue
+        ins = [n for n in node.input if n]
+        if (not ins or any(n not in known for n in ins) or optable.subgraphs(node) or node.domain
+                or not optable.foldable(node.op_type, node.domain)):
+            nodes.append(node)
+            continue
+        try:
+            values = ReferenceEvaluator(node).run(None, {n: known[n] for n in ins})
+        except Exception:  # noqa: BLE001 - an op the reference evaluator lacks stays as it is
+            nodes.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            known[name] = np.asarray(value)
+            nodes.append(helper.make_node("Constant", [], [name], name=f"{node.name or name}/folded",
+                                          value=numpy_helper.from_array(np.asarray(value), name)))
+        changed = True
+    if not changed:
+        return None
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    del folded.graph.node[:]
+    folded.graph.node.extend(nodes)
+    return folded
+
+
 def load_graph(path: Path, model: onnx.ModelProto | None = None) -> ModelGraph:
     """Read, check and shape-infer ``path``; classify every tensor as data, const or shape.
 
-    ``model``: the file as :func:`read_model` already returned it, to not read it twice.
+    ``model``: the file as :func:`read_model` already returned it, to not read it twice. When
+    shape inference leaves a data tensor untyped, the constant-only nodes are folded
+    (:func:`fold_constants`) and the folded model is analysed instead (an equivalent graph).
     """
     path = Path(path)
-    model = infer_shapes(model if model is not None else read_model(path), path)
+    model = model if model is not None else read_model(path)
+    try:
+        return _load_graph(path, model)
+    except _Untyped:
+        folded = fold_constants(model)
+        if folded is None:
+            raise
+        return _load_graph(path, folded)
+
+
+def _load_graph(path: Path, model: onnx.ModelProto) -> ModelGraph:
+    model = infer_shapes(model, path)
     graph = model.graph
     opset = optable.default_opset(model)
     initializers = {t.name: t for t in graph.initializer}
@@ -306,9 +379,38 @@ def load_graph(path: Path, model: onnx.ModelProto | None = None) -> ModelGraph:
         if tensors[name].shape is None:
             tensors[name].dtype, tensors[name].shape = dtype, shape
     _check_typed(path, nodes, node_kind, tensors)
+    dim_names = _canonical_dims(model, inputs)
+    dim_names.update(_concat_aliases(nodes, tensors, dim_names))
     return ModelGraph(path=path, model=model, tensors=tensors, nodes=nodes, node_inputs=node_inputs,
                       node_kind=node_kind, inputs=inputs, outputs=outputs, opset=opset,
-                      initializers=initializers, dim_names=_canonical_dims(model, inputs), nested=nested)
+                      initializers=initializers, dim_names=dim_names, nested=nested)
+
+
+def _concat_aliases(nodes: list[onnx.NodeProto], tensors: dict[str, Tensor], dim_names: dict[str, str]) -> dict[str, str]:
+    """Dims that shape inference invented, named after the input dim a Concat shows they equal.
+
+    Why: a Loop's scan output (the legacy exporter's ``nn.EmbeddingBag``) gets an invented
+    length (``unk__3``), which is really the batch: the Concat that joins it to the dense
+    features' ``[batch, d]`` proves it, since every axis but the joined one must agree."""
+    aliases: dict[str, str] = {}
+    for node in nodes:
+        if node.op_type != "Concat" or node.domain or len(node.input) < 2:
+            continue
+        shapes = [tensors[n].shape if n in tensors else None for n in node.input if n]
+        if any(s is None for s in shapes) or len({len(s) for s in shapes}) != 1:
+            continue
+        rank = len(shapes[0])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % max(rank, 1)
+        for i in range(rank):
+            if i == axis:
+                continue
+            dims = [s[i] for s in shapes]
+            known = {dim_names.get(d) or aliases.get(d) for d in dims if isinstance(d, str)} - {None}
+            if len(known) != 1 or any(isinstance(d, int) for d in dims):
+                continue
+            name = known.pop()
+            aliases.update({d: name for d in dims if isinstance(d, str) and d not in dim_names and d not in aliases})
+    return aliases
 
 
 def _check_typed(path: Path, nodes: list[onnx.NodeProto], node_kind: list[str],
@@ -320,7 +422,7 @@ def _check_typed(path: Path, nodes: list[onnx.NodeProto], node_kind: list[str],
         for name in node.output:
             if name and (tensors[name].dtype is None or tensors[name].shape is None):
                 op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-                raise FusekitError(f"{path}: ONNX shape inference cannot handle op {op} (node "
+                raise _Untyped(f"{path}: ONNX shape inference cannot handle op {op} (node "
                                    f"{node.name or i}); replace it with standard ONNX ops or re-export the model")
 
 

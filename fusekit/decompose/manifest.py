@@ -237,6 +237,13 @@ class InputSpec:
         """Columns of a ``[batch, width]`` input when the width is fixed."""
         return self.shape[1] if len(self.shape) > 1 and isinstance(self.shape[1], int) else None
 
+    def dynamic_axes(self) -> dict[int, str]:
+        """The non-batch axes the sources leave symbolic, by their (canonical) names: what a
+        fused model exported from these sources must keep dynamic too. An unnamed dim gets
+        ``<input>_dim<axis>``."""
+        return {axis: dim if isinstance(dim, str) else f"{self.name}_dim{axis}"
+                for axis, dim in enumerate(self.shape) if axis > 0 and not isinstance(dim, int)}
+
 
 @dataclass
 class Boundary:

@@ -15,11 +15,13 @@ from fusekit.onnxio.export import export_onnx, max_abs_diff, torch_outputs
 
 
 def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...],
-                 metadata: dict[str, str] | None = None) -> Path:
+                 metadata: dict[str, str] | None = None,
+                 dynamic_axes: list[dict[int, str]] | None = None) -> Path:
     """Write ``model`` as ONNX: inputs named as the sources', one output per task of the kind and
     shape its sources give.
 
-    The batch dimension is dynamic (named ``batch``). ``metadata`` entries are added to the
+    The batch dimension is dynamic (named ``batch``), and so is every other axis of
+    ``dynamic_axes`` (per input, as :meth:`InputSpec.dynamic_axes` gives them). ``metadata`` entries are added to the
     file's metadata_props next to ``fusekit.tasks``, ``fusekit.task_kinds`` and ``fusekit.version``.
     """
     model = deployable_copy(model.cpu().eval()).eval()
@@ -30,7 +32,8 @@ def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...
     doc = (f"fusekit fused multi-task model (EMM, {model.options.mode} mode) over source models "
            f"{', '.join(model.model_names)}: inputs {inputs}; one output per task ({outputs}).")
     return export_onnx(DeployedOutputs(model).eval(), Path(path), example, model.input_names, model.task_names,
-                       meta, doc, serving=True, compare_as=[model.task_kinds[t].probabilities for t in model.task_names])
+                       meta, doc, serving=True, compare_as=[model.task_kinds[t].probabilities for t in model.task_names],
+                       dynamic_axes=dynamic_axes)
 
 
 def check_parity(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarray], tol: float = 1e-5,

@@ -441,7 +441,9 @@ def export(plan: FusePlan, model: FusedModel, path: Path) -> Exported:
         metadata["fusekit.feature_spec"] = plan.spec.to_json()
     arrays = test.arrays()
     example = tuple(torch.from_numpy(np.require(arrays[n][:2], requirements=["C", "W"])) for n in model.input_names)
-    onnx_path = export_fused(model, path, example, metadata)
+    specs = {spec.name: spec for spec in plan.parts.inputs}
+    dynamic = [specs[n].dynamic_axes() if n in specs else {} for n in model.input_names]
+    onnx_path = export_fused(model, path, example, metadata, dynamic_axes=dynamic)
     parity, deployed = parity_and_outputs(model, onnx_path, test.arrays(), tol=plan.options.parity_tol)
     return Exported(onnx_path, parity, deployed)
 

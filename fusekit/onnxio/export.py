@@ -80,6 +80,29 @@ def name_batch_dim(proto: onnx.ModelProto) -> None:
             dims[0].dim_param = "batch"
 
 
+def name_dynamic_dims(proto: onnx.ModelProto, dynamic_axes: Sequence[Mapping[int, str]]) -> None:
+    """Name the graph inputs' dynamic non-batch dims as the sources name them (the exporter says s1, ...)."""
+    for value, axes in zip(proto.graph.input, dynamic_axes):
+        dims = value.type.tensor_type.shape.dim
+        for axis, name in axes.items():
+            if axis < len(dims) and not dims[axis].HasField("dim_value"):
+                dims[axis].dim_param = name
+
+
+def _dynamic_shapes(n_inputs: int, dynamic_axes: Sequence[Mapping[int, str]] | None) -> dict:
+    """torch.export's dynamic_shapes: ``batch`` on axis 0 of every input, and one Dim per named
+    axis (a name shared by several inputs is one Dim, so the exporter knows those sizes are equal)."""
+    batch = torch.export.Dim("batch")
+    made: dict[str, torch.export.Dim] = {}
+
+    def dim(name: str) -> torch.export.Dim:
+        ident = "".join(c if c.isalnum() else "_" for c in name)
+        return made.setdefault(name, torch.export.Dim(f"d_{ident}"))
+
+    axes = list(dynamic_axes or []) + [{}] * n_inputs
+    return {"inputs": tuple({0: batch, **{a: dim(n) for a, n in axes[i].items()}} for i in range(n_inputs))}
+
+
 def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str], doc: str) -> None:
     """Replace the file's metadata_props with ``metadata`` (plus ``fusekit.version``) and say what it is."""
     props = {"fusekit.version": __version__, **metadata}
@@ -134,7 +157,8 @@ def check_model(proto: onnx.ModelProto) -> None:
 def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], input_names: Sequence[str],
                 output_names: Sequence[str], metadata: Mapping[str, str], doc: str, *, serving: bool = True,
                 parity_rows: int = 64, tol: float = PARITY_TOLERANCE,
-                compare_as: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None) -> Path:
+                compare_as: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None,
+                dynamic_axes: Sequence[Mapping[int, str]] | None = None) -> Path:
     """Export ``module`` (called as ``module(*inputs)``) to ``path`` the one way fusekit writes ONNX.
 
     ``example`` holds one tensor per input, batch first; its first ``parity_rows`` rows are
@@ -142,6 +166,8 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
     :mod:`fusekit.onnxio.serving` (every output stays bit-identical). ``compare_as``: per output, what
     the parity compares (e.g. a logit's probability: the logit of a probability near 0 or 1 is
     ill-conditioned in float32, so its rounding, not the graph, would decide the check).
+    ``dynamic_axes``: per input, the non-batch axes that stay dynamic, by name (sequence length,
+    image size); the batch is always dynamic.
     """
     from fusekit.onnxio.serving import optimize_for_serving
     from fusekit.onnxio.sessions import run, session
@@ -151,8 +177,7 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
     rows = [t[:parity_rows].cpu() for t in example]
     if rows and rows[0].shape[0] < 2:  # the exporter specialises a batch of one
         rows = [torch.cat([t, t]) for t in rows]
-    batch = torch.export.Dim("batch")
-    dynamic = {"inputs": tuple({0: batch} for _ in rows)}
+    dynamic = _dynamic_shapes(len(rows), dynamic_axes)
     try:
         with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(wrapper, tuple(rows), dynamo=True, opset_version=OPSET,
@@ -166,6 +191,7 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
     if serving:
         optimize_for_serving(proto)
     name_batch_dim(proto)
+    name_dynamic_dims(proto, dynamic_axes or [])
     strip_exporter_metadata(proto)
     set_metadata(proto, metadata, doc)
     check_model(proto)
