@@ -5,6 +5,9 @@ models: ``categorical``, ``dense``), and returns ``{task: prediction}`` in the t
 each task's kind (fusekit/task_kinds.py: a logit, K logits, a value). Only parameters with
 ``requires_grad`` are optimised, so frozen components stay frozen. Data stays in memory as
 tensors on the training device; batches are slices of a seeded permutation (no per-row Python).
+A split streamed from a file (``fusekit.data.batches.StreamedSplit``) gives its batches from a
+seeded shuffle buffer instead, cast to the tensors' dtypes batch by batch; validation and
+prediction read such a split in order, batch by batch.
 Early stopping watches the mean over tasks of each kind's score (AUC, accuracy, R²).
 """
 from __future__ import annotations
@@ -90,11 +93,12 @@ def check_labels(split: Split, tasks: list[str], what: str, kinds: dict[str, Tas
 
 def input_names_of(model: nn.Module, split: Split) -> list[str]:
     """The order in which ``model`` takes the split's inputs: its ``input_names``, else the split's."""
-    names = list(getattr(model, "input_names", None) or split.inputs)
-    missing = [n for n in names if n not in split.inputs]
+    held = split.input_names
+    names = list(getattr(model, "input_names", None) or held)
+    missing = [n for n in names if n not in held]
     if missing:
         raise FusekitError(f"the data has no input(s) {literal(', '.join(missing))} that the model takes "
-                           f"(the data holds {literal(', '.join(split.inputs))}); give data with those inputs")
+                           f"(the data holds {literal(', '.join(held))}); give data with those inputs")
     return names
 
 
@@ -108,6 +112,44 @@ def kinds_of(model: nn.Module, tasks: list[str], kinds: dict[str, TaskKind] | No
 def _as_tensor(array: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
     tensor = torch.from_numpy(np.require(array, requirements=["C", "W"]))  # torch cannot wrap read-only arrays
     return tensor.to(device) if device is not None else tensor
+
+
+def _streamed(split) -> bool:
+    """A split read from its file batch by batch (``fusekit.data.batches.StreamedSplit``)."""
+    return hasattr(split, "batches")
+
+
+def _check_tasks(split, tasks: list[str]) -> None:
+    missing = [t for t in tasks if t not in split.labels]
+    if missing:
+        raise FusekitError(f"the data has no labels for task(s) {', '.join(missing)}; give labels for every task")
+
+
+def _train_batches(split, names: list[str], tasks: list[str], kinds: dict[str, TaskKind], device: torch.device,
+                   seed: int):
+    """The epoch source of ``fit``: tensors in memory, or the streamed split's batches made tensors."""
+    from fusekit.data.batches import MemoryBatches
+
+    _check_tasks(split, tasks)
+    if not _streamed(split):
+        return MemoryBatches(*_tensors(split, names, tasks, kinds, device), device)
+    return _StreamedBatches(split, names, tasks, kinds, device, seed)
+
+
+class _StreamedBatches:
+    """A streamed split's epochs as tensors on ``device`` (ids cast to the models' dtype per batch)."""
+
+    def __init__(self, split, names, tasks, kinds, device, seed: int):
+        self.split, self.names, self.tasks, self.kinds, self.device, self.seed = split, names, tasks, kinds, device, seed
+
+    def steps(self, batch_size: int) -> int:
+        return self.split.steps(batch_size)
+
+    def epoch(self, batch_size: int, generator: torch.Generator, epoch: int):
+        # The shuffle is drawn from (run seed, epoch), not from the generator: a resumed run needs no state.
+        for inputs, labels in self.split.batches(batch_size, seed=self.seed, epoch=epoch):
+            yield ([_as_tensor(inputs[n], self.device) for n in self.names],
+                   [_as_tensor(np.asarray(labels[t], dtype=self.kinds[t].label_dtype), self.device) for t in self.tasks])
 
 
 def _tensors(split: Split, names: list[str], tasks: list[str], kinds: dict[str, TaskKind], device: torch.device):
@@ -130,10 +172,14 @@ def predict(model: nn.Module, split: Split, tasks: list[str], device: torch.devi
     names = input_names_of(model, split)
     was_training = model.training
     model.eval()
-    inputs = [_as_tensor(split.inputs[n]) for n in names]
+    if _streamed(split):
+        chunks = ([_as_tensor(inputs[n], device) for n in names] for inputs, _ in split.batches(batch_size))
+    else:
+        inputs = [_as_tensor(split.inputs[n]) for n in names]
+        chunks = ([x[start:start + batch_size].to(device) for x in inputs] for start in range(0, len(split), batch_size))
     out: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
-    for start in range(0, len(split), batch_size):
-        preds = model(*[x[start:start + batch_size].to(device) for x in inputs])
+    for batch in chunks:
+        preds = model(*batch)
         for t in tasks:
             out[t].append(kinds[t].deployed(preds[t].float()).cpu().numpy())
     model.train(was_training)
@@ -220,7 +266,7 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     kinds = kinds_of(model, tasks, kinds)
     names = input_names_of(model, train)
-    inputs, labels = _tensors(train, names, tasks, kinds, device)
+    source = _train_batches(train, names, tasks, kinds, device, config.seed)
 
     result = TrainResult(device=str(device), amp=use_amp)
     best_score = -math.inf
@@ -258,7 +304,6 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
             start_epoch = config.max_epochs + 1
 
     began = time.perf_counter() - sum(r.seconds for r in result.history)
-    n = len(train)
     # Bars only on a terminal: in a redirected log every redraw would be kept as text.
     tqdm = _progress_bars() if config.progress and _is_terminal(sys.stderr) else None
     epoch = start_epoch - 1
@@ -266,15 +311,15 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
         for epoch in range(start_epoch, config.max_epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            order = torch.randperm(n, generator=generator).to(device)
             total = torch.zeros((), device=device)
-            steps = range(0, n, config.batch_size)
-            bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, unit="batch", file=sys.stderr) if tqdm else steps
-            for i, start in enumerate(bar):
-                idx = order[start:start + config.batch_size]
+            steps = source.steps(config.batch_size)
+            batches = source.epoch(config.batch_size, generator, epoch)
+            bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False, unit="batch", file=sys.stderr) \
+                if tqdm else batches
+            for i, (xs, ys) in enumerate(bar):
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    out = model(*[x[idx] for x in inputs])
-                    loss = sum(kinds[t].loss(out[t], labels[k][idx]) for k, t in enumerate(tasks))
+                    out = model(*xs)
+                    loss = sum(kinds[t].loss(out[t], ys[k]) for k, t in enumerate(tasks))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -282,7 +327,7 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                 total += loss.detach()
                 if tqdm is not None and i % 20 == 0:
                     bar.set_postfix(loss=f"{total.item() / (i + 1):.4f}")
-            train_loss = total.item() / max(1, len(steps))
+            train_loss = total.item() / max(1, steps)
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(train_loss, epoch, ckpt_path if ckpt_path and ckpt_path.is_file() else None)
             val_score = evaluate(model, val, tasks, device, config.eval_batch_size, kinds)
