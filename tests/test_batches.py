@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from fusekit.data import load_dataset
-from fusekit.data.batches import StreamOptions, StreamedSplit
+from fusekit.data.batches import StreamedSplit
 from fusekit.errors import FusekitError, OptionError
+from fusekit.stream_config import StreamOptions
 from tests.fusion_pool import CATEGORICAL, DENSE, LABELS, TASKS
 
 

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from fusekit.cli.args import OptionFlags, add_json, add_threads, parse_pairs, print_json, use_threads
-from fusekit.data.batches import StreamOptions
 from fusekit.errors import FusekitError
 from fusekit.fusion.options import FuseOptions, FusionOptions
+from fusekit.stream_config import StreamOptions
 from fusekit.train_config import TrainConfig
 
 

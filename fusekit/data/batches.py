@@ -29,57 +29,25 @@ Encoded categorical ids are held as int32 when the vocabulary allows; each batch
 the dtype the models take (``fed``, int64 for fusekit's ``categorical``) when it is given out,
 so a model never receives another dtype than with the in-memory path.
 
-Whether a dataset streams is decided by :class:`StreamOptions` (``auto``: when the estimated
-resident size of the rows held the in-memory way exceeds ``memory_budget`` MB) and reported.
+Whether a dataset streams is decided by ``fusekit.stream_config.StreamOptions`` (``auto``: when
+the estimated resident size of the rows held the in-memory way exceeds ``memory_budget`` MB)
+and reported.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from fusekit.errors import FusekitError
-from fusekit.options import Options, literal, option, quote
+from fusekit.options import literal, quote
+from fusekit.stream_config import StreamOptions  # noqa: F401  (the choice between the two sources)
 
-STREAM = ("auto", "always", "never")
-# Resident bytes per cell of a table held the in-memory way (a pandas frame of text columns plus
-# its encoded arrays): the issue measured about 1.5 KB per row of Census-Income's 40 columns.
-CELL_BYTES = 40
 READ_ROWS = 65536  # rows per record batch read from a file
 PARQUET = (".parquet", ".pq")
 _SHUFFLE_SALT = 0x5EB1  # keeps the epoch shuffle's stream apart from the other seeded choices
-
-
-@dataclass
-class StreamOptions(Options):
-    """Whether data files are held in memory or streamed in batches, and the streaming buffer."""
-
-    stream: str = option("auto", choices=STREAM,
-                         help="read data files in batches: auto (when the rows would not fit in --memory-budget), "
-                              "always, or never (hold every row in memory)")
-    memory_budget: int = option(1024, minimum=1, help="MB the rows of a data file may take in memory before auto "
-                                                      "streams them")
-    shuffle_buffer: int = option(262144, minimum=1, help="rows of the shuffle buffer when streaming")
-
-    def decide(self, rows: int, columns: int, streamable: bool = True) -> tuple[bool, str]:
-        """(stream?, why) for a file of ``rows`` x ``columns``; ``streamable``: the format reads in batches."""
-        estimate = rows * columns * CELL_BYTES / 2**20
-        size = f"{rows} rows x {columns} columns, about {estimate:.0f} MB in memory"
-        if not streamable:
-            if self.stream == "always":
-                raise FusekitError("{stream='always'} reads CSV or Parquet files in batches; an .npz archive is "
-                                   "loaded whole: give a Parquet file or use {stream='auto'}", owner="StreamOptions")
-            return False, f"in memory ({size}; this format is read whole)"
-        if self.stream == "always":
-            return True, f"streamed ({size}; stream=always)"
-        if self.stream == "never":
-            return False, f"in memory ({size}; stream=never)"
-        if estimate > self.memory_budget:
-            return True, f"streamed ({size}, above the {self.memory_budget} MB budget)"
-        return False, f"in memory ({size}, within the {self.memory_budget} MB budget)"
 
 
 # -- in memory ------------------------------------------------------------------------------------

@@ -217,7 +217,8 @@ def _choose_reading(path: Path, spec: FeatureSpec | None, streaming) -> tuple[ob
     """(the training file opened for reading in batches or None, whether it streams, the ``reading``
     record saying which and why). A Parquet folder is always opened so; a single file only when its
     size is to be judged."""
-    from fusekit.data.batches import RowFile, StreamOptions
+    from fusekit.data.batches import RowFile
+    from fusekit.stream_config import StreamOptions
 
     streaming = streaming or StreamOptions()
     if not path.is_dir() and (not path.is_file() or path.stat().st_size == 0 or streaming.stream == "never"):
@@ -258,7 +259,8 @@ def _streamed_labels(file, columns: dict[str, str], where: str, kinds: dict) -> 
 
 
 def _streamed_split(file, spec: FeatureSpec, columns: dict[str, str], labels: dict, where: str, streaming):
-    from fusekit.data.batches import StreamOptions, StreamedSplit, spec_encoder
+    from fusekit.data.batches import StreamedSplit, spec_encoder
+    from fusekit.stream_config import StreamOptions
 
     leaked = [c for c in columns.values() if c in spec.columns]
     if leaked:

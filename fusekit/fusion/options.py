@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from fusekit.data.batches import StreamOptions
 from fusekit.errors import OptionError
 from fusekit.options import Options, option, seed_option
+from fusekit.stream_config import StreamOptions
 from fusekit.train_config import TrainConfig
 
 MODES = ("paper", "residual")

@@ -1,0 +1,131 @@
+"""One fuse epoch on synthetic Census-Income Parquet files: streamed against held in memory.
+
+Each run is ``fuse()`` of the bundled census2 pool (decomposed once) for one epoch over every
+training row (``train_rows="all"``), with fixed validation and test files of 100,000 rows, on one
+thread, in a fresh process: its peak resident memory (``ru_maxrss``) and the training rows per
+second of the epoch (the epoch's time includes the validation pass). The training files come from
+``make_synthetic.py`` (made when missing). Ratios are taken against the in-memory run at the
+smallest row count, measured in the same invocation.
+
+    .venv/bin/python benchmarks/bench_stream.py --data /tmp/fusekit-synth --rows 1000000 5000000 \\
+        --out benchmarks/results/stream
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+EVAL_ROWS = 100_000
+
+
+def one_run(mode: str, train: Path, val: Path, test: Path, parts: Path, out: Path) -> dict:
+    """fuse() for one epoch in this process; what it measured."""
+    import fusekit
+        from fusekit.fusion.fuse import fuse
+    from fusekit.fusion.options import FuseOptions
+    from fusekit.stream_config import StreamOptions
+    from fusekit.train import TrainConfig
+
+    pool = fusekit.sample_pool("census2")
+    options = FuseOptions(training=TrainConfig(max_epochs=1, progress=False, device="cpu", threads=1),
+                          train_rows="all", val=val, test=test, force=True,
+                          streaming=StreamOptions(stream="always" if mode == "streamed" else "never"))
+    began = time.perf_counter()
+    result = fuse(parts, pool.models, train, out, options)
+    epoch = result.metrics["history"][0]
+    rows = result.metrics["rows"]["train"]
+    return {"mode": mode, "train_rows": rows, "epoch_seconds": epoch["seconds"],
+            "rows_per_second": rows / epoch["seconds"], "total_seconds": time.perf_counter() - began,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "reading": result.metrics["data"]["reading"]["train"],
+            "test_scores": {t: v["test_score"] for t, v in result.metrics["per_task"].items()}}
+
+
+def run_fresh(mode: str, train: Path, val: Path, test: Path, parts: Path, work: Path) -> dict:
+    """:func:`one_run` in a new Python process (so that its peak memory is its own)."""
+    result = work / f"{mode}-{train.stem}.json"
+    command = [sys.executable, __file__, "--one", mode, str(train), str(val), str(test), str(parts),
+               str(work / f"fused-{mode}-{train.stem}"), str(result)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(command, check=True, env=env)
+    return json.loads(result.read_text())
+
+
+def ensure_data(folder: Path, rows: list[int]) -> dict:
+    from make_synthetic import write_synthetic
+
+    paths = {"val": folder / "val.parquet", "test": folder / "test.parquet"}
+    for seed, part in ((1, "val"), (2, "test")):
+        if not paths[part].is_file():
+            write_synthetic(EVAL_ROWS, paths[part], seed=seed)
+    for n in rows:
+        paths[n] = folder / f"train_{n}.parquet"
+        if not paths[n].is_file():
+            print(f"making {paths[n]}", file=sys.stderr, flush=True)
+            write_synthetic(n, paths[n], seed=0)
+    return paths
+
+
+def table(runs: list[dict]) -> str:
+    base = next(r for r in runs if r["mode"] == "in memory")
+    lines = ["| training file rows | reading | peak RSS | rows/s (epoch) | RSS vs in memory | rows/s vs in memory |",
+             "|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['file_rows']:,} | {r['mode']} | {r['peak_rss_mb']:,.0f} MB | {r['rows_per_second']:,.0f} | "
+                     f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x | {r['rows_per_second'] / base['rows_per_second']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--one":
+        mode, train, val, test, parts, out, result = argv[1:]
+        measured = one_run(mode, Path(train), Path(val), Path(test), Path(parts), Path(out))
+        Path(result).write_text(json.dumps(measured))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "fusekit-synth")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--memory-rows", type=int, nargs="*", default=None,
+                        help="row counts also run in memory (default: the smallest)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "stream")
+    args = parser.parse_args(argv)
+    import fusekit
+    from fusekit.decompose import decompose
+
+    paths = ensure_data(args.data, args.rows)
+    memory_rows = args.memory_rows if args.memory_rows is not None else [min(args.rows)]
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
+        work = Path(tmp)
+        decompose(fusekit.sample_pool("census2").paths, work / "parts")
+        runs = []
+        plan = [(n, "in memory") for n in sorted(memory_rows)] + [(n, "streamed") for n in sorted(args.rows)]
+        for n, mode in plan:
+            print(f"fuse, one epoch: {n} rows {mode}", file=sys.stderr, flush=True)
+            run = run_fresh("memory" if mode == "in memory" else "streamed", paths[n], paths["val"], paths["test"],
+                            work / "parts", work)
+            run.update({"mode": mode, "file_rows": n})
+            runs.append(run)
+            print(json.dumps(run), file=sys.stderr, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/bench_stream.py " + " ".join(argv)
+    (args.out / "results.json").write_text(json.dumps({"command": command, "runs": runs}, indent=1))
+    text = table(runs)
+    (args.out / "tables.md").write_text(f"`{command}`\n\n{text}\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
