@@ -32,7 +32,7 @@ EVAL_ROWS = 100_000
 def one_run(mode: str, train: Path, val: Path, test: Path, parts: Path, out: Path) -> dict:
     """fuse() for one epoch in this process; what it measured."""
     import fusekit
-        from fusekit.fusion.fuse import fuse
+    from fusekit.fusion.fuse import fuse
     from fusekit.fusion.options import FuseOptions
     from fusekit.stream_config import StreamOptions
     from fusekit.train import TrainConfig
