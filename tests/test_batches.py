@@ -148,3 +148,48 @@ def test_stream_options_check_themselves():
         StreamOptions(stream="sometimes")
     with pytest.raises(OptionError, match="memory_budget"):
         StreamOptions(memory_budget=0)
+
+
+class _Input:
+    def __init__(self, name, shape, dtype):
+        self.name, self.shape, self.dtype = name, shape, dtype
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_named_inputs_stream_with_the_casts_of_the_in_memory_reader(tmp_path, kind):
+    from fusekit.data.named import read_splits
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    frame = pd.DataFrame({"item id": rng.integers(0, 50, n), "w[0]": rng.normal(size=n), "w[1]": rng.normal(size=n),
+                          "clicked": rng.integers(0, 2, n), "note": ["x"] * n})
+    if kind == "csv":
+        path = tmp_path / "rows.csv"
+        frame.to_csv(path, index=False)
+    else:
+        path = tmp_path / "rows"
+        path.mkdir()
+        for k, part in enumerate(np.array_split(np.arange(n), 2)):
+            pq.write_table(pa.Table.from_pandas(frame.iloc[part], preserve_index=False), path / f"{k}.parquet",
+                           row_group_size=256)
+    inputs = [_Input("item id", ["batch"], "int64"), _Input("w", ["batch", 2], "float32")]
+    read = {stream: read_splits(path, inputs=inputs, tasks={"clicked": "binary"}, index_inputs=["item id"],
+                                streaming=StreamOptions(stream=stream, shuffle_buffer=300))
+            for stream in ("never", "always")}
+    streamed, memory = read["always"], read["never"]
+    assert isinstance(streamed.train, StreamedSplit) and streamed.report.reading["streamed"]
+    assert streamed.report.partition.to_dict() == memory.report.partition.to_dict()
+    assert [i.fed for i in streamed.report.inputs] == [i.fed for i in memory.report.inputs]
+    batches = _epoch(streamed.train, 128, seed=1)
+    got = {k: np.concatenate([b[0][k] for b in batches]) for k in ("item id", "w")}
+    assert got["item id"].dtype == np.int64 and got["w"].dtype == np.float32 and got["w"].shape[1:] == (2,)
+    labels = np.concatenate([b[1]["clicked"] for b in batches])
+
+    def rows(ids, w, y):
+        table = np.column_stack([ids, w, y]).astype(np.float64)
+        return table[np.lexsort(table.T[::-1])]
+
+    np.testing.assert_array_equal(rows(got["item id"], got["w"], labels),
+                                  rows(memory.train.inputs["item id"], memory.train.inputs["w"],
+                                       memory.train.labels["clicked"]))
+    np.testing.assert_array_equal(streamed.val.inputs["w"], memory.val.inputs["w"])

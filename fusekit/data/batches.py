@@ -213,6 +213,32 @@ class RowFile:
         return pa.concat_tables(tables) if tables else None
 
 
+def choose_reading(path: Path | str, streaming: Any = None) -> tuple[RowFile | None, bool, dict]:
+    """(the file opened for reading in batches, or None; whether its rows stream; the ``reading``
+    record, ``{"train": "streamed (why)" | "in memory (why)", "streamed": bool}``) for a training file.
+
+    A missing, empty or unreadable file is left to the in-memory readers, which name the problem
+    (unless streaming was asked for); an ``.npz`` archive is always loaded whole."""
+    streaming = streaming or StreamOptions()
+    path = Path(path)
+    never = streaming.stream == "never"
+    if path.suffix.lower() == ".npz":
+        if streaming.stream == "always":
+            raise FusekitError("{stream='always'} reads CSV or Parquet files in batches; an .npz archive is loaded "
+                               "whole: give a Parquet file or use {stream='auto'}", owner="StreamOptions")
+        return None, False, {"train": "in memory (an .npz archive is loaded whole)", "streamed": False}
+    if never or not path.is_dir() and (not path.is_file() or path.stat().st_size == 0):
+        return None, False, {"train": "in memory (stream=never)" if never else "in memory", "streamed": False}
+    try:
+        file = RowFile(path)
+        stream, why = streaming.decide(file.estimated_rows(), len(file.columns))
+    except FusekitError:
+        if streaming.stream == "always":
+            raise
+        return None, False, {"train": "in memory", "streamed": False}
+    return file, stream, {"train": why, "streamed": bool(stream)}
+
+
 # -- a split read in batches ----------------------------------------------------------------------
 Encoder = Callable[[Any], dict]  # pyarrow Table of the needed columns -> {input name: array [n, ...]}
 

@@ -41,7 +41,7 @@ def load_dataset(
     are removed from the inputs. Files: ``labels`` maps task -> label column (default: same
     name); ``categorical``/``dense`` name the feature columns (default: inferred), ``exclude``
     drops columns. ``holdout`` (fraction, seeded by ``holdout_seed``) is recorded in the spec.
-    ``streaming`` (``fusekit.data.batches.StreamOptions``): whether a training file is read in batches.
+    ``streaming`` (``fusekit.stream_config.StreamOptions``): whether a training file is read in batches.
     """
     if not tasks:
         raise FusekitError("no task given; name at least one task")
@@ -93,5 +93,6 @@ def load_for_models(
     from fusekit.data.named import read_splits
 
     read = read_splits(source, val, test, inputs=list(inputs), tasks=dict(tasks), labels=labels, seed=seed,
-                       index_inputs=index_inputs)
-    return TabularDataset(None, list(tasks), read.train, read.val, read.test, report=read.report)
+                       index_inputs=index_inputs, streaming=streaming)
+    return TabularDataset(None, list(tasks), read.train, read.val, read.test, report=read.report,
+                          reading=dict(read.report.reading))

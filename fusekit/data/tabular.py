@@ -215,31 +215,21 @@ def load_tabular(
 
 def _choose_reading(path: Path, spec: FeatureSpec | None, streaming) -> tuple[object, bool, dict]:
     """(the training file opened for reading in batches or None, whether it streams, the ``reading``
-    record saying which and why). A Parquet folder is always opened so; a single file only when its
-    size is to be judged."""
-    from fusekit.data.batches import RowFile
-    from fusekit.stream_config import StreamOptions
+    record saying which and why); a Parquet folder is always opened so."""
+    from fusekit.data.batches import RowFile, choose_reading
 
-    streaming = streaming or StreamOptions()
-    if not path.is_dir() and (not path.is_file() or path.stat().st_size == 0 or streaming.stream == "never"):
-        # read_table names a missing or empty file
-        return None, False, {"train": "in memory (stream=never)" if streaming.stream == "never" else "in memory",
-                             "streamed": False}
-    try:
-        file = RowFile(path)
-        stream, why = streaming.decide(file.estimated_rows(), len(file.columns))
-    except FusekitError:
-        if streaming.stream == "always" or path.is_dir():
-            raise
-        return None, False, {"train": "in memory", "streamed": False}  # read_table says what is wrong
+    file, stream, reading = choose_reading(path, streaming)
     if stream and spec is None:
-        if streaming.stream == "always":
+        if reading["train"].endswith("stream=always)"):
             raise FusekitError("streaming the training data needs the models' feature specification; without one "
                                "the encoders are fitted on every row in memory: use {stream='auto'} or "
                                "{stream='never'}", owner="StreamOptions")
         stream = False
-        why = "in memory" + why[len("streamed"):] + " (fitting a feature specification reads every row)"
-    return file, stream, {"train": why, "streamed": bool(stream)}
+        reading = {"train": "in memory" + reading["train"][len("streamed"):]
+                            + " (fitting a feature specification reads every row)", "streamed": False}
+    if file is None and path.is_dir():
+        file = RowFile(path)
+    return file, stream, reading
 
 
 def _whole(file) -> pd.DataFrame:
