@@ -193,3 +193,21 @@ def test_named_inputs_stream_with_the_casts_of_the_in_memory_reader(tmp_path, ki
                                   rows(memory.train.inputs["item id"], memory.train.inputs["w"],
                                        memory.train.labels["clicked"]))
     np.testing.assert_array_equal(streamed.val.inputs["w"], memory.val.inputs["w"])
+
+
+def test_predict_writes_a_parquet_folder_batch_by_batch(pool, folder, tmp_path, monkeypatch):
+    import fusekit.data.batches as batches
+    from fusekit.deploy.evaluate import predict_onnx
+
+    model = pool["models"]["income_a"]
+    whole = predict_onnx(model, pool["csv"], tmp_path / "whole.csv")
+    monkeypatch.setattr(batches, "READ_ROWS", 512)  # many record batches from the small folder
+    streamed = predict_onnx(model, folder, tmp_path / "streamed.parquet")
+    csv_out = predict_onnx(model, pool["csv"], tmp_path / "streamed.csv")
+    assert whole.rows == streamed.rows == csv_out.rows == len(_frame(pool))
+    assert pq.ParquetFile(tmp_path / "streamed.parquet").metadata.num_row_groups > 1
+    expected = pd.read_csv(tmp_path / "whole.csv")
+    np.testing.assert_allclose(pd.read_parquet(tmp_path / "streamed.parquet")["income"], expected["income"],
+                               rtol=1e-6)
+    assert (tmp_path / "streamed.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    assert streamed.encoding.to_dict() == whole.encoding.to_dict()
