@@ -211,3 +211,15 @@ def test_predict_writes_a_parquet_folder_batch_by_batch(pool, folder, tmp_path, 
                                rtol=1e-6)
     assert (tmp_path / "streamed.csv").read_text() == (tmp_path / "whole.csv").read_text()
     assert streamed.encoding.to_dict() == whole.encoding.to_dict()
+
+
+def test_eval_scores_a_streamed_training_split_as_the_in_memory_one(pool, folder):
+    from fusekit.deploy.evaluate import evaluate_onnx
+
+    model = pool["models"]["income_a"]
+    scores = {stream: evaluate_onnx(model, load_dataset(folder if stream == "always" else pool["csv"], ["income"],
+                                                        spec=pool["ds"].spec,
+                                                        streaming=StreamOptions(stream=stream)),
+                                    split="train").scores["income"]
+              for stream in ("always", "never")}
+    assert scores["always"] == pytest.approx(scores["never"], abs=1e-12)

@@ -147,7 +147,11 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
                            "column of each in {labels}", owner="evaluate_onnx()")
     kinds = info.kinds(rows.labels, task_kinds)
     sess, provider = session(model_path, device, threads)
-    outputs = run(sess, rows, batch_size)
+    if hasattr(rows, "batches"):  # a training file read in batches (fusekit.data.batches.StreamedSplit)
+        parts = [run(sess, inputs, batch_size) for inputs, _ in rows.batches(batch_size)]
+        outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    else:
+        outputs = run(sess, rows, batch_size)
     metrics = {t: kinds[t].metrics(parse_labels(rows.labels[t], kinds[t], where=f"the labels of {t}"), outputs[t])
                for t in tasks}
     return EvalResult({t: m[kinds[t].score_name] for t, m in metrics.items()}, metrics, kinds, provider, len(rows),
