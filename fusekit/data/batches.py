@@ -164,9 +164,11 @@ class RowFile:
                                    f"{'' if len(missing) == 1 else f' and {len(missing) - 1} more'}, which "
                                    f"{literal(what)}{literal(others)}; give files with those columns")
 
-    def chunks(self, columns: Sequence[str], order: Sequence[int] | None = None) -> Iterator[tuple[int, Any]]:
+    def chunks(self, columns: Sequence[str], order: Sequence[int] | None = None,
+               dictionary: bool = False) -> Iterator[tuple[int, Any]]:
         """(first row, pyarrow Table) of each record batch of ``columns``; ``order``: the units to read, in
-        that order (default: all, in file order)."""
+        that order (default: all, in file order); ``dictionary``: Parquet text columns as Arrow dictionary
+        arrays, as most writers store them (no string per cell is made)."""
         import pyarrow as pa
 
         try:
@@ -180,7 +182,7 @@ class RowFile:
                 k, g, offset, _ = self.units[u]
                 if k not in handles:
                     handles.clear()  # one open file at a time
-                    handles[k] = pq.ParquetFile(self.files[k])
+                    handles[k] = pq.ParquetFile(self.files[k], read_dictionary=list(columns) if dictionary else None)
                 for batch in handles[k].iter_batches(batch_size=READ_ROWS, row_groups=[g], columns=list(columns),
                                                      use_threads=False):
                     yield offset, pa.Table.from_batches([batch])
@@ -251,6 +253,7 @@ class StreamedSplit:
     def __init__(self, file: RowFile, columns: Sequence[str], encode: Encoder, fed: Mapping[str, str],
                  labels: Mapping[str, np.ndarray], rows: np.ndarray | None = None, buffer_rows: int = 262144):
         self.file, self.columns, self.encode = file, list(columns), encode
+        self.dictionary = bool(getattr(encode, "reads_dictionaries", False))
         self.fed, self.labels, self.rows, self.buffer_rows = dict(fed), dict(labels), rows, int(buffer_rows)
         n = len(self)
         for task, y in self.labels.items():
@@ -295,7 +298,7 @@ class StreamedSplit:
 
     def _spans(self, order: Sequence[int] | None) -> Iterator[tuple[int, int, Any]]:
         """(first position, end position, encoded arrays) of each record batch with selected rows."""
-        for offset, table in self.file.chunks(self.columns, order):
+        for offset, table in self.file.chunks(self.columns, order, self.dictionary):
             n = table.num_rows
             if self.rows is None:
                 lo, hi, table_rows = offset, offset + n, None
@@ -366,11 +369,36 @@ def narrow_ids(ids: np.ndarray, cardinalities: Sequence[int]) -> np.ndarray:
 
 def spec_encoder(spec: Any, where: str) -> Encoder:
     """The FeatureSpec path: a record batch of the spec's raw columns -> ``categorical`` (narrowed ids) and
-    ``dense``, by the spec's own encoding."""
+    ``dense``, by the spec's own encoding.
+
+    Each categorical column is dictionary-encoded by Arrow first and the spec encodes only its
+    distinct values (nulls among them, as the whole-column path sees them), whose ids the rows then
+    gather: the same ids as ``spec.encode`` of the rows, without turning every cell into a Python string."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from fusekit.data.features import FeatureSpec
+
     cards = [len(c.vocab) + 1 for c in spec.categorical]
+    single = [FeatureSpec([feature], [], spec.dataset) for feature in spec.categorical]
+    dense_spec = FeatureSpec([], list(spec.dense), spec.dataset)
+    dense_names = [d.name for d in spec.dense]
 
     def encode(table: Any) -> dict:
-        cat, dense = spec.encode(table.to_pandas(), where)
-        return {"categorical": narrow_ids(cat, cards), "dense": dense}
+        cat = np.zeros((table.num_rows, len(single)), dtype=np.int32 if narrow_ids(np.zeros(0), cards).dtype
+                       == np.int32 else np.int64)
+        for j, one in enumerate(single):
+            name = one.categorical[0].name
+            coded = table.column(name).combine_chunks()
+            if not pa.types.is_dictionary(coded.type) or coded.null_count:
+                if pa.types.is_dictionary(coded.type):
+                    coded = coded.dictionary_decode()
+                coded = pc.dictionary_encode(coded, null_encoding="encode")
+            ids, _ = one.encode(pd.DataFrame({name: coded.dictionary.to_pandas()}), where)
+            cat[:, j] = ids[:, 0][coded.indices.to_numpy(zero_copy_only=False)]
+        _, dense = dense_spec.encode(table.select(dense_names).to_pandas(), where)
+        return {"categorical": cat, "dense": dense}
 
+    encode.reads_dictionaries = True  # type: ignore[attr-defined]  (the file gives text columns as dictionaries)
     return encode
