@@ -61,6 +61,28 @@ def one_run(mode: str, train: Path, val: Path, test: Path, parts: Path, out: Pat
             "reading": plan.reading.get("train", ""), "val_scores": dict(epoch.val_score)}
 
 
+def one_pass(train: Path, val: Path, test: Path, parts: Path) -> dict:
+    """fuse's ``prepare`` on a streamed file, then one shuffled pass over its batches without training
+    (the memory of reading at a row count too large to train on here in the time)."""
+    import fusekit
+    from fusekit.fusion.fuse import prepare
+    from fusekit.fusion.options import FuseOptions
+    from fusekit.stream_config import StreamOptions
+    from fusekit.train import TrainConfig
+
+    pool = fusekit.sample_pool("census2")
+    options = FuseOptions(training=TrainConfig(max_epochs=1, progress=False, device="cpu", threads=1),
+                          train_rows="all", val=val, test=test, streaming=StreamOptions(stream="always"))
+    began = time.perf_counter()
+    plan = prepare(parts, pool.models, train, options)
+    loaded, cpu_loaded = time.perf_counter(), time.process_time()
+    rows = sum(len(labels[plan.task_names[0]]) for _, labels in plan.train_rows.batches(1024, seed=0, epoch=1))
+    cpu = time.process_time() - cpu_loaded
+    return {"mode": "streamed, one pass without training", "train_rows": rows, "pass_seconds": time.perf_counter() - loaded,
+            "pass_rows_per_cpu_second": rows / cpu, "load_seconds": loaded - began,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def run_fresh(mode: str, train: Path, val: Path, test: Path, parts: Path, work: Path) -> dict:
     """:func:`one_run` in a new Python process (so that its peak memory is its own)."""
     result = work / f"{mode}-{train.stem}.json"
@@ -103,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--one":
         mode, train, val, test, parts, out, result = argv[1:]
-        measured = one_run(mode, Path(train), Path(val), Path(test), Path(parts), Path(out))
+        measured = one_pass(Path(train), Path(val), Path(test), Path(parts)) if mode == "pass" else \
+            one_run(mode, Path(train), Path(val), Path(test), Path(parts), Path(out))
         Path(result).write_text(json.dumps(measured))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,29 +134,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--memory-rows", type=int, nargs="*", default=None,
                         help="row counts also run in memory (default: the smallest)")
+    parser.add_argument("--pass-rows", type=int, nargs="*", default=[],
+                        help="row counts only read (prepare and one shuffled pass of the batches, no training)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "stream")
     args = parser.parse_args(argv)
     import fusekit
     from fusekit.decompose import decompose
 
-    paths = ensure_data(args.data, args.rows)
+    paths = ensure_data(args.data, args.rows + args.pass_rows)
     memory_rows = args.memory_rows if args.memory_rows is not None else [min(args.rows)]
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         work = Path(tmp)
         decompose(fusekit.sample_pool("census2").paths, work / "parts")
         runs = []
-        plan = [(n, "in memory") for n in sorted(memory_rows)] + [(n, "streamed") for n in sorted(args.rows)]
+        plan = [(n, "in memory") for n in sorted(memory_rows) if args.rows] + \
+            [(n, "streamed") for n in sorted(args.rows)] + [(n, "pass") for n in sorted(args.pass_rows)]
         for n, mode in plan:
             print(f"fuse, one epoch: {n} rows {mode}", file=sys.stderr, flush=True)
-            run = run_fresh("memory" if mode == "in memory" else "streamed", paths[n], paths["val"], paths["test"],
+            run = run_fresh({"in memory": "memory"}.get(mode, mode), paths[n], paths["val"], paths["test"],
                             work / "parts", work)
-            run.update({"mode": mode, "file_rows": n})
+            run.update({"mode": run["mode"] if mode == "pass" else mode, "file_rows": n})
             runs.append(run)
             print(json.dumps(run), file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/bench_stream.py " + " ".join(argv)
     (args.out / "results.json").write_text(json.dumps({"command": command, "runs": runs}, indent=1))
-    text = table(runs)
+    text = table([r for r in runs if "epoch_seconds" in r]) if args.rows else ""
+    passes = [r for r in runs if "pass_seconds" in r]
+    if passes:
+        text += "\n\n| training file rows | reading | peak RSS | pass rows per CPU second | load (wall) |\n|---|---|---|---|---|\n"
+        text += "\n".join(f"| {r['file_rows']:,} | {r['mode']} | {r['peak_rss_mb']:,.0f} MB | "
+                          f"{r['pass_rows_per_cpu_second']:,.0f} | {r['load_seconds']:.0f} s |" for r in passes)
     (args.out / "tables.md").write_text(f"`{command}`\n\n{text}\n")
     print(text)
     return 0
