@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "fusekit-synth")
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--rows", type=int, nargs="*", default=[1_000_000, 5_000_000],
+                        help="row counts of the fuse epochs (streamed; the smallest also in memory)")
     parser.add_argument("--memory-rows", type=int, nargs="*", default=None,
                         help="row counts also run in memory (default: the smallest)")
     parser.add_argument("--pass-rows", type=int, nargs="*", default=[],
