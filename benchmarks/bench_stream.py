@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from fusekit.decompose import decompose
 
     paths = ensure_data(args.data, args.rows + args.pass_rows)
-    memory_rows = args.memory_rows if args.memory_rows is not None else [min(args.rows)]
+    memory_rows = args.memory_rows if args.memory_rows is not None else [min(args.rows)] if args.rows else []
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         work = Path(tmp)
         decompose(fusekit.sample_pool("census2").paths, work / "parts")
