@@ -71,6 +71,10 @@ def data_record(data_source: Any, data_dir: Path | None = None, cwd: Path | None
         return {"source": "census-income", "files": {part: _file(Path(p), cwd) for part, p in files.items()}}
     if isinstance(data_source, (str, os.PathLike)):
         path = Path(data_source)
+        if path.is_dir():  # a folder of Parquet files: each file's checksum
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".parquet", ".pq"))
+            return {"source": portable_path(path, cwd),
+                    "files": {p.relative_to(path).as_posix(): _file(p, cwd) for p in files}}
         if not path.is_file():
             raise FusekitError(f"data file {path} does not exist; check the path")
         return {"source": portable_path(path, cwd), "files": {"data": _file(path, cwd)}}

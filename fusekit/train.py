@@ -5,6 +5,9 @@ models: ``categorical``, ``dense``), and returns ``{task: prediction}`` in the t
 each task's kind (fusekit/task_kinds.py: a logit, K logits, a value). Only parameters with
 ``requires_grad`` are optimised, so frozen components stay frozen. Data stays in memory as
 tensors on the training device; batches are slices of a seeded permutation (no per-row Python).
+A split streamed from a file (``fusekit.data.batches.StreamedSplit``) gives its batches from a
+seeded shuffle buffer instead, cast to the tensors' dtypes batch by batch; validation and
+prediction read such a split in order, batch by batch.
 Early stopping watches the mean over tasks of each kind's score (AUC, accuracy, R²).
 
 Started by torchrun (fusekit/distributed.py), ``fit`` trains data-parallel: the model is wrapped
@@ -101,11 +104,12 @@ def check_labels(split: Split, tasks: list[str], what: str, kinds: dict[str, Tas
 
 def input_names_of(model: nn.Module, split: Split) -> list[str]:
     """The order in which ``model`` takes the split's inputs: its ``input_names``, else the split's."""
-    names = list(getattr(model, "input_names", None) or split.inputs)
-    missing = [n for n in names if n not in split.inputs]
+    held = split.input_names
+    names = list(getattr(model, "input_names", None) or held)
+    missing = [n for n in names if n not in held]
     if missing:
         raise FusekitError(f"the data has no input(s) {literal(', '.join(missing))} that the model takes "
-                           f"(the data holds {literal(', '.join(split.inputs))}); give data with those inputs")
+                           f"(the data holds {literal(', '.join(held))}); give data with those inputs")
     return names
 
 
@@ -121,10 +125,45 @@ def _as_tensor(array: np.ndarray, device: torch.device | None = None) -> torch.T
     return tensor.to(device) if device is not None else tensor
 
 
-def _tensors(split: Split, names: list[str], tasks: list[str], kinds: dict[str, TaskKind], device: torch.device):
+def _streamed(split) -> bool:
+    """A split read from its file batch by batch (``fusekit.data.batches.StreamedSplit``)."""
+    return hasattr(split, "batches")
+
+
+def _check_tasks(split, tasks: list[str]) -> None:
     missing = [t for t in tasks if t not in split.labels]
     if missing:
         raise FusekitError(f"the data has no labels for task(s) {', '.join(missing)}; give labels for every task")
+
+
+def _train_batches(split, names: list[str], tasks: list[str], kinds: dict[str, TaskKind], device: torch.device,
+                   seed: int):
+    """The epoch source of ``fit``: tensors in memory, or the streamed split's batches made tensors."""
+    from fusekit.data.batches import MemoryBatches
+
+    _check_tasks(split, tasks)
+    if not _streamed(split):
+        return MemoryBatches(*_tensors(split, names, tasks, kinds, device), device)
+    return _StreamedBatches(split, names, tasks, kinds, device, seed)
+
+
+class _StreamedBatches:
+    """A streamed split's epochs as tensors on ``device`` (ids cast to the models' dtype per batch)."""
+
+    def __init__(self, split, names, tasks, kinds, device, seed: int):
+        self.split, self.names, self.tasks, self.kinds, self.device, self.seed = split, names, tasks, kinds, device, seed
+
+    def steps(self, batch_size: int) -> int:
+        return self.split.steps(batch_size)
+
+    def epoch(self, batch_size: int, generator: torch.Generator, epoch: int):
+        # The shuffle is drawn from (run seed, epoch), not from the generator: a resumed run needs no state.
+        for inputs, labels in self.split.batches(batch_size, seed=self.seed, epoch=epoch):
+            yield ([_as_tensor(inputs[n], self.device) for n in self.names],
+                   [_as_tensor(np.asarray(labels[t], dtype=self.kinds[t].label_dtype), self.device) for t in self.tasks])
+
+
+def _tensors(split: Split, names: list[str], tasks: list[str], kinds: dict[str, TaskKind], device: torch.device):
     inputs = [_as_tensor(split.inputs[n], device) for n in names]
     labels = [_as_tensor(np.asarray(split.labels[t], dtype=kinds[t].label_dtype), device) for t in tasks]
     return inputs, labels
@@ -141,10 +180,14 @@ def predict(model: nn.Module, split: Split, tasks: list[str], device: torch.devi
     names = input_names_of(model, split)
     was_training = model.training
     model.eval()
-    inputs = [_as_tensor(split.inputs[n]) for n in names]
+    if _streamed(split):
+        chunks = ([_as_tensor(inputs[n], device) for n in names] for inputs, _ in split.batches(batch_size))
+    else:
+        inputs = [_as_tensor(split.inputs[n]) for n in names]
+        chunks = ([x[start:start + batch_size].to(device) for x in inputs] for start in range(0, len(split), batch_size))
     out: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
-    for start in range(0, len(split), batch_size):
-        preds = model(*[x[start:start + batch_size].to(device) for x in inputs])
+    for batch in chunks:
+        preds = model(*batch)
         for t in tasks:
             out[t].append(kinds[t].deployed(preds[t].float()).cpu().numpy())
     model.train(was_training)
@@ -187,6 +230,15 @@ def shard(batch: torch.Tensor, place: "distributed.Launch") -> tuple[torch.Tenso
         return batch, 1.0
     mine = batch[place.rank::place.world]
     return mine, len(mine) * place.world / len(batch)
+
+
+def _sharded_epoch(source, batch_size: int, generator: torch.Generator, place: "distributed.Launch"):
+    """One epoch of an in-memory source under torchrun: the same seeded permutation on every rank,
+    each global batch split rank-strided (``shard``); yields (inputs, labels, loss weight)."""
+    order = torch.randperm(source.rows, generator=generator).to(source.device)
+    for start in batch_starts(source.rows, batch_size, place.world):
+        idx, weight = shard(order[start:start + batch_size], place)
+        yield [x[idx] for x in source.inputs], [y[idx] for y in source.labels], weight
 
 
 def _data_parallel(model: nn.Module, inputs: list[torch.Tensor], device: torch.device) -> nn.Module:
@@ -298,7 +350,7 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     kinds = kinds_of(model, tasks, kinds)
     names = input_names_of(model, train)
-    inputs, labels = _tensors(train, names, tasks, kinds, device)
+    source = _train_batches(train, names, tasks, kinds, device, config.seed)
 
     result = TrainResult(device=str(device), amp=use_amp, processes=place.world)
     best_score = -math.inf
@@ -314,10 +366,17 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
         with distributed.agreement("loading the checkpoint"):
             start_epoch, best_state, best_score, bad_epochs = _resume(
                 model, optimizer, generator, result, tasks, config, ckpt_path, data)
-    step_model = _data_parallel(model, inputs, device) if place.world > 1 else model
+    if place.world > 1:
+        with distributed.agreement("reading the training data"):
+            if not hasattr(source, "inputs"):
+                raise FusekitError("streamed training data is not supported under torchrun yet; pass "
+                                   "{stream='never'} to hold it in memory, or train in one process",
+                                   owner="StreamOptions")
+        step_model = _data_parallel(model, source.inputs, device)
+    else:
+        step_model = model
 
     began = time.perf_counter() - sum(r.seconds for r in result.history)
-    n = len(train)
     # Bars only on a terminal: in a redirected log every redraw would be kept as text.
     tqdm = _progress_bars() if config.progress and place.is_main and _is_terminal(sys.stderr) else None
     epoch = start_epoch - 1
@@ -325,15 +384,19 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
         for epoch in range(start_epoch, config.max_epochs + 1):
             t0 = time.perf_counter()
             step_model.train()
-            order = torch.randperm(n, generator=generator).to(device)  # the same on every rank
             total = torch.zeros((), device=device)
-            steps = batch_starts(n, config.batch_size, place.world)
-            bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, unit="batch", file=sys.stderr) if tqdm else steps
-            for i, start in enumerate(bar):
-                idx, weight = shard(order[start:start + config.batch_size], place)
+            if place.world > 1:
+                steps = len(batch_starts(source.rows, config.batch_size, place.world))
+                batches = _sharded_epoch(source, config.batch_size, generator, place)
+            else:
+                steps = source.steps(config.batch_size)
+                batches = ((xs, ys, 1.0) for xs, ys in source.epoch(config.batch_size, generator, epoch))
+            bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False, unit="batch", file=sys.stderr) \
+                if tqdm else batches
+            for i, (xs, ys, weight) in enumerate(bar):
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    out = step_model(*[x[idx] for x in inputs])
-                    loss = sum(kinds[t].loss(out[t], labels[k][idx]) for k, t in enumerate(tasks))
+                    out = step_model(*xs)
+                    loss = sum(kinds[t].loss(out[t], ys[k]) for k, t in enumerate(tasks))
                     if weight != 1.0:
                         loss = loss * weight
                 optimizer.zero_grad(set_to_none=True)
@@ -343,7 +406,7 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                 total += loss.detach()
                 if tqdm is not None and i % 20 == 0:
                     bar.set_postfix(loss=f"{total.item() / (i + 1):.4f}")
-            train_loss = distributed.all_reduce(total, "mean").item() / max(1, len(steps))
+            train_loss = distributed.all_reduce(total, "mean").item() / max(1, steps)
             with distributed.agreement(f"validating epoch {epoch}"):
                 if not math.isfinite(train_loss):
                     raise TrainingDiverged(train_loss, epoch, ckpt_path if ckpt_path and ckpt_path.is_file() else None)

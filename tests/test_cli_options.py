@@ -15,6 +15,7 @@ from fusekit.cli.main import build_parser, main, parse
 from fusekit.fusion.options import FuseOptions, FusionOptions
 from fusekit.models.architecture import Architecture
 from fusekit.options import default_of, option_fields
+from fusekit.stream_config import StreamOptions
 from fusekit.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,8 @@ def test_every_option_flag_has_the_default_and_choices_of_its_field():
         if flags is None:
             continue
         actions = {s: a for a in sub._actions for s in a.option_strings}
-        classes = {c.__name__: c for c in (FusionOptions, FuseOptions, TrainConfig, Architecture)}
+        classes = {c.__name__: c for c in (FusionOptions, FuseOptions, TrainConfig, Architecture,
+                                                   StreamOptions)}
         from fusekit.bench.budget import Budget
 
         classes["Budget"] = Budget

@@ -8,6 +8,7 @@ from pathlib import Path
 from fusekit.cli.args import OptionFlags, add_json, add_threads, parse_pairs, print_json, use_threads
 from fusekit.errors import FusekitError
 from fusekit.fusion.options import FuseOptions, FusionOptions
+from fusekit.stream_config import StreamOptions
 from fusekit.train_config import TrainConfig
 
 
@@ -72,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads(flags)
     flags.add(FuseOptions, "train_rows")
     flags.add(FuseOptions, "max_rows", help="use at most this many rows of each split (quick runs)")
+    flags.add(StreamOptions, "stream")
+    flags.add(StreamOptions, "memory_budget", metavar="MB")
+    flags.add(StreamOptions, "shuffle_buffer", metavar="ROWS")
     flags.add(FuseOptions, "resume")
     flags.add(FuseOptions, "force")
     flags.add(FuseOptions, "ignore_task_metadata")
@@ -86,7 +90,8 @@ def options_from_args(args: argparse.Namespace) -> FuseOptions:
     """The FuseOptions the parsed flags (and config file) ask for; the command line is recorded."""
     flags: OptionFlags = args._option_flags
     return flags.build(FuseOptions, args, fusion=flags.build(FusionOptions, args),
-                       training=flags.build(TrainConfig, args), labels=parse_pairs(args.label, "--label"),
+                       training=flags.build(TrainConfig, args), streaming=flags.build(StreamOptions, args),
+                       labels=parse_pairs(args.label, "--label"),
                        task_kinds=parse_pairs(args.task_kind, "--task-kind", value="KIND"),
                        outputs=parse_pairs(args.task_output, "--task-output", value="OUTPUT"),
                        command=["fusekit", *getattr(args, "_argv", [])],
@@ -126,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
                     "device": m["device"], "rows": m["rows"], "total_seconds": m["total_seconds"],
                     "onnx_parity_max_abs_diff": m["onnx_parity_max_abs_diff"]})
         return 0
+    if m.get("data", {}).get("reading"):
+        print(f"data: training rows {m['data']['reading']['train']}", file=sys.stderr)
     print(f"fused {len(tasks)} tasks ({options.fusion.mode} mode) on {m['device']} in {m['total_seconds']:.0f} s, "
           f"{m['epochs']} epochs (best {m['best_epoch']}), trained on {m['rows']['train']} rows "
           f"({m['rows']['train_source']})")

@@ -56,6 +56,11 @@ class Split:
     def __len__(self) -> int:
         return int(len(next(iter(self.inputs.values()))))
 
+    @property
+    def input_names(self) -> list[str]:
+        """The model inputs it holds (as :class:`fusekit.data.batches.StreamedSplit` says it too)."""
+        return list(self.inputs)
+
     def subset(self, idx: np.ndarray) -> "Split":
         """The rows at ``idx`` (a copy)."""
         return Split({k: v[idx] for k, v in self.inputs.items()}, {k: v[idx] for k, v in self.labels.items()})
@@ -83,6 +88,8 @@ class TabularDataset:
     test: Split
     kinds: dict = field(default_factory=dict)  # task -> fusekit.task_kinds.TaskKind
     report: object = None  # fusekit.data.named.DataReport: how files named after the inputs were read
+    # How the training file was read: {"train": "streamed (why)" or "in memory (why)", "streamed": bool}.
+    reading: dict = field(default_factory=dict)
 
     def holdout_indices(self) -> tuple[np.ndarray, np.ndarray]:
         """(source rows, holdout rows) of the training split; no holdout -> (all rows, all rows)."""

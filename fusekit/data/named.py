@@ -222,6 +222,17 @@ def _arrow_column(chunked: Any, where: str) -> _Column:
     return _Column(values, read, flat=len(dims) == 1)
 
 
+def batch_table(table: Any, path: Path, kind: str) -> _Table:
+    """The named columns of one record batch of a streamed CSV (``kind="csv"``: every column text) or
+    Parquet file, converted as :func:`read_named` converts a whole file's."""
+    if kind == "csv":
+        return _Table(path, "csv", [str(c) for c in table.column_names], table.num_rows,
+                      lambda name: _Column(None, "text", text=table.column(name).combine_chunks()))
+    where = portable_path(path)
+    return _Table(path, "parquet", [str(n) for n in table.column_names], table.num_rows,
+                  lambda name: _arrow_column(table.column(name), f"{where}: column {name!r}"))
+
+
 def _read_npz(path: Path) -> _Table:
     if not zipfile.is_zipfile(path):  # np.load would try a pickle next
         raise FusekitError(f"{literal(path)} is not an .npz archive; save the arrays with numpy.savez")
@@ -513,10 +524,12 @@ class DataReport:
     labels: list[LabelRead]
     ignored: list[str]
     partition: Partition
+    # How the training file was read (fusekit.data.batches.choose_reading): streamed or in memory, and why.
+    reading: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The JSON form (``--json``)."""
-        return {"files": dict(self.files),
+        return {"files": dict(self.files), "reading": dict(self.reading),
                 "inputs": [{"name": i.name, "sources": list(i.sources), "read": i.read, "fed": i.fed,
                             "shape": list(i.shape)} for i in self.inputs],
                 "labels": [{"task": lb.task, "source": lb.source, "kind": lb.kind, "classes": lb.classes}
@@ -537,6 +550,8 @@ class DataReport:
             out.append("  ignored: " + ", ".join(repr(c) for c in self.ignored))
         out.append("  rows: " + ", ".join(f"{part} {n}" for part, n in self.partition.rows.items())
                    + f" ({self.partition.how})")
+        if self.reading:
+            out.append(f"  training rows: {self.reading['train']}")
         return out
 
 
@@ -632,6 +647,14 @@ def read_named(path: Path | str, inputs: Sequence[InputLike], tasks: Mapping[str
     than the largest index);
     ``index_inputs``: integer inputs that are indices and so refuse negative values.
     """
+    return read_table_named(_open_table(path), inputs, tasks, labels=labels, classes=classes,
+                            index_inputs=index_inputs)
+
+
+def read_table_named(table: _Table, inputs: Sequence[InputLike], tasks: Mapping[str, Any] | None = None, *,
+                     labels: Mapping[str, str] | None = None, classes: Mapping[str, int] | None = None,
+                     index_inputs: Collection[str] = ()) -> NamedRead:
+    """:func:`read_named` of an opened table (a whole file, or one record batch: :func:`batch_table`)."""
     _check_inputs(inputs, index_inputs)
     given = dict(tasks or {})
     tasks = {task: kind_name(kind)[0] for task, kind in given.items()}
@@ -639,7 +662,6 @@ def read_named(path: Path | str, inputs: Sequence[InputLike], tasks: Mapping[str
     for task, kind in tasks.items():
         if kind not in KINDS:
             raise FusekitError(f"unknown kind {quote(kind)} of task {quote(task)}; use one of {', '.join(KINDS)}")
-    table = _open_table(path)
     indexed: dict[str, dict[int, str]] = {}
     for name in table.names:
         match = _INDEXED.fullmatch(name)
@@ -704,13 +726,18 @@ class NamedSplits:
 def read_splits(train: Path | str, val: Path | str | None = None, test: Path | str | None = None, *,
                 inputs: Sequence[InputLike], tasks: Mapping[str, Any] | None = None,
                 labels: Mapping[str, str] | None = None, classes: Mapping[str, int] | None = None,
-                index_inputs: Collection[str] = (), seed: int = 0) -> NamedSplits:
+                index_inputs: Collection[str] = (), seed: int = 0, streaming: Any = None) -> NamedSplits:
     """Read train/val/test for models with ``inputs`` (arguments as in :func:`read_named`).
 
     Each of ``train``, ``val``, ``test`` is a CSV, Parquet or ``.npz`` file or a folder of Parquet
     files. A split not given as a file is carved from the training file (see :func:`carve`), the
-    same rows for every task, and the partition recorded in the report.
+    same rows for every task, and the partition recorded in the report. ``streaming``
+    (``fusekit.stream_config.StreamOptions``): whether the training file's rows are read in batches
+    (``fusekit.data.batches.StreamedSplit``, cast batch by batch as here); validation and test rows are
+    held in memory.
     """
+    from fusekit.data.batches import choose_reading
+
     files = {"train": Path(train)}
     if val is not None:
         files["val"] = Path(val)
@@ -718,7 +745,10 @@ def read_splits(train: Path | str, val: Path | str | None = None, test: Path | s
         files["test"] = Path(test)
     for path in files.values():
         _check_file(path)
-    reads = {part: read_named(path, inputs, tasks, labels=labels, classes=classes, index_inputs=index_inputs)
+    stream_file, streamed, reading = choose_reading(files["train"], streaming)
+    reads = {part: _streamed_read(stream_file, inputs, tasks, labels, classes, index_inputs, streaming)
+             if part == "train" and streamed else
+             read_named(path, inputs, tasks, labels=labels, classes=classes, index_inputs=index_inputs)
              for part, path in files.items()}
     base = reads["train"]
     carved = [p for p in ("val", "test") if p not in files]
@@ -735,10 +765,60 @@ def read_splits(train: Path | str, val: Path | str | None = None, test: Path | s
     parts = {p: (reads[p] if p in reads else base) for p in ("train", "val", "test")}
     ignored = list(dict.fromkeys(c for r in reads.values() for c in r.ignored))
     report = DataReport(files={p: portable_path(f) for p, f in files.items()}, inputs=base.read,
-                        labels=_label_reads(reads), ignored=ignored, partition=partition)
+                        labels=_label_reads(reads), ignored=ignored, partition=partition, reading=reading)
     split = {p: parts[p].split(idx[p] if p in carved or (p == "train" and carved) else None)
              for p in ("train", "val", "test")}
+    for part in ("val", "test"):  # carved from a streamed file: held in memory, only training streams
+        if hasattr(split[part], "load"):
+            split[part] = split[part].load()
     return NamedSplits(split["train"], split["val"], split["test"], report)
+
+
+class _StreamedRead(NamedRead):
+    """A training file read in batches: ``inputs`` hold its first record batch (shapes), ``labels``
+    every row; :meth:`split` gives a :class:`fusekit.data.batches.StreamedSplit`."""
+
+    stream: Any = None
+
+    def split(self, idx: np.ndarray | None = None):
+        return self.stream if idx is None else self.stream.subset(np.asarray(idx))
+
+
+def _streamed_read(file, inputs: Sequence[InputLike], tasks, labels, classes, index_inputs,
+                   streaming) -> _StreamedRead:
+    """The training file for a streamed split: its first record batch read as :func:`read_named`
+    reads a file (what feeds each input, which columns hold labels), every row's labels (only their
+    columns read), and per batch the same casts."""
+    from fusekit.data.batches import StreamedSplit
+    from fusekit.stream_config import StreamOptions
+
+    file.require(file.columns, "the first file has")
+    first = next(iter(file.chunks(file.columns)), (0, None))[1]
+    if first is None or first.num_rows == 0:
+        raise FusekitError(f"data file {literal(file.path)} has no rows; give a file with rows")
+    head = read_table_named(batch_table(first, file.path, file.kind), inputs, tasks, labels=labels, classes=classes,
+                            index_inputs=index_inputs)
+    used = list(dict.fromkeys(c for r in head.read for c in r.sources))
+    label_cols = {lb.task: lb.source for lb in head.label_reads}
+    parsed, label_reads = {}, []
+    if label_cols:
+        whole = batch_table(file.read_columns(list(dict.fromkeys(label_cols.values()))), file.path, file.kind)
+        for lb in head.label_reads:
+            where = f"{portable_path(file.path)}: label column {lb.source!r} of task {lb.task!r}"
+            k = (classes or {}).get(lb.task) or kind_name(dict(tasks or {})[lb.task])[1]
+            parsed[lb.task] = parse_labels(whole.column(lb.source).values, lb.kind, k, where)
+            label_reads.append(LabelRead(lb.task, lb.source, lb.kind,
+                                         class_count(parsed[lb.task], k) if lb.kind == "multiclass" else None))
+    index = set(index_inputs)
+
+    def encode(table: Any) -> dict:
+        return read_table_named(batch_table(table, file.path, file.kind), inputs, index_inputs=index).inputs
+
+    fed = {i.name: head.inputs[i.name].dtype.name for i in inputs}
+    stream = StreamedSplit(file, used, encode, fed, parsed, buffer_rows=(streaming or StreamOptions()).shuffle_buffer)
+    read = _StreamedRead(head.inputs, parsed, head.read, label_reads, head.ignored, len(stream))
+    read.stream = stream
+    return read
 
 
 def _label_reads(reads: Mapping[str, NamedRead]) -> list[LabelRead]:

@@ -32,6 +32,7 @@ def load_dataset(
     val: Path | None = None,
     test: Path | None = None,
     kinds: Mapping[str, object] | None = None,
+    streaming=None,
 ) -> TabularDataset:
     """Load and encode ``"census-income"`` or a CSV/Parquet file for ``tasks``.
 
@@ -40,6 +41,7 @@ def load_dataset(
     are removed from the inputs. Files: ``labels`` maps task -> label column (default: same
     name); ``categorical``/``dense`` name the feature columns (default: inferred), ``exclude``
     drops columns. ``holdout`` (fraction, seeded by ``holdout_seed``) is recorded in the spec.
+    ``streaming`` (``fusekit.stream_config.StreamOptions``): whether a training file is read in batches.
     """
     if not tasks:
         raise FusekitError("no task given; name at least one task")
@@ -58,7 +60,7 @@ def load_dataset(
     return load_tabular(
         Path(source), list(tasks), labels=labels, spec=spec, seed=seed, holdout=holdout,
         holdout_seed=holdout_seed, categorical=categorical, dense=dense, exclude=exclude, val=val, test=test,
-        kinds=dict(kinds) if kinds else None,
+        kinds=dict(kinds) if kinds else None, streaming=streaming,
     )
 
 
@@ -74,6 +76,7 @@ def load_for_models(
     data_dir: Path | None = None,
     seed: int = 0,
     index_inputs: Collection[str] = (),
+    streaming=None,
 ) -> TabularDataset:
     """The data for models with ``inputs`` (name, shape, dtype) and ``tasks`` (task -> kind name or
     TaskKind, which says how to read its labels).
@@ -86,9 +89,10 @@ def load_for_models(
     """
     if spec is not None or str(source) in DATASETS:
         return load_dataset(source, list(tasks), labels=dict(labels) if labels else None, spec=spec,
-                            data_dir=data_dir, seed=seed, val=val, test=test, kinds=tasks)
+                            data_dir=data_dir, seed=seed, val=val, test=test, kinds=tasks, streaming=streaming)
     from fusekit.data.named import read_splits
 
     read = read_splits(source, val, test, inputs=list(inputs), tasks=dict(tasks), labels=labels, seed=seed,
-                       index_inputs=index_inputs)
-    return TabularDataset(None, list(tasks), read.train, read.val, read.test, report=read.report)
+                       index_inputs=index_inputs, streaming=streaming)
+    return TabularDataset(None, list(tasks), read.train, read.val, read.test, report=read.report,
+                          reading=dict(read.report.reading))

@@ -133,10 +133,15 @@ def load_tabular(
     val: Path | None = None,
     test: Path | None = None,
     kinds: dict | None = None,
+    streaming=None,
 ) -> TabularDataset:
     """Load a CSV/Parquet dataset (see the module docstring for the layout rules); ``val`` and
     ``test`` name the other splits' files instead of the siblings found by name; ``kinds``
-    (task -> kind name or TaskKind, default binary) says how to read each task's labels."""
+    (task -> kind name or TaskKind, default binary) says how to read each task's labels.
+
+    ``streaming`` (a :class:`fusekit.data.batches.StreamOptions`, default auto) decides whether the
+    training file is held in memory or read in batches (with ``spec`` given: the models' encoding);
+    the validation and test rows are held in memory either way. ``reading`` on the result says which."""
     kinds = dict(kinds or {})
     labels = dict(labels or {})
     unknown = sorted(set(labels) - set(tasks))
@@ -145,13 +150,17 @@ def load_tabular(
                            f"{quote(tasks)}; map only those tasks", owner=OWNER)
     columns = {t: labels.get(t, t) for t in tasks}
     path = Path(path)
-    train_df = read_table(path)
+    file, streamed, reading = _choose_reading(path, spec, streaming)
+    train_df = None if streamed else read_table(path) if file is None or path.is_file() else _whole(file)
     val_path = Path(val) if val is not None else _sibling(path, ("val", "valid", "validation"))
     test_path = Path(test) if test is not None else _sibling(path, ("test",))
     val_df = read_table(val_path) if val_path else None
     test_df = read_table(test_path) if test_path else None
 
-    train_labels = {t: column_labels(train_df, c, str(path), kinds.get(t, "binary")) for t, c in columns.items()}
+    if streamed:
+        train_labels = _streamed_labels(file, columns, str(path), kinds)
+    else:
+        train_labels = {t: column_labels(train_df, c, str(path), kinds.get(t, "binary")) for t, c in columns.items()}
     fitted = spec is None
     if spec is None:
         skip = set(columns.values()) | set(exclude or [])
@@ -176,8 +185,11 @@ def load_tabular(
         leaked = [c for c in columns.values() if c in spec.columns]
         if leaked:
             raise FusekitError(f"label column(s) {', '.join(leaked)} are inputs of the feature specification; use other labels")
-    cat, dns = spec.encode(train_df, str(path))
-    train = Split.tabular(cat, dns, train_labels)
+    if streamed:
+        train = _streamed_split(file, spec, columns, train_labels, str(path), streaming)
+    else:
+        cat, dns = spec.encode(train_df, str(path))
+        train = Split.tabular(cat, dns, train_labels)
 
     if val_df is not None and test_df is not None:
         val = _encoded(val_df, spec, columns, str(val_path), kinds)
@@ -193,10 +205,59 @@ def load_tabular(
         idx = carve(len(train), ["val", "test"], seed, owner="load_dataset()")
         val_idx, test_idx = idx["val"], idx["test"]
         train, val, test = train.subset(idx["train"]), train.subset(val_idx), train.subset(test_idx)
+        if streamed:  # the carved rows are read into memory; only training streams
+            val, test = val.load(), test.load()
     # Every model of a pool and every later step must see the same split: recorded, then checked.
     keep_split(spec, split_record(seed, {"train": len(train), "val": len(val), "test": len(test)}, val_idx, test_idx),
                fitted, literal(path))
-    return TabularDataset(spec, list(tasks), train, val, test, kinds=_task_kinds(kinds, train))
+    return TabularDataset(spec, list(tasks), train, val, test, kinds=_task_kinds(kinds, train), reading=reading)
+
+
+def _choose_reading(path: Path, spec: FeatureSpec | None, streaming) -> tuple[object, bool, dict]:
+    """(the training file opened for reading in batches or None, whether it streams, the ``reading``
+    record saying which and why); a Parquet folder is always opened so."""
+    from fusekit.data.batches import RowFile, choose_reading
+
+    file, stream, reading = choose_reading(path, streaming)
+    if stream and spec is None:
+        if reading["train"].endswith("stream=always)"):
+            raise FusekitError("streaming the training data needs the models' feature specification; without one "
+                               "the encoders are fitted on every row in memory: use {stream='auto'} or "
+                               "{stream='never'}", owner="StreamOptions")
+        stream = False
+        reading = {"train": "in memory" + reading["train"][len("streamed"):]
+                            + " (fitting a feature specification reads every row)", "streamed": False}
+    if file is None and path.is_dir():
+        file = RowFile(path)
+    return file, stream, reading
+
+
+def _whole(file) -> pd.DataFrame:
+    """Every row of a file opened for batches (a Parquet folder held in memory)."""
+    file.require(file.columns, "the first file has")
+    frame = file.read_columns(file.columns).to_pandas()
+    if len(frame) == 0:
+        raise FusekitError(f"data file {file.path} has no rows; give a file with rows")
+    return frame
+
+
+def _streamed_labels(file, columns: dict[str, str], where: str, kinds: dict) -> dict[str, np.ndarray]:
+    """Every task's labels of a streamed file (only the label columns are read)."""
+    file.require(list(dict.fromkeys(columns.values())), "the tasks' labels need")
+    frame = file.read_columns(list(dict.fromkeys(columns.values()))).to_pandas()
+    return {t: column_labels(frame, c, where, kinds.get(t, "binary")) for t, c in columns.items()}
+
+
+def _streamed_split(file, spec: FeatureSpec, columns: dict[str, str], labels: dict, where: str, streaming):
+    from fusekit.data.batches import StreamedSplit, spec_encoder
+    from fusekit.stream_config import StreamOptions
+
+    leaked = [c for c in columns.values() if c in spec.columns]
+    if leaked:
+        raise FusekitError(f"label column(s) {', '.join(leaked)} are inputs of the feature specification; use other labels")
+    file.require(spec.columns, "the feature specification needs")
+    return StreamedSplit(file, spec.columns, spec_encoder(spec, where), {"categorical": "int64", "dense": "float32"},
+                         labels, buffer_rows=(streaming or StreamOptions()).shuffle_buffer)
 
 
 def _task_kinds(kinds: dict, train: Split) -> dict:

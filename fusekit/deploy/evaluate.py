@@ -147,7 +147,11 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
                            "column of each in {labels}", owner="evaluate_onnx()")
     kinds = info.kinds(rows.labels, task_kinds)
     sess, provider = session(model_path, device, threads)
-    outputs = run(sess, rows, batch_size)
+    if hasattr(rows, "batches"):  # a training file read in batches (fusekit.data.batches.StreamedSplit)
+        parts = [run(sess, inputs, batch_size) for inputs, _ in rows.batches(batch_size)]
+        outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    else:
+        outputs = run(sess, rows, batch_size)
     metrics = {t: kinds[t].metrics(parse_labels(rows.labels[t], kinds[t], where=f"the labels of {t}"), outputs[t])
                for t in tasks}
     return EvalResult({t: m[kinds[t].score_name] for t, m in metrics.items()}, metrics, kinds, provider, len(rows),
@@ -187,7 +191,9 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
                  batch_size: int = 65536, force: bool = False, threads: int | None = None) -> Prediction:
     """Write every model output for every input row: a ``.parquet`` file (an output of several
     values per row, such as class probabilities, as a list column) or a CSV (such an output as
-    columns ``name[0]..name[K-1]``, the convention fusekit reads inputs by).
+    columns ``name[0]..name[K-1]``, the convention fusekit reads inputs by). CSV and Parquet inputs
+    are read, encoded, predicted and written one record batch at a time (``input_chunks``), so
+    memory does not grow with the rows.
     ``threads``: onnxruntime's threads (None: :func:`fusekit.threads.thread_count`)."""
     from fusekit.onnxio.sessions import run, session
     from fusekit.threads import thread_count
@@ -201,10 +207,40 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
         raise FusekitError(f"{literal(out_csv)} exists; choose another {{out_csv}} or pass {{force=True}}",
                            owner="predict_onnx()")
     info = model_info(model_path)
-    arrays, n, report = read_inputs(info, input_path)
+    chunks = input_chunks(info, input_path)
+    first = next(chunks)  # the input is read (and refused if bad) before a session is made
     sess, provider = session(model_path, device, threads)
-    outputs = run(sess, arrays, batch_size)
     parquet = out_csv.suffix.lower() in (".parquet", ".pq")
+    rows, reports, writer = 0, [], None
+    with atomic_file(out_csv) as tmp:
+        try:
+            for arrays, n, report in _chained(first, chunks):
+                frame = _output_frame(run(sess, arrays, batch_size), n, parquet)
+                if parquet:
+                    import pyarrow as pa
+                    import pyarrow.parquet as pq
+
+                    table = pa.Table.from_pandas(frame, preserve_index=False)
+                    writer = writer or pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+                else:
+                    frame.to_csv(tmp, index=False, float_format="%.8g", mode="w" if rows == 0 else "a",
+                                 header=rows == 0)
+                rows += n
+                reports.append(report)
+        finally:
+            if writer is not None:
+                writer.close()
+    return Prediction(rows, provider, _merged(reports))
+
+
+def _chained(first, rest):
+    yield first
+    yield from rest
+
+
+def _output_frame(outputs: dict[str, np.ndarray], n: int, parquet: bool) -> pd.DataFrame:
+    """One batch of predictions as the output file's columns (see :func:`predict_onnx`)."""
     columns: dict[str, object] = {}
     for name, value in outputs.items():
         rows = np.asarray(value).reshape(n, -1)
@@ -214,13 +250,52 @@ def predict_onnx(model_path: Path, input_path: Path, out_csv: Path, *, device: s
             columns[name] = list(rows)
         else:
             columns.update({f"{name}[{k}]": rows[:, k] for k in range(rows.shape[1])})
-    frame = pd.DataFrame(columns)
-    with atomic_file(out_csv) as tmp:
-        if parquet:
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False, float_format="%.8g")
-    return Prediction(n, provider, report)
+    return pd.DataFrame(columns)
+
+
+def input_chunks(info: ModelInfo, input_path: Path):
+    """(model inputs, rows, encoding report or None) of each record batch of a CSV/Parquet file (or
+    Parquet folder), read and encoded batch by batch as :func:`read_inputs` reads a whole file; a
+    ``.npz`` archive, or a file the batch reader cannot open, in one piece through :func:`read_inputs`
+    (which names what is wrong)."""
+    from fusekit.data.batches import RowFile
+
+    input_path = Path(input_path)
+    spec = _spec(info)
+    file = None
+    if input_path.suffix.lower() != ".npz" and input_path.exists():
+        try:
+            file = RowFile(input_path)
+            first = next(iter(file.chunks(file.columns)), None)
+        except FusekitError:
+            file = None
+        if file is not None and (first is None or first[1].num_rows == 0):
+            file = None  # no rows: the whole-file reader says so
+    if file is None:
+        yield read_inputs(info, input_path)
+        return
+    if spec is None:
+        from fusekit.data.named import batch_table, read_table_named
+
+        for _, table in file.chunks(file.columns):
+            read = read_table_named(batch_table(table, file.path, file.kind), info.input_specs)
+            yield read.inputs, read.rows, None
+        return
+    file.require(spec.columns, "the model's feature specification needs")
+    for _, table in file.chunks(spec.columns):
+        cat, dense, report = spec.encode_with_report(table.to_pandas(), str(input_path))
+        yield {"categorical": cat, "dense": dense}, table.num_rows, report
+
+
+def _merged(reports: list) -> "EncodingReport | None":
+    """One report of every batch's (None when nothing was encoded)."""
+    if not reports or reports[0] is None:
+        return None
+    from fusekit.data.features import EncodingReport
+
+    return EncodingReport(sum(r.rows for r in reports),
+                          {k: sum(r.unseen[k] for r in reports) for k in reports[0].unseen},
+                          {k: sum(r.normalised[k] for r in reports) for k in reports[0].normalised})
 
 
 def tasks_of(info: ModelInfo) -> list[str]:

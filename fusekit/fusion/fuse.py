@@ -74,6 +74,7 @@ class FusePlan:
     kinds: dict[str, TaskKind] = dataclasses.field(default_factory=dict)  # each task's kind
     output_index: dict[str, int] = dataclasses.field(default_factory=dict)  # each model's task output
     data_report: object = None  # how files named after the inputs were read (fusekit.data.named.DataReport)
+    reading: dict = dataclasses.field(default_factory=dict)  # whether the training rows stream, and why
 
     @property
     def task_names(self) -> list[str]:
@@ -101,7 +102,7 @@ def load_data(data, tasks: Mapping[str, object], spec, options: FuseOptions, par
     if isinstance(data, (str, Path)):
         ds = load_for_models(data, dict(tasks), inputs=parts.inputs if parts is not None else [], spec=spec,
                              labels=options.labels, val=options.val, test=options.test, data_dir=options.data_dir,
-                             seed=options.split_seed)
+                             seed=options.split_seed, streaming=options.streaming)
     else:
         if options.val is not None or options.test is not None:
             raise FusekitError("{val} and {test} name files; with a loaded dataset give its splits instead",
@@ -166,6 +167,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     plan = FusePlan(manifest, mapping, options, spec, rows, ds.val.sample(options.max_rows, seed + 1),
                     ds.test.sample(options.max_rows, seed + 2), holdout, data)
     plan.data_report = getattr(ds, "report", None)
+    plan.reading = dict(getattr(ds, "reading", None) or {})
     check_inputs(manifest, plan.test)
     plan.kinds, plan.output_index = detect_kinds(manifest, mapping, ds.train.labels, options.task_kinds,
                                                  options.outputs)
@@ -495,6 +497,8 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
     }
     if plan.data_report is not None:
         metrics["data"] = plan.data_report.to_dict()
+    if plan.reading:
+        metrics.setdefault("data", {})["reading"] = dict(plan.reading)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 

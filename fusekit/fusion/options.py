@@ -11,6 +11,7 @@ from typing import Callable
 
 from fusekit.errors import OptionError
 from fusekit.options import Options, option, seed_option
+from fusekit.stream_config import StreamOptions
 from fusekit.train_config import TrainConfig
 
 MODES = ("paper", "residual")
@@ -83,6 +84,8 @@ class FuseOptions(Options):
     fusion: FusionOptions = option(default_factory=FusionOptions, kind=FusionOptions)
     # Optimiser, budget, seed, device and progress bar; its checkpoint_dir and resume are set by fuse.
     training: TrainConfig = option(default_factory=TrainConfig, kind=TrainConfig)
+    # Whether the training file is held in memory or read in batches (auto: by its size).
+    streaming: StreamOptions = option(default_factory=StreamOptions, kind=StreamOptions)
     resume: bool = option(False, help="continue an interrupted run from its last checkpoint")
     force: bool = option(False, help="replace a non-empty output directory")
     labels: dict[str, str] | None = option(None, kind="str_map", help="task -> label column, for CSV/Parquet data")
@@ -118,6 +121,7 @@ class FuseOptions(Options):
         # The nested options may have been changed since they were made.
         self.fusion.validate()
         self.training.validate()
+        self.streaming.validate()
         from fusekit.task_kinds import parse_kind
 
         for text in (self.task_kinds or {}).values():

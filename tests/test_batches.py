@@ -1,0 +1,225 @@
+"""Batches streamed from Parquet/CSV files (fusekit/data/batches.py) against the rows held in memory."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fusekit.data import load_dataset
+from fusekit.data.batches import StreamedSplit
+from fusekit.errors import FusekitError, OptionError
+from fusekit.stream_config import StreamOptions
+from tests.fusion_pool import CATEGORICAL, DENSE, LABELS, TASKS
+
+
+def _frame(pool) -> pd.DataFrame:
+    return pd.read_csv(pool["csv"], dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def folder(pool, tmp_path_factory):
+    """The pool's rows as a folder of three Parquet files, written in row groups of 300 rows."""
+    root = tmp_path_factory.mktemp("stream") / "rows"
+    root.mkdir()
+    frame = _frame(pool)
+    for k, part in enumerate(np.array_split(np.arange(len(frame)), 3)):
+        pq.write_table(pa.Table.from_pandas(frame.iloc[part], preserve_index=False), root / f"part{k}.parquet",
+                       row_group_size=300)
+    return root
+
+
+def _load(source, spec, stream: str, buffer: int = 700):
+    return load_dataset(source, list(TASKS), labels=LABELS, spec=spec,
+                        streaming=StreamOptions(stream=stream, shuffle_buffer=buffer))
+
+
+def _rows(inputs: dict, labels: dict) -> np.ndarray:
+    """Every row as one float vector (ids, dense values, labels), sorted: the multiset of rows."""
+    table = np.concatenate([inputs["categorical"].astype(np.float64), inputs["dense"].astype(np.float64),
+                            np.stack([labels[t] for t in TASKS], axis=1).astype(np.float64)], axis=1)
+    return table[np.lexsort(table.T[::-1])]
+
+
+def _epoch(split: StreamedSplit, batch_size: int, seed: int | None, epoch: int = 0) -> list[tuple[dict, dict]]:
+    return list(split.batches(batch_size, seed=seed, epoch=epoch))
+
+
+def _joined(batches) -> tuple[dict, dict]:
+    return ({k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]},
+            {t: np.concatenate([b[1][t] for b in batches]) for t in batches[0][1]})
+
+
+@pytest.mark.parametrize("source", ["folder", "csv"])
+def test_streamed_epoch_holds_the_rows_held_in_memory(pool, folder, source):
+    path = folder if source == "folder" else pool["csv"]
+    spec = pool["ds"].spec
+    memory = _load(pool["csv"], spec, "never")
+    streamed = _load(path, spec, "always")
+    assert isinstance(streamed.train, StreamedSplit) and streamed.reading["streamed"]
+    assert not memory.reading["streamed"] and "stream=never" in memory.reading["train"]
+    assert len(streamed.train) == len(memory.train)
+    batches = _epoch(streamed.train, 256, seed=3)
+    assert [len(b[1]["income"]) for b in batches] == [256] * (len(memory.train) // 256) + [len(memory.train) % 256]
+    inputs, labels = _joined(batches)
+    # Ids are given out as the models take them, never as the int32 the buffer holds.
+    assert inputs["categorical"].dtype == np.int64 and inputs["dense"].dtype == np.float32
+    np.testing.assert_array_equal(_rows(inputs, labels), _rows(memory.train.inputs, memory.train.labels))
+    # The carved validation and test rows are the in-memory path's, in memory.
+    for part in ("val", "test"):
+        np.testing.assert_array_equal(getattr(streamed, part).cat, getattr(memory, part).cat)
+        np.testing.assert_array_equal(getattr(streamed, part).labels["income"], getattr(memory, part).labels["income"])
+    held = _joined(_epoch(streamed.train, 1000, seed=None))  # unshuffled: file order
+    np.testing.assert_array_equal(held[0]["dense"], memory.train.dense)
+
+
+def test_shuffle_is_seeded_per_epoch(pool, folder):
+    split = _load(folder, pool["ds"].spec, "always").train
+
+    def order(seed, epoch):
+        return np.concatenate([b[0]["dense"][:, 0] for b in _epoch(split, 128, seed, epoch)])
+
+    np.testing.assert_array_equal(order(0, 1), order(0, 1))
+    assert not np.array_equal(order(0, 1), order(1, 1))
+    assert not np.array_equal(order(0, 1), order(0, 2))
+    assert np.array_equal(np.sort(order(0, 1)), np.sort(order(1, 2)))
+
+
+def test_shards_are_disjoint_and_cover_the_split(pool, folder):
+    split = _load(folder, pool["ds"].spec, "always").fusion_rows()  # a selection of the file's rows
+    shards = [split.shard(rank, 2) for rank in (0, 1)]
+    assert set(shards[0].rows).isdisjoint(shards[1].rows)
+    np.testing.assert_array_equal(np.sort(np.concatenate([s.rows for s in shards])), split.rows)
+    assert abs(len(shards[0]) - len(shards[1])) <= 1
+    parts = [_joined(_epoch(s, 200, seed=5)) for s in shards]
+    both = ({k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]},
+            {t: np.concatenate([p[1][t] for p in parts]) for t in parts[0][1]})
+    whole = _joined(_epoch(split, 200, seed=None))
+    np.testing.assert_array_equal(_rows(*both), _rows(*whole))
+    with pytest.raises(FusekitError, match="rank 2 of world 2"):
+        split.shard(2, 2)
+
+
+def test_fuse_trains_on_a_streamed_parquet_folder(pool, folder, tmp_path):
+    from fusekit.fusion.fuse import fuse
+    from fusekit.fusion.options import FuseOptions
+    from fusekit.train import TrainConfig
+
+    options = FuseOptions(training=TrainConfig(max_epochs=2, batch_size=256, progress=False, device="cpu", threads=1),
+                          labels=LABELS, streaming=StreamOptions(stream="always", shuffle_buffer=500))
+    result = fuse(pool["parts"], TASKS, folder, tmp_path / "fused", options)
+    reading = result.metrics["data"]["reading"]
+    assert reading["streamed"] and reading["train"].startswith("streamed")
+    assert result.metrics["rows"]["train"] == len(pool["ds"].fusion_rows())
+    assert (tmp_path / "fused" / "fused.onnx").is_file()
+    assert all(np.isfinite(r["train_loss"]) for r in result.metrics["history"])
+
+
+def test_auto_keeps_small_files_in_memory_and_streams_above_the_budget(pool):
+    spec = pool["ds"].spec
+    small = load_dataset(pool["csv"], list(TASKS), labels=LABELS, spec=spec)
+    assert not small.reading["streamed"] and "within the 1024 MB budget" in small.reading["train"]
+    tight = load_dataset(pool["csv"], list(TASKS), labels=LABELS, spec=spec,
+                         streaming=StreamOptions(memory_budget=1))
+    assert tight.reading["streamed"] and "above the 1 MB budget" in tight.reading["train"]
+    # Without the models' specification the encoders are fitted on every row, in memory.
+    fitted = load_dataset(pool["csv"], list(TASKS), labels=LABELS, categorical=CATEGORICAL, dense=DENSE,
+                          streaming=StreamOptions(memory_budget=1))
+    assert not fitted.reading["streamed"] and "fitting a feature specification" in fitted.reading["train"]
+
+
+def test_a_folder_file_without_a_column_is_refused_in_one_line(pool, tmp_path):
+    root = tmp_path / "rows"
+    root.mkdir()
+    frame = _frame(pool)
+    pq.write_table(pa.Table.from_pandas(frame.iloc[:2000], preserve_index=False), root / "a.parquet")
+    pq.write_table(pa.Table.from_pandas(frame.iloc[2000:].drop(columns=["education"]), preserve_index=False),
+                   root / "b.parquet")
+    for stream in ("always", "auto"):
+        with pytest.raises(FusekitError) as info:
+            _load(root, pool["ds"].spec, stream)
+        message = str(info.value)
+        assert "b.parquet" in message and "'education'" in message and "\n" not in message
+
+
+def test_stream_options_check_themselves():
+    with pytest.raises(OptionError, match="stream"):
+        StreamOptions(stream="sometimes")
+    with pytest.raises(OptionError, match="memory_budget"):
+        StreamOptions(memory_budget=0)
+
+
+class _Input:
+    def __init__(self, name, shape, dtype):
+        self.name, self.shape, self.dtype = name, shape, dtype
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_named_inputs_stream_with_the_casts_of_the_in_memory_reader(tmp_path, kind):
+    from fusekit.data.named import read_splits
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    frame = pd.DataFrame({"item id": rng.integers(0, 50, n), "w[0]": rng.normal(size=n), "w[1]": rng.normal(size=n),
+                          "clicked": rng.integers(0, 2, n), "note": ["x"] * n})
+    if kind == "csv":
+        path = tmp_path / "rows.csv"
+        frame.to_csv(path, index=False)
+    else:
+        path = tmp_path / "rows"
+        path.mkdir()
+        for k, part in enumerate(np.array_split(np.arange(n), 2)):
+            pq.write_table(pa.Table.from_pandas(frame.iloc[part], preserve_index=False), path / f"{k}.parquet",
+                           row_group_size=256)
+    inputs = [_Input("item id", ["batch"], "int64"), _Input("w", ["batch", 2], "float32")]
+    read = {stream: read_splits(path, inputs=inputs, tasks={"clicked": "binary"}, index_inputs=["item id"],
+                                streaming=StreamOptions(stream=stream, shuffle_buffer=300))
+            for stream in ("never", "always")}
+    streamed, memory = read["always"], read["never"]
+    assert isinstance(streamed.train, StreamedSplit) and streamed.report.reading["streamed"]
+    assert streamed.report.partition.to_dict() == memory.report.partition.to_dict()
+    assert [i.fed for i in streamed.report.inputs] == [i.fed for i in memory.report.inputs]
+    batches = _epoch(streamed.train, 128, seed=1)
+    got = {k: np.concatenate([b[0][k] for b in batches]) for k in ("item id", "w")}
+    assert got["item id"].dtype == np.int64 and got["w"].dtype == np.float32 and got["w"].shape[1:] == (2,)
+    labels = np.concatenate([b[1]["clicked"] for b in batches])
+
+    def rows(ids, w, y):
+        table = np.column_stack([ids, w, y]).astype(np.float64)
+        return table[np.lexsort(table.T[::-1])]
+
+    np.testing.assert_array_equal(rows(got["item id"], got["w"], labels),
+                                  rows(memory.train.inputs["item id"], memory.train.inputs["w"],
+                                       memory.train.labels["clicked"]))
+    np.testing.assert_array_equal(streamed.val.inputs["w"], memory.val.inputs["w"])
+
+
+def test_predict_writes_a_parquet_folder_batch_by_batch(pool, folder, tmp_path, monkeypatch):
+    import fusekit.data.batches as batches
+    from fusekit.deploy.evaluate import predict_onnx
+
+    model = pool["models"]["income_a"]
+    whole = predict_onnx(model, pool["csv"], tmp_path / "whole.csv")
+    monkeypatch.setattr(batches, "READ_ROWS", 512)  # many record batches from the small folder
+    streamed = predict_onnx(model, folder, tmp_path / "streamed.parquet")
+    csv_out = predict_onnx(model, pool["csv"], tmp_path / "streamed.csv")
+    assert whole.rows == streamed.rows == csv_out.rows == len(_frame(pool))
+    assert pq.ParquetFile(tmp_path / "streamed.parquet").metadata.num_row_groups > 1
+    expected = pd.read_csv(tmp_path / "whole.csv")
+    np.testing.assert_allclose(pd.read_parquet(tmp_path / "streamed.parquet")["income"], expected["income"],
+                               rtol=1e-6)
+    assert (tmp_path / "streamed.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    assert streamed.encoding.to_dict() == whole.encoding.to_dict()
+
+
+def test_eval_scores_a_streamed_training_split_as_the_in_memory_one(pool, folder):
+    from fusekit.deploy.evaluate import evaluate_onnx
+
+    model = pool["models"]["income_a"]
+    scores = {stream: evaluate_onnx(model, load_dataset(folder if stream == "always" else pool["csv"], ["income"],
+                                                        spec=pool["ds"].spec,
+                                                        streaming=StreamOptions(stream=stream)),
+                                    split="train").scores["income"]
+              for stream in ("always", "never")}
+    assert scores["always"] == pytest.approx(scores["never"], abs=1e-12)
