@@ -177,6 +177,36 @@ class TaskKind:
         out = out.reshape(-1)
         return torch.sigmoid(out) if (self.kind == "binary" and self.output == "logit") else out
 
+    def mix(self, outputs: "list[torch.Tensor]", weights: "torch.Tensor") -> "torch.Tensor":
+        """The weighted average (``weights`` [M], summing to 1) of M sources' outputs, in mix
+        space, as a training-space prediction.
+
+        Probability and value outputs: :meth:`to_mix_space`, a weighted sum, :meth:`from_mix_space`.
+        Logit outputs are averaged as probabilities too, but in log space: log p = logsumexp_k(log
+        w_k + log p_k) with log p_k = logsigmoid(l_k) (log_softmax for K classes), and a binary logit
+        is log p - log(1 - p) from the two log-space sums. So the result is the exact logit of the
+        average probability, for logits of any size (a probability clamped at 1e-6 saturates near +-13.8).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        if self.output != "logit":
+            # A sum of scaled tensors, not a stack and a product: fewer ops for one row in onnxruntime.
+            return self.from_mix_space(sum(w * self.to_mix_space(x) for w, x in zip(weights, outputs)))
+        log_w = torch.log(weights.float())
+        if self.kind == "multiclass":
+            return _logsumexp([F.log_softmax(o.float().reshape(-1, self.width), dim=-1) + lw
+                               for o, lw in zip(outputs, log_w)])
+        log_p, log_q = [], []
+        for o, lw in zip(outputs, log_w):
+            x = o.float().reshape(-1)
+            # log sigmoid(x) = min(x, 0) - log1p(exp(-|x|)), and log sigmoid(-x) = log sigmoid(x) - x:
+            # written out, since the exporter writes F.logsigmoid as Log(Sigmoid(x)), -inf past |x| ~ 88.
+            log_sig = torch.clamp(x, max=0.0) - torch.log1p(torch.exp(-torch.abs(x))) + lw
+            log_p.append(log_sig)
+            log_q.append(log_sig - x)
+        return _logsumexp(log_p) - _logsumexp(log_q)
+
     def from_mix_space(self, mixed: "torch.Tensor") -> "torch.Tensor":
         """An average of sources (in mix space) as a training-space prediction: the logit of the
         mixed probability, the log of the mixed class probabilities, or the mixed value."""
@@ -191,6 +221,17 @@ class TaskKind:
 
 
 BINARY = TaskKind()
+
+
+def _logsumexp(terms: "list[torch.Tensor]") -> "torch.Tensor":
+    """log(sum_k exp(terms[k])) of same-shaped tensors, stably, element by element: onnxruntime
+    runs a ReduceLogSumExp over a stacked leading axis several times slower at large batch."""
+    import torch
+
+    top = terms[0]
+    for t in terms[1:]:
+        top = torch.maximum(top, t)
+    return top + torch.log(sum(torch.exp(t - top) for t in terms))
 
 
 def parse_kind(text: str) -> tuple[str, str | None]:

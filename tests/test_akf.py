@@ -47,6 +47,21 @@ def test_fusion_gate_selects_the_top_task_weighted_by_its_gate_and_gets_gradient
     assert gate.linear.weight.grad is not None and gate.linear.weight.grad.abs().sum() > 0
 
 
+def test_fusion_gate_top_one_is_topk_and_gather_bit_for_bit_ties_to_the_first():
+    torch.manual_seed(6)
+    others = _vectors(3, batch=64, seed=6)
+    gate = FusionGate(4, 4, n_other=3, top_k=1)
+    gate_input = torch.randn(64, 4)
+    with torch.no_grad():
+        gate.linear.weight[2] = gate.linear.weight[1]  # tasks 1 and 2 tie on every row
+        gate.linear.bias[2] = gate.linear.bias[1]
+    selected, f, idx = gate(gate_input, others)
+    values, top = torch.topk(f, 1, dim=1)
+    picked = torch.stack(others, 1).gather(1, top.unsqueeze(-1).expand(-1, -1, 4)).squeeze(1)
+    assert torch.equal(selected, values * picked)
+    assert set(idx[:, 0].tolist()) <= {0, 1}  # a tie goes to the first of the tied tasks
+
+
 def test_flat_token_helpers_match_their_reductions():
     gen = torch.Generator().manual_seed(7)
     weights, tokens = torch.rand(6, 3, generator=gen), torch.randn(6, 3, 5, generator=gen)

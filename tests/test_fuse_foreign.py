@@ -171,3 +171,35 @@ def test_the_command_line_reads_columns_named_after_the_inputs(foreign, tmp_path
 
 def test_the_inputs_are_the_walkthrough_pools():
     assert INPUTS == list(SPARSE) + list(DENSE)
+
+
+def test_sources_with_large_logits_fuse_to_the_exact_logit_of_their_average(foreign, tmp_path):
+    """Sources sure of themselves (|logit| past 30): the untrained fused.onnx gives, in onnxruntime,
+    the logit of their average probability, finite and exact to float tolerance (a probability
+    clamped at 1e-6 would saturate at +-13.8)."""
+    from fusekit.fusion.fuse import export as export_fused
+
+    paths = []
+    for task, names in TASKS.items():
+        for k, name in enumerate(names):
+            # The task's two models agree (one seed, two scales), so their average is sure too.
+            model = PerFeatureModel(seed=10 if task == "income" else 0)
+            with torch.no_grad():
+                model.out.weight.mul_(300.0 - 100.0 * k)
+            path = tmp_path / f"{name}.onnx"
+            export(model.eval(), path, dynamo=name.endswith("dynamo"))
+            paths.append(path)
+    decompose(paths, tmp_path / "parts")
+    plan = prepare(tmp_path / "parts", TASKS, foreign["ds"], FuseOptions(max_rows=300))
+    fused = export_fused(plan, build(plan).eval(), tmp_path / "fused.onnx").outputs
+    sources = score_sources(plan)
+    for task, models in TASKS.items():
+        logits = np.stack([sources[m].astype(np.float64).reshape(-1) for m in models])
+        assert np.abs(logits).max() > 30
+        # log p - log(1 - p) of the average p, in float64 log space: log sigmoid(x) = -logaddexp(0, -x)
+        log_p = np.logaddexp.reduce(-np.logaddexp(0.0, -logits), axis=0) - np.log(len(models))
+        log_q = np.logaddexp.reduce(-np.logaddexp(0.0, logits), axis=0) - np.log(len(models))
+        expected = log_p - log_q
+        got = fused[task].astype(np.float64).reshape(-1)
+        assert np.isfinite(got).all() and np.abs(expected).max() > 30
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
