@@ -42,10 +42,11 @@ def _paper_cell(table: dict, key: str, tasks: list[str]) -> str:
 
 
 def table_one(result: TaskSetResult, title: str) -> str:
-    """Table I: test AUC per task (mean ± std over seeds), gain vs the single-task mean, sizes, time."""
+    """Table I: test score per task (its kind's: AUC, accuracy, R2; mean ± SD over cells), gain vs
+    the single-task mean, sizes, time."""
     tasks = result.tasks
     paper = tasks == PAPER_TASKS
-    head = (["Method"] + [f"{t} AUC" for t in tasks] + [f"gain {t}" for t in tasks]
+    head = (["Method"] + [f"{t} {result.score_label(t)}" for t in tasks] + [f"gain {t}" for t in tasks]
             + ["params", "trainable", "train s (mean)", "best epoch"]
             + (["paper (income / never married)"] if paper else []))
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -61,7 +62,7 @@ def table_one(result: TaskSetResult, title: str) -> str:
     if paper:
         lines += ["", "Paper single-task rows: TM-1 " + " / ".join(f"{v:.5f}" for v in PAPER_TABLE1["TM-1"])
                   + ", TM-2 " + " / ".join(f"{v:.5f}" for v in PAPER_TABLE1["TM-2"]) + "."]
-    lines += ["", "Gain: mean test AUC minus the mean of the task's single-task source models (the paper's "
+    lines += ["", "Gain: mean test score minus the mean of the task's single-task source models (the paper's "
               "definition). Mean ± SD over every split × seed cell; the paired table above says which "
               "differences are real."] + failure_notes(result.rows)
     return "\n".join(lines)
@@ -139,7 +140,7 @@ def paired_table(result: TaskSetResult) -> str:
     lines = [f"### Paired comparison: {', '.join(result.tasks)} ({len(splits)} splits × {len(seeds)} seeds)", ""]
     for task in result.tasks:
         best = best_baseline(result, task)
-        lines += [f"**{task}** (best baseline: {best.display() if best else 'none'})", "",
+        lines += [f"**{task}** ({result.score_label(task)}; best baseline: {best.display() if best else 'none'})", "",
                   "| method | mean | SD over splits | SD over seeds | − average [95 % CI] | − best baseline [95 % CI] "
                   "| average kept |", "|---|---|---|---|---|---|---|"]
         for row in result.rows:
@@ -172,7 +173,7 @@ def table_two(result: TaskSetResult) -> str:
         return ""
     tasks = result.tasks
     paper = tasks == PAPER_TASKS
-    head = ["Variant"] + [f"{t} AUC" for t in tasks] + [f"gain {t}" for t in tasks] + ["trainable"] + (
+    head = ["Variant"] + [f"{t} {result.score_label(t)}" for t in tasks] + [f"gain {t}" for t in tasks] + ["trainable"] + (
         ["paper (income / never married)"] if paper else [])
     lines = [f"### Table II: ablation of the fusion network ({', '.join(tasks)})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -219,8 +220,9 @@ def hyperparameter_table(result: BenchResult) -> str:
     b = result.budget
     lines += ["", f"Budget for every trained method: Adam lr {b['lr']}, batch {b['batch_size']}, weight decay "
               f"{b['weight_decay']}, at most {b['max_epochs']} epochs, early stopping after {b['patience']} epochs "
-              "without a better mean validation AUC (best weights kept). Input block: 4-dim embeddings "
-              "(init std 1e-4) per categorical column plus the dense features."]
+              "without a better mean validation score (each task's kind's: AUC, accuracy, R2; best weights kept). "
+              "Input block: 4-dim embeddings (init std 1e-4) per categorical column (integer inputs: per column, the "
+              "ids seen in the training rows) plus the dense features (float inputs flattened)."]
     if b.get("train_rows"):
         lines.append(f"Quick run: {b['train_rows']} training, {b['val_rows']} validation, {b['test_rows']} test rows; "
                      "the figures are a smoke test, not results.")
@@ -233,6 +235,8 @@ def hyperparameter_table(result: BenchResult) -> str:
 
 def data_note(result: TaskSetResult) -> str:
     """Which rows each kind of method trained on."""
+    if result.data.get("note"):
+        return result.data["note"]
     rows = result.data.get("rows", {})
     spec = result.data.get("spec") or {}
     text = (f"Data: {rows.get('train', '?'):,} training rows. Each split halves the {rows.get('pool', '?'):,} rows of "
