@@ -43,6 +43,8 @@ def test_quick_digits_bench_writes_the_paired_table_with_each_kinds_score(digits
     assert "**digit** (accuracy; best baseline: Shared-Bottom)" in tables
     assert "**digit_ge5** (AUC;" in tables and "| digit accuracy |" in tables
     assert "(2 splits × 2 seeds)" in tables
+    kept = task_set.row("emm").extra["restored_average"]
+    assert f"emm digit_ge5 {kept['digit_ge5']}/4, digit {kept['digit']}/4." in tables  # how often the guard held
     cells = [c for c in task_set.cells if c["method"] == "emm"]
     assert len(cells) == 4 and all(0.0 <= c["scores"]["digit"] <= 1.0 for c in cells)
     avg = task_set.row("average")

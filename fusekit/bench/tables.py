@@ -162,9 +162,23 @@ def paired_table(result: TaskSetResult) -> str:
         if len(splits) > 1 else "t-interval over the seeds of one split (training noise only, not test-set noise)"
     lines += [f"Differences are paired: the same split for both methods. 95 % interval: {basis}. A difference is "
               "**better** or **worse** only when its interval excludes zero; otherwise it is a tie. "
-              "\"average kept\": cells in which fuse exported the sources' average for the task, because the "
-              "trained fusion scored below it on validation."]
+              "\"average kept\": cells in which fuse's guard exported the sources' average for the task, because the "
+              "trained fusion scored below it on validation (residual mode: its untrained state; paper mode: the "
+              "sources run whole)."]
     return "\n".join(lines)
+
+
+def guard_note(result: TaskSetResult) -> str:
+    """How often fuse's guard kept the sources' average, per fused method and task (cells kept / cells)."""
+    parts = []
+    for row in result.rows:
+        kept = row.extra.get("restored_average")
+        if row.kind != "emm" or not kept:
+            continue
+        n = len(row.extra.get("cells", []))
+        parts.append(f"{row.method} " + ", ".join(f"{t} {kept.get(t, 0)}/{n}" for t in result.tasks))
+    return ("Guard (cells in which the exported model is the sources' average for the task): " + "; ".join(parts)
+            + ".") if parts else ""
 
 
 def table_two(result: TaskSetResult) -> str:
@@ -212,6 +226,12 @@ def gate_table(result: TaskSetResult) -> str:
     return "\n\n".join(blocks)
 
 
+def _paper_warmup(max_epochs: int) -> int:
+    from fusekit.fusion.options import PAPER_WARMUP_EPOCHS
+
+    return min(PAPER_WARMUP_EPOCHS, max_epochs - 1)
+
+
 def hyperparameter_table(result: BenchResult) -> str:
     """The baselines' hyperparameters and the shared budget."""
     lines = ["### Hyperparameters", "", "| method | hyperparameters |", "|---|---|"]
@@ -220,7 +240,8 @@ def hyperparameter_table(result: BenchResult) -> str:
     b = result.budget
     lines += ["", f"Budget for every trained method: Adam lr {b['lr']}, batch {b['batch_size']}, weight decay "
               f"{b['weight_decay']}, at most {b['max_epochs']} epochs, early stopping after {b['patience']} epochs "
-              "without a better mean validation score (each task's kind's: AUC, accuracy, R2; best weights kept). "
+              "without a better mean validation score (each task's kind's: AUC, accuracy, R2; best weights kept; the "
+              f"paper network counts patience only after a warm-up of {_paper_warmup(b['max_epochs'])} epochs). "
               "Input block: 4-dim embeddings (init std 1e-4) per categorical column (integer inputs: per column, the "
               "ids seen in the training rows) plus the dense features (float inputs flattened)."]
     if b.get("train_rows"):
@@ -259,7 +280,9 @@ def render_markdown(result: BenchResult) -> str:
         title = "Table I" if index == 0 else f"Table I, {len(task_set.tasks)} tasks"
         title += f": {', '.join(task_set.tasks)}"
         paired = paired_table(task_set)
-        parts += ([paired, ""] if paired else []) + [table_one(task_set, title), "", data_note(task_set), ""]
+        guarded = guard_note(task_set)
+        parts += ([paired, ""] if paired else []) + ([guarded, ""] if guarded else [])
+        parts += [table_one(task_set, title), "", data_note(task_set), ""]
         two = table_two(task_set)
         if two:
             parts += [two, ""]

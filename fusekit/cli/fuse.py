@@ -66,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add(TrainConfig, "weight_decay")
     flags.add(TrainConfig, "max_epochs", "--epochs")
     flags.add(TrainConfig, "patience")
+    flags.add(TrainConfig, "warmup_epochs")
     flags.add(TrainConfig, "seed", also=(FusionOptions,), help="seed of the fusion network and its training")
     flags.add(FuseOptions, "split_seed")
     flags.add(TrainConfig, "device")
