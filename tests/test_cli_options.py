@@ -19,7 +19,7 @@ from fusekit.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # Flags whose default is deliberately not the field's: None means "the budget's own" (quick or full).
-OWN_DEFAULTS = {("bench", "Budget", "max_epochs"), ("bench", "Budget", "patience")}
+OWN_DEFAULTS = {("bench", "Budget", "max_epochs"), ("bench", "Budget", "patience"), ("bench", "Budget", "batch_size")}
 REPORTING = [["decompose"], ["inspect"], ["train-single"], ["fuse"], ["eval"], ["predict"], ["bench"],
              ["bench-merge"], ["demo"], ["data", "fetch"], ["data", "info"]]
 PROGRESS = [["decompose"], ["train-single"], ["fuse"], ["bench"], ["demo"], ["data", "fetch"]]
