@@ -47,7 +47,7 @@ def test_an_id_that_training_never_saw_is_refused_naming_the_input():
         InputLayout.from_split(bad)
 
 
-@pytest.mark.parametrize("name", ["mmoe", "aitm"])
+@pytest.mark.parametrize("name", ["aitm"])  # the one whose towers read another task's representation
 def test_a_baseline_on_named_inputs_trains_a_multiclass_and_a_regression_head(name):
     train, val = _split(600, 0), _split(300, 1)
     layout = InputLayout.from_split(train)

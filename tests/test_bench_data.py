@@ -16,7 +16,7 @@ from fusekit.sample_models import make_digits as md
 @pytest.fixture(scope="module")
 def digits_pool(tmp_path_factory):
     folder = tmp_path_factory.mktemp("digits") / "digits"
-    md.make_digits(folder, kinds=["cnn"], epochs=2)
+    md.make_digits(folder, kinds=["cnn"], epochs=2)  # weak sources, well above chance
     return folder
 
 
@@ -33,7 +33,7 @@ def test_the_pool_holds_no_row_a_source_model_trained_on(digits_pool):
 
 def test_quick_digits_bench_writes_the_paired_table_with_each_kinds_score(digits_pool, tmp_path):
     out = tmp_path / "out"
-    result = run_bench("digits", None, [0, 1], True, out, ["sources", "average", "shared-bottom", "emm"], splits=2,
+    result = run_bench("digits", None, [0], True, out, ["sources", "average", "shared-bottom", "emm"], splits=2,
                        models_dir=digits_pool / "cnn")
     task_set = result.sets[0]
     assert task_set.tasks == list(md.TASKS) and len(result.sets) == 1  # no Census three-task table
@@ -42,11 +42,11 @@ def test_quick_digits_bench_writes_the_paired_table_with_each_kinds_score(digits
     tables = (out / "tables.md").read_text()
     assert "**digit** (accuracy; best baseline: Shared-Bottom)" in tables
     assert "**digit_ge5** (AUC;" in tables and "| digit accuracy |" in tables
-    assert "(2 splits × 2 seeds)" in tables
+    assert "(2 splits × 1 seeds)" in tables
     kept = task_set.row("emm").extra["restored_average"]
-    assert f"emm digit_ge5 {kept['digit_ge5']}/4, digit {kept['digit']}/4." in tables  # how often the guard held
+    assert f"emm digit_ge5 {kept['digit_ge5']}/2, digit {kept['digit']}/2." in tables  # how often the guard held
     cells = [c for c in task_set.cells if c["method"] == "emm"]
-    assert len(cells) == 4 and all(0.0 <= c["scores"]["digit"] <= 1.0 for c in cells)
+    assert len(cells) == 2 and all(0.0 <= c["scores"]["digit"] <= 1.0 for c in cells)
     avg = task_set.row("average")
     # The average of two trained CNNs classifies digits far above chance (0.1).
     assert min(avg.auc["digit"]) > 0.3 and min(avg.auc["digit_ge5"]) > 0.6
