@@ -316,7 +316,9 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     """Train ``model`` with Adam on the sum over tasks of each kind's mean loss; early-stop on the
     mean validation score (``kinds``: each task's kind, default the model's ``task_kinds`` or binary).
 
-    Returns the history; the model ends with the best epoch's weights. With
+    Early stopping: after ``config.patience`` epochs without a better mean validation score,
+    counted only after the first ``config.warmup_epochs`` (the best weights are kept from every
+    epoch, warm-up included). Returns the history; the model ends with the best epoch's weights. With
     ``config.checkpoint_dir`` a checkpoint is written after every epoch and
     ``config.resume`` continues from it. A non-finite loss stops training with a
     FusekitError and leaves the last good checkpoint in place.
@@ -419,7 +421,7 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                 best_score, bad_epochs = mean_score, 0
                 best_state = copy.deepcopy(model.state_dict())
                 result.best_epoch, result.best_val_score = epoch, dict(val_score)
-            else:
+            elif epoch > (config.warmup_epochs or 0):
                 bad_epochs += 1
             with distributed.agreement(f"writing the checkpoint of epoch {epoch}"):
                 if ckpt_path is not None and place.is_main:

@@ -24,6 +24,10 @@ class TrainConfig(Options):
     weight_decay: float = option(1e-6, minimum=0.0, help="Adam weight decay")
     max_epochs: int = option(100, minimum=1, help="maximum epochs (early stopping on mean validation AUC)")
     patience: int = option(5, minimum=1, help="early stopping: epochs without a better mean validation AUC")
+    # None: 0, except fuse's paper mode (fusion/options.py:PAPER_WARMUP_EPOCHS).
+    warmup_epochs: int | None = option(None, kind="int", minimum=0,
+                                       help="early stopping: epochs before patience starts counting (default 0; "
+                                            "fuse's paper mode 10)")
     seed: int = seed_option(help="seed of initialisation and shuffling")
     device: str = option("auto", choices=DEVICES, pattern=DEVICE_PATTERN,
                          help="auto: CUDA when torch sees a GPU, else CPU")
@@ -37,6 +41,10 @@ class TrainConfig(Options):
                                       "divided among the processes of a distributed run; OMP_NUM_THREADS when set)")
 
     def _check(self) -> None:
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.max_epochs:
+            raise OptionError(f"{{warmup_epochs={self.warmup_epochs}}} leaves no epoch for early stopping within "
+                              f"{{max_epochs={self.max_epochs}}}; choose a warm-up below the epoch budget",
+                              owner="TrainConfig")
         if self.resume and self.checkpoint_dir is None:
             raise OptionError("{resume=True} needs {checkpoint_dir}, the folder holding the checkpoint",
                               owner="TrainConfig")

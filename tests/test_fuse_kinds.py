@@ -15,7 +15,7 @@ from fusekit.decompose.pipeline import decompose
 from fusekit.deploy.evaluate import evaluate_onnx
 from fusekit.fusion.fuse import build, fuse, prepare, score_sources
 from fusekit.fusion.model import DeployedOutputs
-from fusekit.fusion.options import FuseOptions
+from fusekit.fusion.options import FuseOptions, FusionOptions
 from fusekit.models.architecture import Architecture
 from fusekit.models.single import export_onnx, train_on_dataset
 from fusekit.onnxio.sessions import run, session
@@ -112,10 +112,13 @@ def test_labels_that_do_not_fit_the_kind_are_refused(mixed):
         prepare(mixed["parts"], mixed["tasks"], broken, FuseOptions(max_rows=200))
 
 
-def test_a_task_trained_below_its_average_gets_the_average_back(mixed, tmp_path):
+@pytest.mark.parametrize("mode", ["residual", "paper"])
+def test_a_task_trained_below_its_average_gets_the_average_back(mixed, tmp_path, mode):
     """A learning rate far too high wrecks the trained fusion; per task, the exported model must
-    still score at least the sources' plain average on validation (the untrained model)."""
-    options = FuseOptions(training=TrainConfig(max_epochs=1, lr=10.0, progress=False, device="cpu"), max_rows=1000)
+    still score at least the sources' plain average on validation (residual: the untrained model;
+    paper: the sources run whole inside fused.onnx)."""
+    options = FuseOptions(fusion=FusionOptions(mode=mode),
+                          training=TrainConfig(max_epochs=1, lr=10.0, progress=False, device="cpu"), max_rows=1000)
     result = fuse(mixed["parts"], mixed["tasks"], mixed["ds"], tmp_path / "wild", options)
     per_task = result.metrics["per_task"]
     restored = [t for t in TASKS if per_task[t]["restored_average"]]

@@ -90,6 +90,32 @@ def test_early_stopping_keeps_best_epoch(small):
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
 
 
+def test_patience_counts_only_after_the_warmup(small):
+    """lr 0: no epoch after the first is better. Without a warm-up, patience 2 stops after epoch 3;
+    with a warm-up of 4 epochs, patience counts from epoch 5 and stops after epoch 6."""
+    from fusekit.errors import OptionError
+
+    spec, train, val = small
+    plain = fit(build(spec), train, val, TASKS, TrainConfig(max_epochs=20, patience=2, lr=0.0, progress=False))
+    warm = fit(build(spec), train, val, TASKS,
+               TrainConfig(max_epochs=20, patience=2, warmup_epochs=4, lr=0.0, progress=False))
+    assert (len(plain.history), len(warm.history)) == (3, 6)
+    assert warm.stopped_early and warm.best_epoch == 1
+    with pytest.raises(OptionError, match="warmup_epochs=5"):
+        TrainConfig(max_epochs=5, warmup_epochs=5)
+
+
+def test_fuse_paper_mode_warms_up_by_default_below_the_epoch_budget():
+    from fusekit.fusion.fuse import training_config
+    from fusekit.fusion.options import PAPER_WARMUP_EPOCHS, FuseOptions, FusionOptions
+
+    paper = FusionOptions(mode="paper")
+    assert training_config(FuseOptions(fusion=paper)).warmup_epochs == PAPER_WARMUP_EPOCHS
+    assert training_config(FuseOptions(fusion=paper, training=TrainConfig(max_epochs=3))).warmup_epochs == 2
+    assert training_config(FuseOptions(fusion=paper, training=TrainConfig(warmup_epochs=0))).warmup_epochs == 0
+    assert training_config(FuseOptions()).warmup_epochs is None  # residual: no warm-up
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(small, tmp_path):
     spec, train, val = small
     model = build(spec, nan_after=len(train) // 1024 + 3)  # epoch 2 goes NaN

@@ -80,7 +80,7 @@ def _panel(ax: Axes, task_set: TaskSetResult, task: str) -> None:
     ax.ticklabel_format(axis="x", useOffset=False, style="plain")
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("test AUC (zoomed: axis does not start at 0)", fontsize=8)
+    ax.set_xlabel(f"test {task_set.score_label(task)} (zoomed: axis does not start at 0)", fontsize=8)
     ax.set_title(f"{task}\n(task set {' + '.join(task_set.tasks)})", fontsize=9)
 
 

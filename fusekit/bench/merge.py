@@ -25,7 +25,8 @@ def load_result(run_dir: Path) -> BenchResult:
     try:
         data = json.loads(path.read_text())
         sets = [TaskSetResult(s["tasks"], _rows(s["rows"]), _rows(s["ablation"]), s.get("gates", {}),
-                              s.get("sources", []), s.get("data", {}), s.get("cells", [])) for s in data["sets"]]
+                              s.get("sources", []), s.get("data", {}), s.get("cells", []), s.get("kinds", {}))
+                for s in data["sets"]]
         return BenchResult(data["dataset"], data["seeds"], data["quick"], data["budget"], data["hyperparameters"],
                            sets, Path(data["out_dir"]), data.get("seconds", 0.0), data.get("versions", {}),
                            data.get("threads"), data.get("splits", [0]))
@@ -63,6 +64,7 @@ def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
             ablation[key] = ablation.get(key, False) or bool(task_set.ablation)
             target.sources = target.sources or task_set.sources
             target.data = target.data or task_set.data
+            target.kinds = target.kinds or task_set.kinds
     for key, target in merged.items():
         target.cells = list(cells.get(key, {}).values())
         if target.cells:

@@ -11,7 +11,8 @@ import numpy as np
 
 @dataclass
 class Row:
-    """One method's results on one task set: test AUC per task and cell (``extra["cells"]``: the
+    """One method's results on one task set: the test score per task and cell (``auc``, named so
+    before tasks had kinds: each task's kind's score, AUC for binary tasks; ``extra["cells"]``: the
     [split, seed] of each value, seed None for untrained rows), sizes, training time.
 
     ``kind`` is ``single`` (a source model), ``ensemble`` (plain average of sources, untrained),
@@ -56,6 +57,13 @@ class TaskSetResult:
     sources: list[dict] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     cells: list[dict] = field(default_factory=list)  # fusekit.bench.protocol.Cell, JSON-ready
+    kinds: dict[str, dict] = field(default_factory=dict)  # task -> TaskKind.to_dict(); absent: binary
+
+    def score_label(self, task: str) -> str:
+        """The name of ``task``'s score as tables print it (AUC, accuracy, R2: its kind's)."""
+        from fusekit.task_kinds import SCORE, SCORE_LABEL
+
+        return SCORE_LABEL[SCORE[self.kinds.get(task, {}).get("kind", "binary")]]
 
     def single_task_mean(self, task: str) -> float | None:
         """Mean test AUC of the task's single-task source models (the paper's gain reference)."""

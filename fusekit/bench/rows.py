@@ -12,8 +12,9 @@ def _row(method: str, cells: list[Cell], tasks: list[str]) -> Row:
     info = cells[0].info
     errors = [c.info["error"] for c in cells if c.info.get("error")]
     good = [c for c in cells if not c.info.get("error")]
-    scored = [t for t in tasks if any(t in c.scores for c in good)] or tasks  # a source row scores its own task
-    row = Row(method, info.get("kind", "emm"), {t: [c.scores[t] for c in good if t in c.scores] for t in scored},
+    scores = {t: [c.scores[t] for c in good if t in c.scores] for t in tasks}
+    # A source model has scores for its own task only.
+    row = Row(method, info.get("kind", "emm"), {t: v for t, v in scores.items() if v},
               info.get("parameters"), info.get("trainable"),
               [c.seconds for c in good if c.seconds is not None], [c.epochs for c in good if c.epochs is not None],
               info.get("label", ""), {})

@@ -45,9 +45,9 @@ import numpy as np
 from fusekit import __version__, distributed
 from fusekit.models.baselines import BASELINES, build_baseline
 from fusekit.errors import FusekitError
+from fusekit.options import literal
 from fusekit.io import atomic_file, check_output_paths
 from fusekit.locks import holds_output
-from fusekit.metrics import roc_auc
 from fusekit.threads import current_threads
 from fusekit.bench.budget import Budget
 from fusekit.bench.methods import (ABLATION_VARIANTS, DEFAULT_TASKS, EMM_METHODS, EMM_VARIANTS, SOURCE_ROWS,
@@ -56,7 +56,8 @@ from fusekit.bench.protocol import (CELLS_DIR, Cell, CellStore, check_protocol, 
                                     write_protocol)
 from fusekit.bench.results import BenchResult, TaskSetResult
 from fusekit.bench.rows import rebuild
-from fusekit.bench.sources import describe, find_sources, onnx_probabilities, shared_spec, spec_summary
+from fusekit.bench.data import BenchData, default_tasks, load_bench_data
+from fusekit.bench.sources import describe, find_sources, onnx_outputs, shared_spec, spec_summary
 from fusekit.decompose.manifest import group_by_task
 
 ALL_METHODS = all_methods()
@@ -64,15 +65,26 @@ __all__ = ["ALL_METHODS", "DEFAULT_TASKS", "THREE_TASKS", "EMM_METHODS", "EMM_VA
            "Budget", "run_bench", "run_task_set"]
 
 
-def default_models_dir(tasks: list[str]) -> Path:
-    """The bundled sample pool whose tasks are ``tasks``."""
+def default_models_dir(tasks: list[str], dataset: str | Path = "census-income", data_dir: Path | None = None) -> Path:
+    """The source models a named dataset benchmarks by default: the bundled sample pool whose tasks
+    are ``tasks`` (Census-Income), the digits CNN pool (digits, made on first use)."""
+    from fusekit.bench.data import DIGITS
+
+    if str(dataset) == DIGITS:
+        from fusekit.bench.digits import digits_pool_dir
+
+        return digits_pool_dir(data_dir)
+    if str(dataset) != "census-income":
+        raise FusekitError(f"{literal(dataset)} has no default source models; give the folder of the tasks' ONNX "
+                           "models in {models_dir}", owner="run_bench()")
     from fusekit.sample_models import pool_for_tasks
 
     return pool_for_tasks(tasks).folder
 
 
-def _auc(split, probs: dict[str, np.ndarray], tasks: list[str]) -> dict[str, float]:
-    return {t: roc_auc(split.labels[t], probs[t]) for t in tasks}
+def _scores(split, outputs: dict[str, np.ndarray], kinds: dict) -> dict[str, float]:
+    """Each task's score (its kind's: AUC, accuracy, R2) of deployed ``outputs`` on ``split``."""
+    return {t: kinds[t].score(split.labels[t], out) for t, out in outputs.items()}
 
 
 def _check_methods(methods: list[str] | None) -> list[str]:
@@ -85,26 +97,20 @@ def _check_methods(methods: list[str] | None) -> list[str]:
     return chosen
 
 
-def _load(dataset: str, tasks: list[str], spec, split_seed: int = 0):
-    from fusekit.data import load_dataset
-
-    return load_dataset(dataset, tasks, spec=spec, seed=split_seed)
-
-
 def _cell(tasks: list[str], method: str, split: int, seed: int | None, scores: dict[str, float], **info) -> Cell:
     seconds, epochs = info.pop("seconds", None), info.pop("epochs", None)
     return Cell(task_set_key(tasks), method, split, seed, {t: float(v) for t, v in scores.items()},
                 None if seconds is None else float(seconds), None if epochs is None else int(epochs), info)
 
 
-def _train_baseline(name: str, spec_sizes: tuple[list[int], int], tasks: list[str], train, val, test, split: int,
+def _train_baseline(name: str, data: BenchData, tasks: list[str], train, val, test, split: int,
                     seed: int, budget: Budget, progress: bool, log: Callable[[str], None]) -> Cell:
     from fusekit.seeding import seed_everything
     from fusekit.train import evaluate, fit
 
-    cardinalities, n_dense = spec_sizes
+    cardinalities, n_dense = data.baseline_sizes()
     seed_everything(seed)  # the initial weights depend on the seed only
-    model = build_baseline(name, cardinalities, n_dense, tasks)
+    model = build_baseline(name, cardinalities, n_dense, tasks, kinds=data.kinds, layout=data.layout)
     result = fit(model, train, val, tasks, budget.train_config(seed, progress))
     test_auc = evaluate(model.cpu(), test, tasks, "cpu")
     log(f"  {name} split {split} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
@@ -121,27 +127,32 @@ def _decompose(sources, parts_dir: Path) -> None:
     decompose([s.path for s in sources], parts_dir, names=[s.name for s in sources], force=True)
 
 
-def _fuse_options(fusion_kw: dict, seed: int, budget: Budget, progress: bool, **kw):
-    """The FuseOptions of one EMM variant and seed under ``budget`` (both fusion paths use these)."""
+def _fuse_options(fusion_kw: dict, seed: int, budget: Budget, progress: bool, data_options: dict | None = None,
+                  **kw):
+    """The FuseOptions of one EMM variant and seed under ``budget`` (both fusion paths use these);
+    ``data_options``: the run's task kinds and outputs (``--task-kind``, ``--task-output``)."""
     from fusekit.fusion.fuse import FuseOptions
     from fusekit.fusion.model import FusionOptions
 
+    chosen = {k: v for k, v in (data_options or {}).items() if k in ("task_kinds", "outputs")}
     return FuseOptions(fusion=FusionOptions(seed=seed, **fusion_kw), training=budget.train_config(seed, progress),
-                       max_rows=budget.train_rows, **kw)
+                       max_rows=budget.train_rows, **chosen, **kw)
 
 
 def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_models: dict[str, list[str]], ds,
                   tasks: list[str], split: int, seed: int, budget: Budget, progress: bool, runs_dir: Path,
-                  log: Callable[[str], None], want_gates: bool) -> Cell:
+                  log: Callable[[str], None], want_gates: bool, data_options: dict) -> Cell:
     from fusekit.fusion.fuse import fuse
 
     out = runs_dir / f"{key}-split{split}-seed{seed}"
-    result = fuse(parts_dir, task_models, ds, out, _fuse_options(fusion_kw, seed, budget, progress, force=True))
+    result = fuse(parts_dir, task_models, ds, out,
+                  _fuse_options(fusion_kw, seed, budget, progress, data_options, force=True))
     if result is None:  # another process of a torchrun run: rank 0 scores and writes
         return _cell(tasks, key, split, seed, {}, kind="emm", label=label, fusion=fusion_kw)
     fused = Path(result.out_dir) / "fused.onnx"
-    # Scored here on the bench's own test split, like every other row.
-    test_auc = _auc(ds.test, onnx_probabilities(fused, ds.test, tasks), tasks)
+    # Scored here on the bench's own test split, like every other row (fused.onnx names its outputs after the tasks).
+    kinds = {t: _kind_of(result.metrics, t) for t in tasks}
+    test_auc = _scores(ds.test, onnx_outputs(fused, ds.test, {t: t for t in tasks}), kinds)
     metrics = result.metrics
     gates_path = Path(result.out_dir) / "gates.json"
     gates = json.loads(gates_path.read_text()) if want_gates and gates_path.is_file() else None
@@ -157,9 +168,15 @@ def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_m
                  **({"gates": gates} if gates else {}))
 
 
+def _kind_of(metrics: dict, task: str):
+    from fusekit.task_kinds import TaskKind
+
+    return TaskKind.from_dict(metrics["per_task"][task]["kind"])
+
+
 def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_models: dict[str, list[str]], ds,
                      tasks: list[str], split: int, seed: int, budget: Budget, progress: bool, runs_dir: Path,
-                     log: Callable[[str], None], want_gates: bool) -> Cell:
+                     log: Callable[[str], None], want_gates: bool, data_options: dict) -> Cell:
     """Quick runs: ``fuse``'s own steps (prepare, build, train, guard) without its ONNX export, scored in torch.
 
     ``fuse`` also exports and checks fused.onnx, which takes longer than a quick run's training;
@@ -172,12 +189,13 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, tas
     from fusekit.fusion.report import gate_statistics
     from fusekit.train import evaluate
 
-    plan = prepare(Manifest.load(parts_dir), task_models, ds, _fuse_options(fusion_kw, seed, budget, progress))
+    plan = prepare(Manifest.load(parts_dir), task_models, ds,
+                   _fuse_options(fusion_kw, seed, budget, progress, data_options))
     model = build(plan)
     untrained = copy.deepcopy(model.state_dict())
     result = train(plan, model)
     kept = guard(plan, model, untrained)  # as fuse does: no task below its sources' average on validation
-    test_auc = evaluate(model, ds.test, tasks, "cpu")
+    test_auc = evaluate(model, ds.test, tasks, "cpu", kinds=plan.kinds)
     log(f"  {key} split {split} seed {seed}: " + ", ".join(f"{t} {test_auc[t]:.5f}" for t in tasks)
         + f" ({result.seconds:.0f} s, in-process)")
     gates = gate_statistics(model, ds.test) if want_gates else None
@@ -189,13 +207,13 @@ def _fuse_in_process(key: str, label: str, fusion_kw: dict, parts_dir: Path, tas
 
 def _guarded_fuse(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_models: dict[str, list[str]], ds,
                   tasks: list[str], split: int, seed: int, budget: Budget, progress: bool, runs_dir: Path,
-                  log: Callable[[str], None], want_gates: bool) -> Cell:
+                  log: Callable[[str], None], want_gates: bool, data_options: dict) -> Cell:
     """One fused cell; a failing variant becomes a cell that says why (kept in memory only, so that a
     resumed run tries it again) instead of losing the run."""
     runner = _fuse_in_process if budget.in_process_fusion else _fuse_variant
     try:
         return runner(key, label, fusion_kw, parts_dir, task_models, ds, tasks, split, seed, budget, progress,
-                      runs_dir, log, want_gates)
+                      runs_dir, log, want_gates, data_options)
     except FusekitError as exc:
         message = str(exc).splitlines()[0][:300]
         log(f"  {key} split {split} seed {seed} FAILED: {message}")
@@ -220,68 +238,92 @@ def _evaluation_data(ds, val_idx, test_idx, budget: Budget):
     return dataclasses.replace(ds, val=val, test=test)
 
 
+def _data_options(data_options: dict | None, budget: Budget):
+    """The FuseOptions that carry how the data is read (labels, task kinds, outputs, files, split seed)."""
+    from fusekit.fusion.options import FuseOptions
+
+    given = {k: v for k, v in (data_options or {}).items() if v is not None}
+    return FuseOptions(split_seed=budget.split_seed, **given)
+
+
 def run_task_set(dataset: str, tasks: list[str], seeds: list[int], splits: list[int], budget: Budget,
                  methods: list[str], work_dir: Path, store: CellStore, models_dir: Path | None = None,
                  ablation: bool = True, progress: bool = False,
-                 log: Callable[[str], None] = print) -> TaskSetResult:
+                 log: Callable[[str], None] = print, mapping: dict[str, list[str]] | None = None,
+                 data_options: dict | None = None) -> TaskSetResult:
     """Every cell (method × split × seed) of one task set that ``store`` does not hold yet; then the
-    task set's rows, made from the stored cells. Work files go under ``work_dir``."""
+    task set's rows, made from the stored cells. Work files go under ``work_dir``.
+
+    ``mapping``: the models of each task (file stems in ``models_dir``), default by their
+    ``fusekit.task``; ``data_options``: FuseOptions fields saying how the data is read
+    (``labels``, ``task_kinds``, ``outputs``, ``val``, ``test``, ``data_dir``)."""
+    data_options = dict(data_options or {})
     needs_sources = any(m in methods for m in SOURCE_ROWS + EMM_METHODS) or (ablation and "ablation" in methods)
-    sources = find_sources(models_dir or default_models_dir(tasks), tasks) if needs_sources else []
-    spec = shared_spec(sources) if sources else None
+    folder = models_dir or (default_models_dir(tasks, dataset, data_options.get("data_dir")) if needs_sources
+                            else None)
+    sources = find_sources(folder, tasks, mapping) if needs_sources else []
+    if sources:
+        shared_spec(sources)  # sources that disagree on their encoding are refused before any work
     task_models = group_by_task(((s.name, s.task) for s in sources), tasks) if sources else {}
     name = "+".join(tasks)
+    parts = work_dir / "parts"
+    if sources and not (parts / "manifest.json").is_file():
+        log(f"[{name}] decomposing {len(sources)} source models")
+        _decompose(sources, parts)
     log(f"[{name}] loading {dataset}")
-    ds = _load(dataset, tasks, spec, budget.split_seed)
-    train = ds.train.sample(budget.train_rows, 0)  # the baselines'; fuse takes its rows from ds itself
+    options = _data_options(data_options, budget)
+    data = load_bench_data(dataset, tasks, task_models, parts if sources else None, options, folder)
+    ds, kinds = data.ds, data.kinds
+    train = data.train.sample(budget.train_rows, 0)  # the baselines'; fuse takes its rows from ds itself
     plan = evaluation_splits(len(ds.test), splits)
-    data = {"rows": {"train": len(train), "pool": len(ds.test),
-                     "validation": len(plan[0][1]) if budget.val_rows is None else min(budget.val_rows, len(plan[0][1])),
-                     "test": len(plan[0][2]) if budget.test_rows is None else min(budget.test_rows, len(plan[0][2]))},
-            "spec": spec_summary(getattr(ds, "spec", None))}
+    record = {"rows": {"train": len(train), "pool": len(ds.test),
+                       "validation": len(plan[0][1]) if budget.val_rows is None else min(budget.val_rows, len(plan[0][1])),
+                       "test": len(plan[0][2]) if budget.test_rows is None else min(budget.test_rows, len(plan[0][2]))},
+              "spec": spec_summary(getattr(ds, "spec", None))}
+    if data.note:
+        record["note"] = data.note
     variants = [(k, *EMM_VARIANTS[k]) for k in EMM_METHODS if k in methods]
     if ablation and "ablation" in methods:
         variants += [(f"ablation-{k}", label, kw) for k, (label, kw) in ABLATION_VARIANTS.items()
                      if ablation_method(k) == f"ablation-{k}"]
     baselines = [m for m in methods if m in BASELINES]
-    parts = work_dir / "parts"
     failed: list[Cell] = []
     for split, val_idx, test_idx in plan:
         ds_k = _evaluation_data(ds, val_idx, test_idx, budget)
         if sources and ("sources" in methods or "average" in methods) and _missing(store, name, "average", split, None):
-            probs = {s.name: onnx_probabilities(s.path, ds_k.test, [s.task])[s.task] for s in sources}
+            named = data_options.get("outputs") or {}
+            outputs = {s.name: onnx_outputs(s.path, ds_k.test, {s.task: named.get(s.task)})[s.task] for s in sources}
             for s in sources:
-                store.put(_cell(tasks, s.name, split, None, {s.task: roc_auc(ds_k.test.labels[s.task], probs[s.name])},
+                store.put(_cell(tasks, s.name, split, None, _scores(ds_k.test, {s.task: outputs[s.name]}, kinds),
                                 kind="single", label=f"{s.name} (single task)", parameters=s.parameters, trainable=0))
-            avg = {t: np.mean([probs[m] for m in task_models[t]], axis=0) for t in tasks}
-            store.put(_cell(tasks, "average", split, None, _auc(ds_k.test, avg, tasks), kind="ensemble",
+            # The plain average in each kind's mix space (probabilities, values), as fuse computes it.
+            avg = {t: kinds[t].mix_metrics(ds_k.test.labels[t], kinds[t].average([outputs[m] for m in task_models[t]]))
+                   [kinds[t].score_name] for t in tasks}
+            store.put(_cell(tasks, "average", split, None, avg, kind="ensemble",
                             label="average of source models (untrained)",
                             parameters=sum(s.parameters for s in sources), trainable=0))
         for method in baselines:
             for seed in seeds:
                 if _missing(store, name, method, split, seed):
                     log(f"[{name}] training {method} (split {split}, seed {seed})")
-                    store.put(_train_baseline(method, (ds.spec.cardinalities, len(ds.spec.dense)), tasks, train,
-                                              ds_k.val, ds_k.test, split, seed, budget, progress, log))
+                    store.put(_train_baseline(method, data, tasks, train, ds_k.val, ds_k.test, split, seed, budget,
+                                              progress, log))
         for key, label, kw in variants:
             for seed in seeds:
                 if not _missing(store, name, key, split, seed):
                     continue
-                if not (parts / "manifest.json").is_file():
-                    log(f"[{name}] decomposing {len(sources)} source models")
-                    _decompose(sources, parts)
                 log(f"[{name}] fusing: {label} (split {split}, seed {seed})")
                 want_gates = split == plan[0][0] and seed == seeds[0]
                 cell = _guarded_fuse(key, label, kw, parts, task_models, ds_k, tasks, split, seed, budget, progress,
-                                     work_dir / "runs", log, want_gates)
+                                     work_dir / "runs", log, want_gates, data_options)
                 (failed.append if cell.info.get("error") else store.put)(cell)
     shutil.rmtree(parts, ignore_errors=True)
     wanted = {s.name for s in sources} if "sources" in methods else set()
     wanted |= ({"average"} if "average" in methods else set()) | set(baselines) | {k for k, _, _ in variants}
     cells = [c for c in store.all() if c.task_set == name and c.split in splits and (c.seed is None or c.seed in seeds)
              and c.method in wanted] + failed
-    result = TaskSetResult(list(tasks), sources=describe(sources), data=data,
-                           cells=[asdict(c) for c in cells])
+    result = TaskSetResult(list(tasks), sources=describe(sources), data=record,
+                           cells=[asdict(c) for c in cells], kinds={t: k.to_dict() for t, k in kinds.items()})
     rebuild(result, ablation and "ablation" in methods, list(BASELINES))
     return result
 
@@ -294,16 +336,26 @@ def _versions() -> dict[str, str]:
 
 
 def _protocol(dataset: str, budget: Budget, task_sets: list[tuple[list[str], Path | None, bool]],
-              methods: list[str]) -> dict:
+              methods: list[str], mapping: dict[str, list[str]] | None = None, data_options: dict | None = None) -> dict:
     """What the cells of a run depend on; a resume must match it (splits, seeds and methods may grow)."""
     needs_sources = any(m in methods for m in SOURCE_ROWS + EMM_METHODS + ["ablation"])
+    data_dir = (data_options or {}).get("data_dir")
     sets = {}
-    for tasks, models_dir, _ in task_sets:
-        sources = find_sources(models_dir or default_models_dir(tasks), tasks) if needs_sources else []
+    for index, (tasks, models_dir, _) in enumerate(task_sets):
+        folder = models_dir or (default_models_dir(tasks, dataset, data_dir) if needs_sources else None)
+        sources = find_sources(folder, tasks, mapping if index == 0 else None) if needs_sources else []
         sets[task_set_key(tasks)] = {s.name: _sha256(s.path) for s in sources}
     budget_record = {k: v for k, v in budget.__dict__.items() if k != "device"}
-    return {"dataset": str(dataset), "budget": budget_record, "sources": sets, "fusekit": __version__,
-            "protocol": "test split halved per split seed (fusekit.bench.protocol)"}
+    protocol = {"dataset": str(dataset), "budget": budget_record, "sources": sets, "fusekit": __version__,
+                "protocol": "test split halved per split seed (fusekit.bench.protocol)"}
+    # Recorded only when given, so that a Census-Income run made before these options resumes.
+    reading = {k: str(v) if isinstance(v, Path) else v for k, v in (data_options or {}).items()
+               if v is not None and k != "data_dir"}
+    if mapping:
+        reading["tasks"] = mapping
+    if reading:
+        protocol["data"] = reading
+    return protocol
 
 
 @holds_output("out_dir")
@@ -313,7 +365,10 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
               models_dir: Path | None = None, three_models_dir: Path | None = None, max_epochs: int | None = None,
               patience: int | None = None, batch_size: int | None = None, device: str = "auto",
               force: bool = False, progress: bool = False, split_seed: int = 0,
-              log: Callable[[str], None] = print) -> BenchResult | None:
+              log: Callable[[str], None] = print, task_models: dict[str, list[str]] | None = None,
+              labels: dict[str, str] | None = None, task_kinds: dict[str, str] | None = None,
+              outputs: dict[str, str] | None = None, val: Path | None = None, test: Path | None = None,
+              data_dir: Path | None = None) -> BenchResult | None:
     """Benchmark every method on ``tasks`` (Table I, Table II) and on ``three_tasks`` (Table I with
     fusion-gate statistics), same data, splits, seeds, budget and early stopping for all; write ``out_dir``.
 
@@ -322,9 +377,21 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     ``out_dir/cells`` at once; run the same call again to resume. ``out_dir`` finally gets
     ``results.json``, ``tables.md`` and ``auc.png``. FusekitError on bad input before any training.
     Under torchrun, ranks other than 0 return None (see the module docstring).
+
+    ``dataset``: ``census-income``, ``digits`` or a CSV/Parquet/``.npz`` file (``val``/``test``: its other
+    splits' files), read as ``fusekit fuse`` reads it (fusekit/bench/data.py). ``task_models``: the
+    source models of each task (file stems in ``models_dir``), as ``fuse --tasks`` takes them;
+    ``labels``, ``task_kinds``, ``outputs``: as ``fuse --label``, ``--task-kind``, ``--task-output``.
+    ``three_tasks`` applies to Census-Income only.
     """
     started = time.perf_counter()
-    tasks = list(tasks or DEFAULT_TASKS)
+    if task_models:
+        tasks = list(task_models)
+    tasks = list(tasks or default_tasks(dataset) or [])
+    if not tasks:
+        raise FusekitError(f"name the tasks to benchmark on {literal(dataset)} in {{tasks}}", owner="run_bench()")
+    if str(dataset) != "census-income" and three_tasks is THREE_TASKS:
+        three_tasks = None  # the default three-task table is Census-Income's
     seed_list = _seed_list(seeds, "seeds")
     split_list = _seed_list(splits, "splits")
     if quick and isinstance(seeds, int):
@@ -333,7 +400,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise FusekitError(f"a multi-task benchmark needs two or more distinct tasks, got {tasks}")
     out_dir = Path(out_dir)
-    check_output_paths(out_dir, [dataset, models_dir, three_models_dir], owner="run_bench()")
+    check_output_paths(out_dir, [dataset, models_dir, three_models_dir, val, test], owner="run_bench()")
     if out_dir.exists() and not out_dir.is_dir():
         raise FusekitError(f"output path {out_dir} exists and is not a directory; choose another {{out_dir}}",
                            owner="run_bench()")
@@ -341,7 +408,9 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     task_sets = [(tasks, models_dir, True)]
     if three_tasks and list(three_tasks) != tasks:
         task_sets.append((list(three_tasks), three_models_dir, False))
-    protocol = _protocol(dataset, budget, task_sets, chosen)
+    data_options = {"labels": labels, "task_kinds": task_kinds, "outputs": outputs, "val": val, "test": test,
+                    "data_dir": data_dir}
+    protocol = _protocol(dataset, budget, task_sets, chosen, task_models, data_options)
     main = distributed.is_main()
     with distributed.agreement("checking the output folder"):
         resuming = check_protocol(out_dir, protocol, force) if main else False
@@ -359,7 +428,8 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
         for set_tasks, set_models, ablation in task_sets:
             work = home / "work" / task_set_key(set_tasks)
             sets.append(run_task_set(dataset, set_tasks, seed_list, split_list, budget, chosen, work, store,
-                                     set_models, ablation, progress, log))
+                                     set_models, ablation, progress, log, task_models if ablation else None,
+                                     data_options))
         shutil.rmtree(home / "work", ignore_errors=True)
     if not main:
         return None

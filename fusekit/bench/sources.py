@@ -1,6 +1,7 @@
 """The source (single-task) models of a benchmark: find them, read their specification, score them."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,9 @@ def _onnx_parameters(model) -> int:
     return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer))
 
 
-def find_sources(models_dir: Path, tasks: list[str]) -> list[SourceModel]:
-    """Every ``*.onnx`` in ``models_dir`` whose ``fusekit.task`` is one of ``tasks``, in task order then by name.
+def find_sources(models_dir: Path, tasks: list[str], mapping: dict[str, list[str]] | None = None) -> list[SourceModel]:
+    """Every ``*.onnx`` in ``models_dir`` whose ``fusekit.task`` is one of ``tasks``, in task order then by name;
+    with ``mapping`` (task -> model file stems, as ``fusekit fuse --tasks`` takes them) exactly those models.
 
     FusekitError when the folder is missing or a task has no model.
     """
@@ -46,6 +48,13 @@ def find_sources(models_dir: Path, tasks: list[str]) -> list[SourceModel]:
         meta = {p.key: p.value for p in model.metadata_props}
         found[path.stem] = SourceModel(path.stem, task_of(meta) or "", path.resolve(), _onnx_parameters(model),
                                        meta.get(SPEC_KEY))
+    if mapping is not None:
+        missing = [m for ms in mapping.values() for m in ms if m not in found]
+        if missing:
+            raise FusekitError(f"{literal(models_dir)} has no model {literal(', '.join(missing))} (it holds "
+                               f"{literal(', '.join(found) or 'none')}); name models by their file names in {{tasks}}",
+                               owner="run_bench()")
+        return [dataclasses.replace(found[m], task=t) for t, ms in mapping.items() for m in ms]
     groups = group_by_task(((s.name, s.task) for s in found.values()), tasks, where=str(models_dir))
     return [found[name] for names in groups.values() for name in names]
 
@@ -55,16 +64,18 @@ def shared_spec(sources: list[SourceModel]):
     return shared_feature_spec([(s.name, s.spec_json) for s in sources])
 
 
-def onnx_probabilities(path: Path, split: Split, tasks: list[str]) -> dict[str, np.ndarray]:
-    """Probabilities per task (outputs named after tasks) of the ONNX model at ``path`` on ``split``."""
+def onnx_outputs(path: Path, split: Split, wanted: dict[str, str | None]) -> dict[str, np.ndarray]:
+    """The ONNX model at ``path`` run on ``split``: for each key of ``wanted`` the output it names
+    (None: the model's only output, else the one named like the key), as the model gives it."""
+    from fusekit.fusion.kinds import task_output
     from fusekit.onnxio.sessions import run, session
 
     sess, _ = session(path, device="cpu")
     outputs = run(sess, split)
-    missing = [t for t in tasks if t not in outputs]
-    if missing:
-        raise FusekitError(f"{path} has no output named {', '.join(missing)}; its outputs are {', '.join(outputs)}")
-    return {t: np.asarray(outputs[t], dtype=np.float64).reshape(-1) for t in tasks}
+    names = list(outputs)
+    chosen = {key: names[task_output(Path(path).stem, names, key, {key: name} if name else None)]
+              for key, name in wanted.items()}
+    return {key: np.asarray(outputs[name]) for key, name in chosen.items()}
 
 
 def spec_summary(spec) -> dict | None:
@@ -83,5 +94,5 @@ def describe(sources: list[SourceModel]) -> list[dict]:
             for s in sources]
 
 
-__all__ = ["SourceModel", "find_sources", "shared_spec", "onnx_probabilities",
+__all__ = ["SourceModel", "find_sources", "shared_spec", "onnx_outputs",
            "spec_summary", "describe"]

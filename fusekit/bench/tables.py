@@ -42,10 +42,11 @@ def _paper_cell(table: dict, key: str, tasks: list[str]) -> str:
 
 
 def table_one(result: TaskSetResult, title: str) -> str:
-    """Table I: test AUC per task (mean ± std over seeds), gain vs the single-task mean, sizes, time."""
+    """Table I: test score per task (its kind's: AUC, accuracy, R2; mean ± SD over cells), gain vs
+    the single-task mean, sizes, time."""
     tasks = result.tasks
     paper = tasks == PAPER_TASKS
-    head = (["Method"] + [f"{t} AUC" for t in tasks] + [f"gain {t}" for t in tasks]
+    head = (["Method"] + [f"{t} {result.score_label(t)}" for t in tasks] + [f"gain {t}" for t in tasks]
             + ["params", "trainable", "train s (mean)", "best epoch"]
             + (["paper (income / never married)"] if paper else []))
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -61,7 +62,7 @@ def table_one(result: TaskSetResult, title: str) -> str:
     if paper:
         lines += ["", "Paper single-task rows: TM-1 " + " / ".join(f"{v:.5f}" for v in PAPER_TABLE1["TM-1"])
                   + ", TM-2 " + " / ".join(f"{v:.5f}" for v in PAPER_TABLE1["TM-2"]) + "."]
-    lines += ["", "Gain: mean test AUC minus the mean of the task's single-task source models (the paper's "
+    lines += ["", "Gain: mean test score minus the mean of the task's single-task source models (the paper's "
               "definition). Mean ± SD over every split × seed cell; the paired table above says which "
               "differences are real."] + failure_notes(result.rows)
     return "\n".join(lines)
@@ -139,7 +140,7 @@ def paired_table(result: TaskSetResult) -> str:
     lines = [f"### Paired comparison: {', '.join(result.tasks)} ({len(splits)} splits × {len(seeds)} seeds)", ""]
     for task in result.tasks:
         best = best_baseline(result, task)
-        lines += [f"**{task}** (best baseline: {best.display() if best else 'none'})", "",
+        lines += [f"**{task}** ({result.score_label(task)}; best baseline: {best.display() if best else 'none'})", "",
                   "| method | mean | SD over splits | SD over seeds | − average [95 % CI] | − best baseline [95 % CI] "
                   "| average kept |", "|---|---|---|---|---|---|---|"]
         for row in result.rows:
@@ -161,9 +162,23 @@ def paired_table(result: TaskSetResult) -> str:
         if len(splits) > 1 else "t-interval over the seeds of one split (training noise only, not test-set noise)"
     lines += [f"Differences are paired: the same split for both methods. 95 % interval: {basis}. A difference is "
               "**better** or **worse** only when its interval excludes zero; otherwise it is a tie. "
-              "\"average kept\": cells in which fuse exported the sources' average for the task, because the "
-              "trained fusion scored below it on validation."]
+              "\"average kept\": cells in which fuse's guard exported the sources' average for the task, because the "
+              "trained fusion scored below it on validation (residual mode: its untrained state; paper mode: the "
+              "sources run whole)."]
     return "\n".join(lines)
+
+
+def guard_note(result: TaskSetResult) -> str:
+    """How often fuse's guard kept the sources' average, per fused method and task (cells kept / cells)."""
+    parts = []
+    for row in result.rows:
+        kept = row.extra.get("restored_average")
+        if row.kind != "emm" or not kept:
+            continue
+        n = len(row.extra.get("cells", []))
+        parts.append(f"{row.method} " + ", ".join(f"{t} {kept.get(t, 0)}/{n}" for t in result.tasks))
+    return ("Guard (cells in which the exported model is the sources' average for the task): " + "; ".join(parts)
+            + ".") if parts else ""
 
 
 def table_two(result: TaskSetResult) -> str:
@@ -172,7 +187,7 @@ def table_two(result: TaskSetResult) -> str:
         return ""
     tasks = result.tasks
     paper = tasks == PAPER_TASKS
-    head = ["Variant"] + [f"{t} AUC" for t in tasks] + [f"gain {t}" for t in tasks] + ["trainable"] + (
+    head = ["Variant"] + [f"{t} {result.score_label(t)}" for t in tasks] + [f"gain {t}" for t in tasks] + ["trainable"] + (
         ["paper (income / never married)"] if paper else [])
     lines = [f"### Table II: ablation of the fusion network ({', '.join(tasks)})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -211,6 +226,12 @@ def gate_table(result: TaskSetResult) -> str:
     return "\n\n".join(blocks)
 
 
+def _paper_warmup(max_epochs: int) -> int:
+    from fusekit.fusion.options import PAPER_WARMUP_EPOCHS
+
+    return min(PAPER_WARMUP_EPOCHS, max_epochs - 1)
+
+
 def hyperparameter_table(result: BenchResult) -> str:
     """The baselines' hyperparameters and the shared budget."""
     lines = ["### Hyperparameters", "", "| method | hyperparameters |", "|---|---|"]
@@ -219,8 +240,10 @@ def hyperparameter_table(result: BenchResult) -> str:
     b = result.budget
     lines += ["", f"Budget for every trained method: Adam lr {b['lr']}, batch {b['batch_size']}, weight decay "
               f"{b['weight_decay']}, at most {b['max_epochs']} epochs, early stopping after {b['patience']} epochs "
-              "without a better mean validation AUC (best weights kept). Input block: 4-dim embeddings "
-              "(init std 1e-4) per categorical column plus the dense features."]
+              "without a better mean validation score (each task's kind's: AUC, accuracy, R2; best weights kept; the "
+              f"paper network counts patience only after a warm-up of {_paper_warmup(b['max_epochs'])} epochs). "
+              "Input block: 4-dim embeddings (init std 1e-4) per categorical column (integer inputs: per column, the "
+              "ids seen in the training rows) plus the dense features (float inputs flattened)."]
     if b.get("train_rows"):
         lines.append(f"Quick run: {b['train_rows']} training, {b['val_rows']} validation, {b['test_rows']} test rows; "
                      "the figures are a smoke test, not results.")
@@ -233,6 +256,8 @@ def hyperparameter_table(result: BenchResult) -> str:
 
 def data_note(result: TaskSetResult) -> str:
     """Which rows each kind of method trained on."""
+    if result.data.get("note"):
+        return result.data["note"]
     rows = result.data.get("rows", {})
     spec = result.data.get("spec") or {}
     text = (f"Data: {rows.get('train', '?'):,} training rows. Each split halves the {rows.get('pool', '?'):,} rows of "
@@ -255,7 +280,9 @@ def render_markdown(result: BenchResult) -> str:
         title = "Table I" if index == 0 else f"Table I, {len(task_set.tasks)} tasks"
         title += f": {', '.join(task_set.tasks)}"
         paired = paired_table(task_set)
-        parts += ([paired, ""] if paired else []) + [table_one(task_set, title), "", data_note(task_set), ""]
+        guarded = guard_note(task_set)
+        parts += ([paired, ""] if paired else []) + ([guarded, ""] if guarded else [])
+        parts += [table_one(task_set, title), "", data_note(task_set), ""]
         two = table_two(task_set)
         if two:
             parts += [two, ""]

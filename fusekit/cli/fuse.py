@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flags.add(TrainConfig, "weight_decay")
     flags.add(TrainConfig, "max_epochs", "--epochs")
     flags.add(TrainConfig, "patience")
+    flags.add(TrainConfig, "warmup_epochs")
     flags.add(TrainConfig, "seed", also=(FusionOptions,), help="seed of the fusion network and its training")
     flags.add(FuseOptions, "split_seed")
     flags.add(TrainConfig, "device")
@@ -148,6 +149,6 @@ def run(args: argparse.Namespace) -> int:
                   "plain average for this task")
         elif entry.get("below_average_on_validation"):
             print(f"warning: {task} scores below the sources' average on validation ({entry['val_score']:.5f} < "
-                  f"{entry['average_val_score']:.5f}); paper mode cannot fall back to the average", file=sys.stderr)
+                  f"{entry['average_val_score']:.5f})", file=sys.stderr)
     print(f"wrote {result.out_dir}/fused.onnx (onnxruntime matches torch to {m['onnx_parity_max_abs_diff']:.1e})")
     return 0

@@ -246,6 +246,17 @@ def build(plan: FusePlan) -> FusedModel:
 
 
 # -- step 3: training ------------------------------------------------------------------------------
+def training_config(options: FuseOptions):
+    """The TrainConfig a fusion run trains with: paper mode warms up before early stopping counts
+    (``PAPER_WARMUP_EPOCHS``, below the epoch budget) unless ``warmup_epochs`` is set."""
+    from fusekit.fusion.options import PAPER_WARMUP_EPOCHS
+
+    config = options.training
+    if config.warmup_epochs is None and options.fusion.mode == "paper":
+        config = dataclasses.replace(config, warmup_epochs=min(PAPER_WARMUP_EPOCHS, config.max_epochs - 1))
+    return config
+
+
 def train(plan: FusePlan, model: FusedModel, work_dir: Path | None = None) -> TrainResult:
     """Train ``model`` on the plan's rows with early stopping on its validation rows.
 
@@ -254,7 +265,7 @@ def train(plan: FusePlan, model: FusedModel, work_dir: Path | None = None) -> Tr
     """
     from fusekit.train import CHECKPOINT_NAME, fit
 
-    config = plan.options.training
+    config = training_config(plan.options)
     if work_dir is not None:
         config = dataclasses.replace(config, checkpoint_dir=work_dir,
                                      resume=plan.options.resume and (work_dir / CHECKPOINT_NAME).exists())
@@ -400,24 +411,26 @@ class Guard:
 
 
 def guard(plan: FusePlan, model: FusedModel, untrained: dict[str, torch.Tensor]) -> Guard:
-    """Keep, per task, the better on validation of the trained output and the untrained one.
+    """Keep, per task, the better on validation of the trained output and the sources' plain average.
 
-    In residual mode the untrained output is exactly the plain average of the task's sources, so
-    the exported model is never below that average on validation; ``untrained`` is the model's
-    state before training. Paper mode has no average inside the network: nothing is restored
-    (the report says which tasks fell below it).
+    Residual mode: the untrained output is exactly the plain average of the task's sources, so
+    the task's own entries go back to ``untrained`` (the model's state before training). Paper mode
+    has no average inside its network: the task's output becomes the average of its source
+    models run whole (components and heads as decomposed, :class:`SourcePaths`; fused.onnx then
+    holds them). Either way the exported model is never below that average on validation.
     """
     from fusekit.train import evaluate
 
     trained = evaluate(model, plan.val, plan.task_names, "cpu", kinds=plan.kinds)
     average = average_scores(plan, plan.val, score_sources(plan, plan.val))
-    below = [t for t in plan.task_names if trained[t] < average[t]]
-    restored = below if plan.options.fusion.mode == "residual" else []
-    if restored:
+    restored = [t for t in plan.task_names if trained[t] < average[t]]
+    if restored and plan.options.fusion.mode == "residual":
         model.restore_tasks(restored, untrained)
-        final = evaluate(model, plan.val, plan.task_names, "cpu", kinds=plan.kinds)
-    else:
-        final = dict(trained)
+    for task in restored if plan.options.fusion.mode == "paper" else []:
+        names = plan.tasks[task]
+        sources = load_sources(plan.parts, names, heads=True, output_index=plan.output_index)
+        model.use_average(task, SourcePaths(sources, plan.parts.input_names).eval())
+    final = evaluate(model, plan.val, plan.task_names, "cpu", kinds=plan.kinds) if restored else dict(trained)
     return Guard(trained, average, restored, final)
 
 
@@ -489,7 +502,8 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
         "parameters": model.parameter_count(),
         "fusion": options.fusion.to_dict(),
         "training": {"lr": training.lr, "batch_size": training.batch_size, "weight_decay": training.weight_decay,
-                     "max_epochs": training.max_epochs, "patience": training.patience, "seed": training.seed},
+                     "max_epochs": training.max_epochs, "patience": training.patience, "seed": training.seed,
+                     "warmup_epochs": training_config(options).warmup_epochs or 0},
         "onnx_parity_max_abs_diff": parity, "history": history,
         # How to repeat this run from its output alone: command line, data and checksums, split, versions.
         "run": run_record(options.command, plan.data_source, split_seed=options.split_seed, data_dir=options.data_dir),

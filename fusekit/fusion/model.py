@@ -116,6 +116,8 @@ class FusedModel(nn.Module):
             if options.mode == "residual" and sources[m].head is None:
                 raise FusekitError(f"residual mode needs the head of model {literal(m)}; decompose again or use "
                                    "{mode='paper'}", owner="FusionOptions")
+        # Paper mode's guard: tasks whose output is their sources' plain average (see use_average).
+        self.average_paths = nn.ModuleDict()
         # Components live in a ModuleDict per model so checkpoints name them stably.
         self.components = nn.ModuleDict({self.mkey[m]: nn.ModuleList(sources[m].components) for m in ordered})
         if options.mode == "residual":
@@ -190,7 +192,24 @@ class FusedModel(nn.Module):
             z, level_stats = self.levels[level](outputs)
             stats.append(level_stats)
         preds = {task: self._tower(t, task, z[t]) for t, task in enumerate(self.task_names)}
+        for task in self.task_names:
+            if self.tkey[task] in self.average_paths:
+                preds[task] = self._average_of_sources(task, named)
         return preds, stats
+
+    def use_average(self, task: str, paths: nn.Module) -> None:
+        """Paper mode: from now on ``task``'s output is the plain average, in its kind's mix space, of
+        ``paths(*inputs)`` (its source models whole, e.g. ``fusion.fuse.SourcePaths``), the same
+        average the sources give, whatever the fusion network learned."""
+        if self.options.mode != "paper":
+            raise FusekitError("use_average is paper mode's guard; residual mode restores its untrained state")
+        self.average_paths[self.tkey[task]] = paths
+
+    def _average_of_sources(self, task: str, named: dict[str, torch.Tensor]) -> torch.Tensor:
+        paths = self.average_paths[self.tkey[task]]
+        kind = self.task_kinds[task]
+        outs = paths(*[named[n] for n in paths.input_names])
+        return kind.from_mix_space(sum(kind.to_mix_space(o) for o in outs) / len(outs))
 
     def _forward_residual(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict]]:
         stats = []

@@ -47,13 +47,16 @@ BASELINES: dict[str, type[MultiTaskBaseline]] = {
 
 
 def build_baseline(
-    name: str, cardinalities: list[int], n_dense: int, tasks: list[str], **hparams: Any
+    name: str, cardinalities: list[int], n_dense: int, tasks: list[str], *, kinds: dict | None = None,
+    layout: Any = None, **hparams: Any
 ) -> MultiTaskBaseline:
-    """Build the baseline called ``name`` (see ``BASELINES``) for the given inputs and tasks."""
+    """Build the baseline called ``name`` (see ``BASELINES``) for the given inputs and tasks;
+    ``kinds``: each task's TaskKind (default binary); ``layout``: an ``inputs.InputLayout`` for
+    named inputs instead of the tabular block."""
     cls = BASELINES.get(name)
     if cls is None:
         raise FusekitError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
-    return cls(cardinalities, n_dense, tasks, **hparams)
+    return cls(cardinalities, n_dense, tasks, kinds=kinds, layout=layout, **hparams)
 
 
 __all__ = ["BASELINES", "INPUT_DEFAULTS", "MultiTaskBaseline", "build_baseline"]
