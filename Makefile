@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so that pip does not pull a multi-GB CUDA build; override on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test wheel-check bench-speed bench-paper bench-variants bench-pools clean
+.PHONY: venv demo test wheel-check bench-speed bench-paper bench-paired bench-variants bench-pools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,14 @@ bench-speed: $(STAMP)
 # The paper's tables (about two hours on 2 cores): writes benchmarks/results/census/.
 bench-paper: $(STAMP)
 	bash benchmarks/paper_tables.sh benchmarks/results/census 3
+
+# The paired Census-Income tables of the README (5 splits x 3 seeds; hours on 2 cores, resumable:
+# run the same command again after a stop): benchmarks/results/paired/.
+bench-paired: $(STAMP)
+	$(BIN)/python -m fusekit bench census-income --tasks income,never_married --no-three-tasks --splits 5 --seeds 3 \
+		--methods sources,average,adatt,emm,emm-finetune --threads 1 -o benchmarks/results/paired/census2 & \
+	$(BIN)/python -m fusekit bench census-income --tasks income,never_married,education --no-three-tasks --splits 5 \
+		--seeds 3 --methods sources,average,mmoe,emm,emm-finetune --threads 1 -o benchmarks/results/paired/census3; wait
 
 # The fusion-option study of the README (about 40 minutes on 2 cores).
 bench-variants: $(STAMP)
