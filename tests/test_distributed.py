@@ -38,7 +38,8 @@ def torchrun(argv: list[str], processes: int = 2) -> subprocess.CompletedProcess
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "fusekit", *argv]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    # Generous: on a loaded machine two processes plus the ONNX export took over 300 s.
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
 
 
 def history(out) -> list[dict]:

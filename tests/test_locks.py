@@ -15,7 +15,9 @@ from fusekit.locks import OutputBusy, lock_path, output_lock
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD = """
-import sys, time
+import signal, sys, time
+# A job started in the background by a shell inherits an ignored SIGINT; a user's Ctrl-C is not ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from fusekit.locks import output_lock
 with output_lock(sys.argv[1], ["fusekit", "fuse", "--test-holder"]):
     print("held", flush=True)
