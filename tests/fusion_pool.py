@@ -106,3 +106,16 @@ def build_pool(root: Path, census_dir: Path | None) -> dict:
         decompose(paths, root / "parts")
     return {"root": root, "csv": csv, "parts": root / "parts", "models": dict(zip(sum(TASKS.values(), []), paths)),
             "ds": ds}
+
+
+def untrained_outputs(plan) -> tuple[list[torch.Tensor], dict]:
+    """The untrained fused model's deployed outputs on ``plan.test`` (in task order) and each source's
+    scores there: what the "untrained fusion is the plain average" tests compare."""
+    from fusekit.fusion.fuse import build, score_sources
+    from fusekit.fusion.model import DeployedOutputs
+
+    model = build(plan).eval()
+    arrays = plan.test.arrays()
+    with torch.no_grad():
+        fused = DeployedOutputs(model)(*[torch.as_tensor(arrays[n]) for n in model.input_names])
+    return list(fused), score_sources(plan)

@@ -13,11 +13,11 @@ from torch import nn
 from fusekit.data.dataset import Split, TabularDataset
 from fusekit.decompose.manifest import Manifest
 from fusekit.decompose.pipeline import decompose
-from fusekit.fusion.fuse import build, fuse, prepare, score_sources
-from fusekit.fusion.model import DeployedOutputs
+from fusekit.fusion.fuse import fuse, prepare, score_sources
 from fusekit.fusion.options import FuseOptions
 from fusekit.onnxio.sessions import run, session
 from fusekit.train_config import TrainConfig
+from tests.fusion_pool import untrained_outputs
 
 SPARSE = {"industry code": ("det_ind_code", 52), "occupation code": ("det_occ_code", 47)}
 DENSE = {"age": "age", "weeks worked": "weeks_worked"}
@@ -112,11 +112,7 @@ def test_sources_through_their_components_equal_the_original_files(branches):
 
 def test_untrained_fusion_is_the_average_and_fuse_exports(branches, tmp_path):
     plan = prepare(branches["parts"], TASKS, branches["ds"], FuseOptions(max_rows=500))
-    model = build(plan).eval()
-    arrays = plan.test.arrays()
-    with torch.no_grad():
-        fused = DeployedOutputs(model)(*[torch.as_tensor(arrays[n]) for n in model.input_names])
-    sources = score_sources(plan)
+    fused, sources = untrained_outputs(plan)
     for task, p in zip(plan.task_names, fused):
         np.testing.assert_allclose(p.numpy(), np.mean([sources[m] for m in TASKS[task]], axis=0), atol=1e-6)
     result = fuse(branches["parts"], TASKS, branches["ds"], tmp_path / "out",

@@ -13,11 +13,11 @@ from torch import nn
 from fusekit.data.dataset import Split, TabularDataset
 from fusekit.decompose.pipeline import decompose
 from fusekit.fusion.fuse import build, fuse, prepare, score_sources
-from fusekit.fusion.model import DeployedOutputs
 from fusekit.fusion.options import FuseOptions
 from fusekit.onnxio.sessions import run, session
 from fusekit.sample_models.make_foreign import INPUTS, export
 from fusekit.train_config import TrainConfig
+from tests.fusion_pool import untrained_outputs
 
 SPARSE = {"industry code": ("det_ind_code", 52), "occupation code": ("det_occ_code", 47)}  # INPUTS' first two
 DENSE = {"age": "age", "weeks worked": "weeks_worked", "capital gains": "capital_gains"}
@@ -101,11 +101,7 @@ def test_sources_are_fed_the_raw_arrays_unchanged(foreign):
 
 def test_untrained_fusion_averages_probabilities_and_outputs_a_logit(foreign):
     plan = prepare(foreign["parts"], TASKS, foreign["ds"], FuseOptions(max_rows=500))
-    model = build(plan).eval()
-    arrays = plan.test.arrays()
-    with torch.no_grad():
-        fused = DeployedOutputs(model)(*[torch.as_tensor(arrays[n]) for n in model.input_names])
-    sources = score_sources(plan)
+    fused, sources = untrained_outputs(plan)
     for task, logit in zip(plan.task_names, fused):
         assert tuple(logit.shape) == (len(plan.test), 1)
         average = np.mean([1 / (1 + np.exp(-sources[m])) for m in TASKS[task]], axis=0)

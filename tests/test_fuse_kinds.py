@@ -8,18 +8,17 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from fusekit.data.dataset import TabularDataset
 from fusekit.decompose.pipeline import decompose
 from fusekit.deploy.evaluate import evaluate_onnx
-from fusekit.fusion.fuse import build, fuse, prepare, score_sources
-from fusekit.fusion.model import DeployedOutputs
+from fusekit.fusion.fuse import fuse, prepare
 from fusekit.fusion.options import FuseOptions, FusionOptions
 from fusekit.models.architecture import Architecture
 from fusekit.models.single import export_onnx, train_on_dataset
 from fusekit.onnxio.sessions import run, session
 from fusekit.train_config import TrainConfig
+from tests.fusion_pool import untrained_outputs
 
 TASKS = ["income", "education_level", "weeks_worked"]
 
@@ -55,11 +54,7 @@ def test_kinds_are_detected_from_the_source_outputs(mixed):
 
 def test_the_untrained_fused_model_is_the_plain_average_for_every_kind(mixed):
     plan = prepare(mixed["parts"], mixed["tasks"], mixed["ds"], FuseOptions(max_rows=400))
-    model = build(plan).eval()
-    arrays = plan.test.arrays()
-    with torch.no_grad():
-        fused = DeployedOutputs(model)(*[torch.as_tensor(arrays[n]) for n in model.input_names])
-    sources = score_sources(plan)
+    fused, sources = untrained_outputs(plan)
     for task, out in zip(plan.task_names, fused):
         average = np.mean([sources[m] for m in plan.tasks[task]], axis=0)
         assert out.shape == average.shape

@@ -238,16 +238,9 @@ def test_sources_with_dynamic_lengths_or_image_sizes_give_a_fused_onnx_with_the_
             np.testing.assert_allclose(out, average, rtol=1e-5, atol=1e-6)
 
 
-class MaskedTransformer(torch.nn.Module):
+class MaskedTransformer(FreeLengthTransformer):
     """Padded rows [batch, 8, 8] and their ``attention_mask`` [batch, 8] (1 = a real row, as
     tokenizers give it): the encoder's src_key_padding_mask in every layer, a masked mean, head."""
-
-    def __init__(self, depth: int, task: str):
-        super().__init__()
-        self.embed = torch.nn.Linear(8, 16)
-        layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
-        self.encoder = torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        self.head = md._Head(16, task)
 
     def forward(self, rows: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         keep = attention_mask.to(rows.dtype)[..., None]

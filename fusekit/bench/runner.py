@@ -46,7 +46,7 @@ from fusekit import __version__, distributed
 from fusekit.models.baselines import BASELINES, build_baseline
 from fusekit.errors import FusekitError
 from fusekit.options import literal
-from fusekit.io import atomic_file, check_output_paths
+from fusekit.io import atomic_file, check_output_paths, sha256_file
 from fusekit.locks import holds_output
 from fusekit.threads import current_threads
 from fusekit.bench.budget import Budget
@@ -220,12 +220,6 @@ def _guarded_fuse(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_m
         return _cell(tasks, key, split, seed, {}, kind="emm", label=label, fusion=fusion_kw, error=message)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _missing(store: CellStore, *key) -> bool:
     """Whether a cell is still to run; rank 0's store decides for every rank of a torchrun run."""
     return bool(distributed.broadcast_object(store.get(*key) is None))
@@ -344,7 +338,7 @@ def _protocol(dataset: str, budget: Budget, task_sets: list[tuple[list[str], Pat
     for index, (tasks, models_dir, _) in enumerate(task_sets):
         folder = models_dir or (default_models_dir(tasks, dataset, data_dir) if needs_sources else None)
         sources = find_sources(folder, tasks, mapping if index == 0 else None) if needs_sources else []
-        sets[task_set_key(tasks)] = {s.name: _sha256(s.path) for s in sources}
+        sets[task_set_key(tasks)] = {s.name: sha256_file(s.path) for s in sources}
     budget_record = {k: v for k, v in budget.__dict__.items() if k != "device"}
     protocol = {"dataset": str(dataset), "budget": budget_record, "sources": sets, "fusekit": __version__,
                 "protocol": "test split halved per split seed (fusekit.bench.protocol)"}
