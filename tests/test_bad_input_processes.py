@@ -93,3 +93,17 @@ def test_inspect_into_a_closed_pipe_stops_quietly(pool):
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
     assert proc.returncode == 128 + signal.SIGPIPE and err == "", err
+
+
+def test_a_ctrl_c_caught_after_it_crossed_exec_of_a_string_still_exits_130(tmp_path):
+    # Dataclasses exec strings while torch imports, so a Ctrl-C early in a run crosses one; under
+    # ``python -m`` CPython would then end the process by SIGINT (-2) instead of fusekit's 130.
+    (tmp_path / "interrupted_run.py").write_text(
+        "import sys\nimport fusekit.cli.main as m\n"
+        "m._run = lambda *a: exec('raise KeyboardInterrupt')\n"
+        "sys.exit(m.main(['inspect', 'x']))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    done = subprocess.run([sys.executable, "-m", "interrupted_run"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "fusekit: interrupted"

@@ -102,10 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     flags = getattr(args, "_option_flags", None)
     try:
         with _one_interrupt():
-            return _run(parser, argv, args, flags)
+            code = _run(parser, argv, args, flags)
     except KeyboardInterrupt:  # arrived after the command's own handling
         print("fusekit: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    _forget_caught_interrupt()
+    return code
+
+
+def _forget_caught_interrupt() -> None:
+    """CPython records a Ctrl-C that crossed ``exec`` of a string (dataclasses do that while torch
+    imports) as unhandled, even when fusekit caught it, and then ends the process by SIGINT instead
+    of with the code returned here; a successful ``exec`` clears that record."""
+    exec("pass")
 
 
 def _run(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace, flags) -> int:
