@@ -15,20 +15,25 @@ def _vectors(n: int, batch: int = 5, dim: int = 4, seed: int = 0) -> list[torch.
     return [torch.randn(batch, dim, generator=gen) for _ in range(n)]
 
 
-def test_task_gate_mixes_the_task_outputs_with_softmax_weights():
+@pytest.mark.parametrize("models", [2, 3])  # two models take the sigmoid path, more the softmax one
+def test_task_gate_mixes_the_task_outputs_with_softmax_weights(models):
     torch.manual_seed(0)
-    outs = _vectors(3)
-    gate = TaskGate(4, 3)
+    outs = _vectors(models, batch=64)
+    gate = TaskGate(4, models)
+    with torch.no_grad():  # gates far from uniform, so that a wrong weight shows
+        gate.linear.weight.mul_(8)
     h, w = gate(torch.cat(outs, 1))
-    assert torch.allclose(w.sum(1), torch.ones(5))
-    expected = sum(w[:, k:k + 1] * outs[k] for k in range(3))
+    expected_w = torch.softmax(gate.linear(torch.cat(outs, 1)), dim=1)
+    assert torch.allclose(w, expected_w, atol=1e-6)
+    expected = sum(expected_w[:, k:k + 1] * outs[k] for k in range(models))
     assert torch.allclose(h, expected, atol=1e-6)
-    # Pushing the gate towards model 2 makes the mix approach model 2's output.
+    assert torch.allclose(gate(torch.cat(outs, 1), outs)[0], h, atol=1e-7)
+    # Pushing the gate towards the last model makes the mix approach its output.
     with torch.no_grad():
         gate.linear.weight.zero_()
-        gate.linear.bias.copy_(torch.tensor([0.0, 0.0, 30.0]))
+        gate.linear.bias.copy_(torch.tensor([0.0] * (models - 1) + [30.0]))
     h, _ = gate(torch.cat(outs, 1))
-    assert torch.allclose(h, outs[2], atol=1e-5)
+    assert torch.allclose(h, outs[-1], atol=1e-5)
 
 
 def test_fusion_gate_selects_the_top_task_weighted_by_its_gate_and_gets_gradients():
@@ -102,18 +107,21 @@ def test_fusion_gate_top_k_and_keep_all():
     assert torch.allclose(selected[:, 4:8], f[:, 1:2] * others[1], atol=1e-6)
 
 
-def test_multi_task_merge_is_scaled_dot_product_attention_for_the_own_token():
+@pytest.mark.parametrize("selected", [1, 2])  # two tokens take the sigmoid path, more the softmax one
+def test_multi_task_merge_is_scaled_dot_product_attention_for_the_own_token(selected):
     torch.manual_seed(3)
-    mtm = MultiTaskMerge(4, att_dim=6, n_selected=2)
-    own, other, third = _vectors(3, seed=3)
-    z, att = mtm(own, torch.cat([other, third], 1))
-    assert z.shape == own.shape and att.shape == (5, 3)
-    tokens = torch.stack([own, other, third], 1)
+    mtm = MultiTaskMerge(4, att_dim=6, n_selected=selected)
+    with torch.no_grad():  # attention far from uniform, so that a wrong weight shows
+        mtm.k[0].weight.mul_(6)
+    own, *others = _vectors(1 + selected, batch=64, seed=3)
+    z, att = mtm(own, torch.cat(others, 1))
+    assert z.shape == own.shape and att.shape == (64, 1 + selected)
+    tokens = torch.stack([own, *others], 1)
     q, k, v = mtm.q(tokens), mtm.k(tokens), mtm.v(tokens)
     scores = (q[:, 0:1] @ k.transpose(1, 2)) / math.sqrt(6)
+    assert torch.allclose(att, torch.softmax(scores, -1).squeeze(1), atol=1e-6)
     expected = (torch.softmax(scores, -1) @ v).squeeze(1)
     assert torch.allclose(z, expected, atol=1e-6)
-    assert torch.allclose(att.sum(1), torch.ones(5))
 
 
 @pytest.mark.parametrize("use_mtm", [True, False])

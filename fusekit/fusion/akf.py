@@ -48,6 +48,16 @@ def weighted_sum(weights: torch.Tensor, flat: torch.Tensor, spread: torch.Tensor
     return ((weights @ spread) * flat) @ fold
 
 
+# A softmax over two entries is the sigmoid of their difference. Written so, a two-way mix is
+# three element-wise ops: onnxruntime's Softmax over a last axis of 2 costs as much as a 32x32
+# Gemm at batch 4096, and the GEMM form of the sum moves twice the data. The weight is computed
+# d times over (a Gemm to [B, d] costs what one to [B, 1] does): a Mul that broadcasts [B, 1]
+# against [B, d] costs three times one of equal shapes.
+def pair_mix(g: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """g * first + (1 - g) * second, for g [B, d] (g = softmax([a, b])[0] = sigmoid(a - b))."""
+    return second + g * (first - second)
+
+
 # Up to this width a block-diagonal GEMM over all tokens at once is cheapest: its wasted
 # multiply-adds cost less than the two Reshapes of the other way. Wider, the waste dominates.
 BLOCK_DIAGONAL_MAX_WIDTH = 32
@@ -73,8 +83,16 @@ class TaskGate(nn.Module):
         self.register_buffer("spread", spread_matrix(n_models, dim), persistent=False)
         self.register_buffer("fold", fold_matrix(n_models, dim), persistent=False)
 
-    def forward(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """outputs: the task's m component outputs side by side [B, m*d] -> (h_t = sum_k g_k h_k, g [B, m])."""
+    def forward(self, outputs: torch.Tensor, parts: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """outputs: the task's m component outputs side by side [B, m*d] (``parts``: the same, one by one)
+        -> (h_t = sum_k g_k h_k, g [B, m])."""
+        if self.n_models == 2:
+            first, second = parts if parts is not None else outputs.chunk(2, dim=-1)
+            weight, bias = self.linear.weight, self.linear.bias
+            width = first.shape[-1]
+            g = torch.sigmoid(nn.functional.linear(outputs, (weight[:1] - weight[1:]).expand(width, -1),
+                                                   (bias[:1] - bias[1:]).expand(width)))
+            return pair_mix(g, first, second), torch.cat([g[:, :1], 1 - g[:, :1]], dim=-1)
         weights = torch.softmax(self.linear(outputs), dim=-1)
         return weighted_sum(weights, outputs, self.spread, self.fold), weights
 
@@ -142,11 +160,14 @@ class MultiTaskMerge(nn.Module):
         self.v = nn.Sequential(nn.Linear(dim, dim), _activation(activation))
         n = self.n_tokens
         self.register_buffer("score", block_sum_matrix(n, att_dim, 1.0 / math.sqrt(att_dim)), persistent=False)
+        self.register_buffer("pair_score", torch.full((att_dim, dim), 1.0 / math.sqrt(att_dim)), persistent=False)
         self.register_buffer("spread", spread_matrix(n, dim), persistent=False)
         self.register_buffer("fold", fold_matrix(n, dim), persistent=False)
 
     def forward(self, own: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """own [B, d], selected [B, k*d] -> (z [B, d], attention of own token [B, 1+k])."""
+        if self.n_tokens == 2:
+            return self._pair(own, selected)
         tokens = torch.cat([own, selected], dim=-1)  # [B, (1+k)*d]
         keys = per_token(self.k, tokens, self.n_tokens)  # [B, (1+k)*a]
         # Only t's own token's query is used, once per key: a Linear with its weights repeated
@@ -156,6 +177,11 @@ class MultiTaskMerge(nn.Module):
                                                   linear.bias.repeat(self.n_tokens)))
         attn = torch.softmax((keys * queries) @ self.score, dim=-1)  # [B, 1+k]
         return weighted_sum(attn, per_token(self.v, tokens, self.n_tokens), self.spread, self.fold), attn
+
+    def _pair(self, own: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two tokens: the attention of the own token is sigmoid(<q, k_own - k_other> / sqrt(a))."""
+        a = torch.sigmoid(((self.k(own) - self.k(other)) * self.q(own)) @ self.pair_score)
+        return pair_mix(a, self.v(own), self.v(other)), torch.cat([a[:, :1], 1 - a[:, :1]], dim=-1)
 
 
 class AKFLevel(nn.Module):
@@ -185,7 +211,7 @@ class AKFLevel(nn.Module):
         gate_inputs = [torch.cat(o, dim=-1) if len(o) > 1 else o[0] for o in outputs]
         fused, task_w = [], []
         for t, gate in enumerate(self.task_gates):
-            h, w = gate(gate_inputs[t])
+            h, w = gate(gate_inputs[t], outputs[t])
             fused.append(h)
             task_w.append(w)
         stats: dict[str, list[torch.Tensor]] = {"task_gate": task_w}
