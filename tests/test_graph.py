@@ -141,9 +141,11 @@ class _BagModel(torch.nn.Module):
         return torch.sigmoid(self.top(torch.cat([self.bag(ids), torch.relu(self.dense(dense))], 1))[:, 0])
 
 
-def test_an_embedding_bag_loop_output_is_the_batch_and_such_a_pool_decomposes(tmp_path):
+def test_an_embedding_bag_loop_output_is_the_batch_and_such_a_pool_decomposes_but_is_not_fused(tmp_path):
     """The legacy exporter writes EmbeddingBag as a Loop whose scan output has an invented length;
-    the Concat with the dense [batch, 8] shows it is the batch, so the layers after it are cuts."""
+    the Concat with the dense [batch, 8] shows it is the batch, so the layers after it are cuts.
+    Fuse refuses the pool before reading any data: its Loop runs once per bag, which a traced
+    export would fix to one batch size."""
     from fusekit.decompose import decompose
     from fusekit.decompose.manifest import Manifest
 
@@ -163,3 +165,11 @@ def test_an_embedding_bag_loop_output_is_the_batch_and_such_a_pool_decomposes(tm
     assert graph.canonical_shape(loop) == ("batch", 8)
     decompose(paths, tmp_path / "parts", names=["a_1", "a_2", "b_1", "b_2"], levels="all")  # verified in onnxruntime
     assert [b.shape for b in Manifest.load(tmp_path / "parts").boundaries] == [["batch", 16]] * 3
+
+    from fusekit.fusion.fuse import prepare
+
+    tasks = {"a": ["a_1", "a_2"], "b": ["b_1", "b_2"]}
+    with pytest.raises(FusekitError, match=r"model a_1's part \S+ runs an ONNX Loop once per row or bag .*"
+                                           r"re-export the model with nn.Embedding"):
+        prepare(tmp_path / "parts", tasks, tmp_path / "no-data-needed.csv", out_dir=tmp_path / "fused")
+    assert not (tmp_path / "fused").exists()

@@ -201,3 +201,30 @@ def test_the_table_and_decompose_import_without_torch():
             "sys.exit('torch' in sys.modules)")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, timeout=120).returncode == 0
+
+
+def _loop_model(trip_from_data: bool, body_decides: bool = False) -> onnx.ModelProto:
+    """y = x + 1 added M times by a Loop; M is a constant 3, or the batch size of x; or the body
+    goes on while the sum stays below 5 (as the dynamo exporter's EmbeddingBag Loop decides)."""
+    cond = (helper.make_node("ReduceMax", ["acc_out"], ["top"], keepdims=0),
+            helper.make_node("Less", ["top", "five"], ["cond_out"])) if body_decides else (
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),)
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "one"], ["acc_out"]), *cond],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), _vi("acc_in")],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), _vi("acc_out")],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]), helper.make_tensor("five", TensorProto.FLOAT, [], [5.0])])
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0)] if trip_from_data else []
+    nodes.append(helper.make_node("Loop", ["batch" if trip_from_data else "three", "true", "x"], ["y"],
+                                  name="repeat", body=body))
+    inits = (helper.make_tensor("three", TensorProto.INT64, [], [3]), helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+             helper.make_tensor("true", TensorProto.BOOL, [], [True]))
+    return _model(nodes, initializers=inits)
+
+
+def test_a_loop_is_a_data_loop_only_when_its_trip_count_comes_from_the_data():
+    assert optable.data_loops(_loop_model(trip_from_data=True)) == ["repeat"]
+    assert optable.data_loops(_loop_model(trip_from_data=False)) == []
+    assert optable.data_loops(_loop_model(trip_from_data=False, body_decides=True)) == ["repeat"]

@@ -154,6 +154,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
                                    ignore_metadata=options.ignore_task_metadata)
     manifest.boundary_layouts()  # refuses boundaries that are neither vectors, feature maps nor sequences, early
     names = [m for ms in mapping.values() for m in ms]
+    _check_exportable(manifest, names)
     spec = manifest.feature_spec(names)
     if out_dir is not None:
         check_output_dir(Path(out_dir), options.force)
@@ -180,6 +181,25 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
         if options.on_data is not None and distributed.is_main():
             options.on_data(plan.data_report)
     return plan
+
+
+def _check_exportable(manifest: Manifest, names: list[str]) -> None:
+    """FusekitError before any training when a model's parts could not be written into fused.onnx
+    for every batch size (a Loop run once per row or bag: see optable.data_loops)."""
+    import onnx
+
+    from fusekit.onnxio.optable import data_loops
+
+    for name in names:
+        head = manifest.head_path(name)
+        for path in [*manifest.component_paths(name), *([head] if head else [])]:
+            loops = data_loops(onnx.load(str(path), load_external_data=False))
+            if loops:
+                raise FusekitError(
+                    f"model {name}'s part {Path(path).name} runs an ONNX Loop once per row or bag (node "
+                    f"{loops[0]!r}; torch exports nn.EmbeddingBag so): fuse could train on it but not write it "
+                    "into fused.onnx for every batch size; re-export the model with nn.Embedding and a sum or "
+                    "mean over the bag axis (bags of a fixed size), then decompose again")
 
 
 # -- step 2: the model -----------------------------------------------------------------------------

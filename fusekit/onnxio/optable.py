@@ -24,8 +24,8 @@ an If whose condition it cannot prove constant, except inside a Loop body: a Loo
 as a python loop over its body (planned by the same interpreter), so there the branch is chosen
 per iteration. This is what torch's exporters write for ``nn.EmbeddingBag`` with offsets (with
 the sequence ops SequenceEmpty/SequenceInsert/ConcatFromSequence in the dynamo exporter's
-version). A component with a Loop runs and trains in torch; traced again, its loop unrolls for
-the traced batch.
+version). A component with a Loop runs and trains in torch; traced again, its loop would unroll for
+the traced batch, so fuse refuses a Loop that the data drive (:func:`data_loops`).
 
 The table is per op type. Limits on attribute values (MaxPool's Indices output, some Resize
 modes, ...) stay with the implementations and are reported when a component is loaded.
@@ -263,6 +263,33 @@ def unsupported_ops(source: onnx.ModelProto | onnx.GraphProto | Iterable[onnx.No
     found: set[str] = set()
     _collect(list(nodes), functions, opset, found, set(), consts)
     return sorted(found)
+
+
+def data_loops(model: onnx.ModelProto) -> list[str]:
+    """The Loop nodes of ``model``'s graph whose trip count (or start condition) is not a constant,
+    by name: the interpreter runs them (torch's exporters write ``nn.EmbeddingBag`` so, one iteration
+    per bag), but a traced export would fix their number of iterations to the traced batch's."""
+    consts = _constants(list(model.graph.node), {}, {t.name for t in model.graph.initializer})
+    found = []
+    for node in model.graph.node:
+        info = lookup(node.op_type, node.domain)
+        if info is None or not info.loop_body:
+            continue
+        given = [n for n in node.input[:2] if n]
+        if not given or any(n not in consts for n in given) or _body_decides(node):
+            found.append(node.name or node.output[0])
+    return found
+
+
+def _body_decides(loop: onnx.NodeProto) -> bool:
+    """Whether a Loop's body computes its own continue-condition (rather than passing on the one
+    it got, or a constant): then the data decide how often it runs."""
+    body = next((a.g for a in loop.attribute if a.name == "body"), None)
+    if body is None or len(body.input) < 2 or not body.output:
+        return False
+    cond_in, cond_out = body.input[1].name, body.output[0].name
+    passed = {cond_in} | {n.output[0] for n in body.node if n.op_type == "Identity" and list(n.input) == [cond_in]}
+    return cond_out not in passed | _constants(list(body.node), {}, {t.name for t in body.initializer})
 
 
 def _collect(nodes: list[onnx.NodeProto], functions: dict, opset: int | None, found: set[str],
