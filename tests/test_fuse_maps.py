@@ -291,12 +291,14 @@ def test_an_attention_mask_reaches_every_component_of_a_mixed_exporter_transform
         later = [onnx.load(str(tmp_path / "parts" / c)) for c in entry.components[1:]]
         assert all(len(c.graph.input) == 1 + len(entry.carried[k]) for k, c in enumerate(later))
     plan = prepare(tmp_path / "parts", None, ds, FuseOptions(max_rows=300, fusion=FusionOptions(fuse_at="all")))
-    export(plan, build(plan).eval(), tmp_path / "fused.onnx")
+    model = build(plan).eval()
+    assert model.sequence_mask.input == "attention_mask" and model.sequence_mask.levels == (0,)  # [batch, 8, 16]
+    export(plan, model, tmp_path / "fused.onnx")
     fused = session(tmp_path / "fused.onnx", "cpu", threads=1)[0]
     sources = {p.stem: session(p, "cpu", threads=1)[0] for p in paths}
     feeds = {n: ds.test.inputs[n] for n in ("rows", "attention_mask")}
 
-    def served(feeds):
+    def served(feeds, fused=fused):
         return fused.run(None, feeds), {task: np.mean([sources[f"{task}_{d}"].run(None, feeds)[0] for d in (1, 2)], axis=0)
                                         for task in TASKS}
 
@@ -310,3 +312,21 @@ def test_an_attention_mask_reaches_every_component_of_a_mixed_exporter_transform
         np.testing.assert_allclose(again, out, rtol=1e-5, atol=1e-6)
     unmasked = served(dict(feeds, attention_mask=np.ones_like(feeds["attention_mask"])))[0]
     assert max(np.abs(a - b).max() for a, b in zip(got, unmasked)) > 1e-3
+    # Trained (non-zero residual projections), AKF pools the real positions only: fused.onnx is still
+    # blind to what lies under the padding; pooled over every position (sequence_mask none) it is not.
+    def trained(mask_option: str) -> torch.nn.Module:
+        plan.options.fusion.sequence_mask = mask_option
+        model = build(plan).eval()
+        with torch.no_grad():
+            for p in model.projections.parameters():
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(p.numel()))
+        return model
+
+    export(plan, trained("auto"), tmp_path / "fused_trained.onnx")
+    fused_trained = session(tmp_path / "fused_trained.onnx", "cpu", threads=1)[0]
+    for out, again in zip(served(feeds, fused_trained)[0], served(noisy, fused_trained)[0]):
+        np.testing.assert_allclose(again, out, rtol=1e-5, atol=1e-6)
+    unpooled = trained("none")
+    with torch.no_grad():
+        clean, dirty = (unpooled(*[torch.from_numpy(f[n]) for n in model.input_names]) for f in (feeds, noisy))
+    assert max((clean[t] - dirty[t]).abs().max().item() for t in TASKS) > 1e-3

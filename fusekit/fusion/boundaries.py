@@ -28,11 +28,17 @@ class BoundaryAdapter:
         self.layout = layout
         self.channels = int(channels)
 
-    def pool(self, h: torch.Tensor) -> torch.Tensor:
-        """The boundary as one vector per row [B, C]: the mean over its positions."""
+    def pool(self, h: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The boundary as one vector per row [B, C]: the mean over its positions, or, with
+        ``weights`` [B, T] (1 at a real position, 0 at padding) for a sequence, over its real ones."""
         if self.layout == "vector":
             return h
-        return h.mean(dim=_POSITIONS[self.layout])
+        if weights is None:
+            return h.mean(dim=_POSITIONS[self.layout])
+        if self.layout == "time_major":
+            weights = weights.transpose(0, 1)  # [T, B], as the boundary
+        axis = _POSITIONS[self.layout][0]
+        return (h * weights.unsqueeze(-1)).sum(dim=axis) / weights.sum(dim=axis).clamp_min(1.0).unsqueeze(-1)
 
     def spread(self, v: torch.Tensor) -> torch.Tensor:
         """``v`` [B, C] shaped to broadcast against a boundary of this layout (the same value at every position)."""

@@ -42,6 +42,8 @@ from fusekit.data.labels import parse_labels
 from fusekit.fusion.finetune import reinitialised_copy, trainable_copy
 from fusekit.fusion.kinds import detect_kinds
 from fusekit.fusion.model import FusedModel, SourceModel, run_head, split_carry
+from fusekit.fusion.masks import SequenceMask
+from fusekit.fusion.masks import resolve as resolve_mask
 from fusekit.fusion.options import FuseOptions, FusionOptions
 from fusekit.task_kinds import TaskKind
 
@@ -153,6 +155,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     mapping = manifest.check_tasks(tasks if tasks is not None else manifest.task_groups(),
                                    ignore_metadata=options.ignore_task_metadata)
     manifest.boundary_layouts()  # refuses boundaries that are neither vectors, feature maps nor sequences, early
+    sequence_mask(manifest, options.fusion)  # a mask the models do not read is refused before the data is
     names = [m for ms in mapping.values() for m in ms]
     _check_exportable(manifest, names)
     spec = manifest.feature_spec(names)
@@ -257,7 +260,13 @@ def build_model(parts: Manifest, tasks: dict[str, list[str]], fusion: FusionOpti
                     trainable_copy(c, p) for c, p in zip(src.components[start:], src.component_paths[start:])]
             if src.head is not None:
                 src.head = trainable_copy(src.head, src.head_path)
-    return FusedModel(tasks, sources, parts.boundary_layouts(), parts.input_names, fusion, kinds)
+    mask = sequence_mask(parts, fusion)
+    return FusedModel(tasks, sources, parts.boundary_layouts(), parts.input_names, fusion, kinds, mask)
+
+
+def sequence_mask(parts: Manifest, fusion: FusionOptions) -> SequenceMask | None:
+    """The mask input that AKF pools sequence boundaries with (fusion/masks.py), or None."""
+    return resolve_mask(fusion.sequence_mask, parts.inputs, parts.boundaries, parts.batch_name())
 
 
 def build(plan: FusePlan) -> FusedModel:
@@ -521,6 +530,7 @@ def write_outputs(plan: FusePlan, model: FusedModel, result: TrainResult, per_ta
         "trainable_parameters": sum(p.numel() for p in model.fusion_parameters()),
         "parameters": model.parameter_count(),
         "fusion": options.fusion.to_dict(),
+        "sequence_mask": model.sequence_mask.to_dict() if model.sequence_mask else None,
         "training": {"lr": training.lr, "batch_size": training.batch_size, "weight_decay": training.weight_decay,
                      "max_epochs": training.max_epochs, "patience": training.patience, "seed": training.seed,
                      "warmup_epochs": training_config(options).warmup_epochs or 0},

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fusekit.fusion.akf import AKFLevel
+from fusekit.fusion.masks import SequenceMask
 from fusekit.fusion.boundaries import BoundaryAdapter, as_layout
 from fusekit.errors import FusekitError
 from fusekit.options import literal
@@ -87,7 +88,7 @@ class FusedModel(nn.Module):
 
     def __init__(self, tasks: dict[str, list[str]], sources: dict[str, SourceModel], dims: list,
                  input_names: list[str], options: FusionOptions | None = None,
-                 kinds: dict[str, TaskKind] | None = None):
+                 kinds: dict[str, TaskKind] | None = None, sequence_mask: SequenceMask | None = None):
         super().__init__()
         options = options or FusionOptions()
         options.validate()  # again: the options may have been changed since they were made
@@ -99,6 +100,7 @@ class FusedModel(nn.Module):
         self.task_kinds = {t: (kinds or {}).get(t, BINARY) for t in self.task_names}
         self.input_names = list(input_names)
         self.adapters = [BoundaryAdapter(*as_layout(d)) for d in dims]
+        self.sequence_mask = sequence_mask
         self.dims = [a.channels for a in self.adapters]
         dims = self.dims
         self.n_levels = len(dims)
@@ -174,8 +176,18 @@ class FusedModel(nn.Module):
             return self._forward_paper(named)
         return self._forward_residual(named)
 
+    def _pool_weights(self, named: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Per masked level, the weight of each position [B, T]: 1 where real, 0 at padding."""
+        mask = self.sequence_mask
+        if mask is None:
+            return {}
+        real = (named[mask.input] == 0) if mask.padding else (named[mask.input] != 0)
+        weights = real.to(torch.float32)
+        return {level: weights for level in mask.levels}
+
     def _forward_paper(self, named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict]]:
         stats = []
+        pool_weights = self._pool_weights(named)
         z: list[torch.Tensor] | None = None
         carry: dict[str, tuple] = {}
         for level in range(self.n_levels):
@@ -187,7 +199,7 @@ class FusedModel(nn.Module):
                         h, carry[m] = self._level1(m, named)
                     else:
                         h, carry[m] = self._level(m, level, z[t], carry[m])
-                    row.append(self.adapters[level].pool(h))
+                    row.append(self.adapters[level].pool(h, pool_weights.get(level)))
                 outputs.append(row)
             z, level_stats = self.levels[level](outputs)
             stats.append(level_stats)
@@ -216,6 +228,7 @@ class FusedModel(nn.Module):
         paths: dict[str, torch.Tensor] = {}
         carry: dict[str, tuple] = {}
         z: list[torch.Tensor] = []
+        pool_weights = self._pool_weights(named)
         for level in range(self.n_levels):
             for m in self.model_names:
                 if level == 0:
@@ -226,7 +239,8 @@ class FusedModel(nn.Module):
                 continue
             j = self.fused_levels.index(level)
             adapter = self.adapters[level]
-            outputs = [[adapter.pool(paths[m]) for m in self.task_models[task]] for task in self.task_names]
+            outputs = [[adapter.pool(paths[m], pool_weights.get(level)) for m in self.task_models[task]]
+                       for task in self.task_names]
             z, level_stats = self.levels[j](outputs)
             stats.append(level_stats)
             for t, task in enumerate(self.task_names):

@@ -55,8 +55,15 @@ class FusionOptions(Options):
     fuse_at: str = option("auto", choices=FUSE_AT,
                           help="levels that get an AKF module: last or all (auto: last in residual mode, "
                                "all in paper mode)")
+    # AKF pools a sequence boundary over its real positions only (fusion/masks.py).
+    sequence_mask: str = option("auto", help="input marking the padding of sequence boundaries: auto "
+                                             "(attention_mask if the models read one), none, NAME (nonzero = a "
+                                             "real position) or NAME:padding (nonzero = padding)")
 
     def _check(self) -> None:
+        from fusekit.fusion.masks import check_option
+
+        check_option(self.sequence_mask)
         if self.fuse_at == "last" and self.mode == "paper":
             raise OptionError("the paper's network fuses at every level: {fuse_at='last'} cannot go with "
                               "{mode='paper'}; use {fuse_at='all'}", owner="FusionOptions")
