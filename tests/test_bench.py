@@ -204,3 +204,14 @@ def test_full_path_fuses_through_fuse_and_scores_fused_onnx(tmp_path):
     assert set(row.extra["restored_average"]) == set(TASKS2)
     assert not (out / "work").exists()  # fused models are large and reproducible: not kept
     assert result.sets[0].gates["emm"]["levels"]
+
+
+def test_a_variant_may_set_fuse_options_beside_fusion_options():
+    """The all-rows variants set FuseOptions.train_rows; the rest goes to FusionOptions."""
+    from fusekit.bench.budget import Budget
+    from fusekit.bench.methods import EMM_VARIANTS
+    from fusekit.bench.runner import _fuse_options
+
+    options = _fuse_options(EMM_VARIANTS["emm-finetune-all-rows"][1], 3, Budget(), False)
+    assert (options.train_rows, options.fusion.finetune, options.fusion.seed) == ("all", "all", 3)
+    assert _fuse_options(EMM_VARIANTS["emm"][1], 3, Budget(), False).train_rows == "holdout"

@@ -4,9 +4,11 @@ from __future__ import annotations
 DEFAULT_TASKS = ["income", "never_married"]
 THREE_TASKS = ["income", "never_married", "education"]
 SOURCE_ROWS = ["sources", "average"]
-EMM_METHODS = ["emm-paper", "emm", "emm-all-levels", "emm-finetune"]
+EMM_METHODS = ["emm-paper", "emm", "emm-all-levels", "emm-finetune", "emm-all-rows", "emm-finetune-all-rows"]
 
-# Fusion variants: (label, FusionOptions keywords). Table II uses the paper's network.
+# Fusion variants: (label, keywords of FusionOptions, or of FuseOptions such as train_rows).
+# Table II uses the paper's network. The all-rows variants fuse on every training row, as the
+# baselines train, including the 80 % the sources saw (where their outputs are overconfident).
 EMM_VARIANTS = {
     "emm-paper": ("EMM (paper network)", {"mode": "paper", "use_mtm": True, "pretrained": True}),
     "emm": ("EMM (fusekit residual, default)", {"mode": "residual", "use_mtm": True, "pretrained": True}),
@@ -14,6 +16,11 @@ EMM_VARIANTS = {
                        {"mode": "residual", "use_mtm": True, "pretrained": True, "fuse_at": "all"}),
     "emm-finetune": ("EMM residual, sources fine-tuned (--finetune all)",
                      {"mode": "residual", "use_mtm": True, "pretrained": True, "finetune": "all"}),
+    "emm-all-rows": ("EMM residual, fused on every training row (--train-rows all)",
+                     {"mode": "residual", "use_mtm": True, "pretrained": True, "train_rows": "all"}),
+    "emm-finetune-all-rows": ("EMM residual, sources fine-tuned on every training row (--finetune all --train-rows all)",
+                              {"mode": "residual", "use_mtm": True, "pretrained": True, "finetune": "all",
+                               "train_rows": "all"}),
 }
 ABLATION_VARIANTS = {
     "baseline": ("no trained components, no MTM", {"mode": "paper", "use_mtm": False, "pretrained": False}),

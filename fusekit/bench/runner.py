@@ -135,8 +135,11 @@ def _fuse_options(fusion_kw: dict, seed: int, budget: Budget, progress: bool, da
     from fusekit.fusion.model import FusionOptions
 
     chosen = {k: v for k, v in (data_options or {}).items() if k in ("task_kinds", "outputs")}
-    return FuseOptions(fusion=FusionOptions(seed=seed, **fusion_kw), training=budget.train_config(seed, progress),
-                       max_rows=budget.train_rows, **chosen, **kw)
+    fusion_fields = {f.name for f in dataclasses.fields(FusionOptions)}
+    run_kw = {k: v for k, v in fusion_kw.items() if k not in fusion_fields}  # e.g. train_rows
+    fusion = FusionOptions(seed=seed, **{k: v for k, v in fusion_kw.items() if k in fusion_fields})
+    return FuseOptions(fusion=fusion, training=budget.train_config(seed, progress),
+                       max_rows=budget.train_rows, **chosen, **run_kw, **kw)
 
 
 def _fuse_variant(key: str, label: str, fusion_kw: dict, parts_dir: Path, task_models: dict[str, list[str]], ds,
