@@ -137,7 +137,7 @@ def table(result: dict) -> str:
         cells = [f"{result['auc'][name][4096][t] - float_auc[4096][t]:+.5f} / {result['auc'][name][1][t] - float_auc[1][t]:+.5f}"
                  for t in result["tasks"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"| (float AUC) | " + " | ".join(f"{float_auc[4096][t]:.5f}" for t in result["tasks"]) + " |")
+    lines.append("| (float AUC) | " + " | ".join(f"{float_auc[4096][t]:.5f}" for t in result["tasks"]) + " |")
     return "\n".join(lines)
 
 

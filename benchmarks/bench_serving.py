@@ -22,7 +22,6 @@ os.environ["OMP_NUM_THREADS"] = "1"  # before torch and onnxruntime load
 import argparse  # noqa: E402
 import collections  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -57,24 +56,6 @@ def build_and_export(name: str, work: Path, budget: Budget) -> tuple[Path, list[
     return fused, [pool.paths[m] for m in names], pool.data.test
 
 
-def _cpu_medians(fns: list, calls: int, blocks: int = 10, warmup: int = 3) -> list[float]:
-    """Median CPU seconds of this thread per call of each function, in alternating blocks.
-
-    With one onnxruntime thread the kernels run on the calling thread, so its CPU time is the
-    work of the call, and other processes on a busy machine do not enter it (wall time does)."""
-    times: list[list[float]] = [[] for _ in fns]
-    per_block = max(1, calls // blocks)
-    for _ in range(blocks):
-        for fn, record in zip(fns, times):
-            for _ in range(warmup):
-                fn()
-            for _ in range(per_block):
-                t0 = time.thread_time()
-                fn()
-                record.append(time.thread_time() - t0)
-    return [statistics.median(t) for t in times]
-
-
 def time_pool(fused: Path, sources: list[Path], test, repeats: int) -> dict:
     """Median seconds per call (wall and this thread's CPU time) of fused.onnx and of the sources
     run separately, per batch size, and their ratios."""
@@ -86,7 +67,7 @@ def time_pool(fused: Path, sources: list[Path], test, repeats: int) -> dict:
         calls = repeats if batch == 1 else max(20, repeats * 4 // batch)
         fns = [lambda: fused_sess.run(None, feeds), lambda: [x.run(None, feeds) for x in source_sess]]
         wall_f, wall_s = _block_medians(fns, calls)
-        cpu_f, cpu_s = _cpu_medians(fns, calls)
+        cpu_f, cpu_s = _block_medians(fns, calls, warmup=3, clock=time.thread_time)
         out[batch] = {"fused_ms": wall_f * 1e3, "sources_ms": wall_s * 1e3, "ratio": wall_f / wall_s,
                       "fused_cpu_ms": cpu_f * 1e3, "sources_cpu_ms": cpu_s * 1e3, "cpu_ratio": cpu_f / cpu_s}
     return out
