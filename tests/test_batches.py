@@ -101,6 +101,22 @@ def test_shards_are_disjoint_and_cover_the_split(pool, folder):
         split.shard(2, 2)
 
 
+def test_equal_shards_leave_out_the_last_rows_so_every_rank_takes_as_many_steps(pool, folder):
+    split = _load(folder, pool["ds"].spec, "always").fusion_rows()
+    for world in (2, 3):
+        extra = len(split) % world
+        split_of = split if extra else split.subset(np.arange(len(split) - 1))  # an uneven split
+        extra = len(split_of) % world
+        assert extra
+        shards = [split_of.shard(rank, world, equal=True) for rank in range(world)]
+        assert {len(s) for s in shards} == {len(split_of) // world}
+        assert len({s.steps(64) for s in shards}) == 1
+        held = np.sort(np.concatenate([s.rows for s in shards]))
+        np.testing.assert_array_equal(held, split_of.rows[:len(split_of) - extra])  # the last `extra` rows left out
+        assert [len(b[1]["income"]) for b in _epoch(shards[0], 64, seed=1)] == \
+            [len(b[1]["income"]) for b in _epoch(shards[-1], 64, seed=1)]
+
+
 def test_fuse_trains_on_a_streamed_parquet_folder(pool, folder, tmp_path):
     from fusekit.fusion.fuse import fuse
     from fusekit.fusion.options import FuseOptions
