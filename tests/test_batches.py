@@ -139,10 +139,40 @@ def test_auto_keeps_small_files_in_memory_and_streams_above_the_budget(pool):
     tight = load_dataset(pool["csv"], list(TASKS), labels=LABELS, spec=spec,
                          streaming=StreamOptions(memory_budget=1))
     assert tight.reading["streamed"] and "above the 1 MB budget" in tight.reading["train"]
-    # Without the models' specification the encoders are fitted on every row, in memory.
+    # Without the models' specification the encoders are fitted in passes over the file.
     fitted = load_dataset(pool["csv"], list(TASKS), labels=LABELS, categorical=CATEGORICAL, dense=DENSE,
                           streaming=StreamOptions(memory_budget=1))
-    assert not fitted.reading["streamed"] and "fitting a feature specification" in fitted.reading["train"]
+    assert fitted.reading["streamed"] and "fitted in passes over the file" in fitted.reading["train"]
+
+
+@pytest.mark.parametrize("source", ["folder", "csv"])
+@pytest.mark.parametrize("named", [True, False])
+def test_a_specification_fitted_on_a_streamed_file_is_the_one_fitted_in_memory(pool, folder, tmp_path, source, named):
+    """Vocabularies, means and stds to the bit (the same fingerprint), the columns' kinds inferred alike,
+    and the streamed rows encoded by it as the in-memory rows; a Parquet float column typed in the
+    file (not text) too."""
+    frame = _frame(pool)
+    if source == "folder":
+        path = folder
+        typed = tmp_path / "typed.parquet"  # a typed dense column and an integer categorical one
+        frame = frame.assign(age=frame["age"].astype(float) + 0.25, sex=frame["sex"].astype("category").cat.codes)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), typed, row_group_size=700)
+        paths = [folder, typed]
+    else:
+        paths = [pool["csv"]]
+    columns = {"categorical": CATEGORICAL, "dense": DENSE} if named else {"exclude": []}
+    for path in paths:
+        both = {stream: load_dataset(path, list(TASKS), labels=LABELS, **columns,
+                                     streaming=StreamOptions(stream=stream, shuffle_buffer=700))
+                for stream in ("never", "always")}
+        memory, streamed = both["never"], both["always"]
+        assert isinstance(streamed.train, StreamedSplit) and not isinstance(memory.train, StreamedSplit)
+        assert streamed.spec.to_dict() == memory.spec.to_dict()
+        assert streamed.spec.fingerprint() == memory.spec.fingerprint()
+        held = _joined(_epoch(streamed.train, 1000, seed=None))
+        np.testing.assert_array_equal(held[0]["categorical"], memory.train.cat)
+        np.testing.assert_array_equal(held[0]["dense"], memory.train.dense)
+        np.testing.assert_array_equal(streamed.val.cat, memory.val.cat)
 
 
 def test_a_folder_file_without_a_column_is_refused_in_one_line(pool, tmp_path):
