@@ -269,3 +269,35 @@ def test_eval_scores_a_streamed_training_split_as_the_in_memory_one(pool, folder
                                     split="train").scores["income"]
               for stream in ("always", "never")}
     assert scores["always"] == pytest.approx(scores["never"], abs=1e-12)
+
+
+def test_train_single_streams_a_parquet_file_and_fits_the_in_memory_specification(pool, tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from fusekit.cli.main import main
+
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pandas(_frame(pool), preserve_index=False), rows, row_group_size=500)
+    results, specs = {}, {}
+    for stream in ("never", "always"):
+        out = tmp_path / f"{stream}.onnx"
+        code = main(["train-single", "--data", str(rows), "--task", "income", "--exclude", "never_married",
+                     "--hidden", "16", "--epochs", "3", "--batch-size", "256", "--lr", "1e-2", "--stream", stream,
+                     "--shuffle-buffer", "1000", "--threads", "1", "-q", "--json", "-o", str(out)])
+        printed, err = capsys.readouterr()
+        assert code == 0, err
+        results[stream] = json.loads(printed)
+        specs[stream] = {p.key: p.value for p in onnx.load(str(out)).metadata_props}["fusekit.feature_spec"]
+    assert results["always"]["reading"]["streamed"] and not results["never"]["reading"]["streamed"]
+    assert specs["always"] == specs["never"]  # the same encoding, so the two models could share a pool
+    assert results["always"]["train_rows"] == results["never"]["train_rows"]
+    # Other batches (the streamed shuffle buffer against a permutation in memory): close, not equal
+    # (measured: test AUC 0.8781 in memory, 0.8810 streamed).
+    assert results["always"]["test_score"] > 0.8 and results["never"]["test_score"] > 0.8
+    assert abs(results["always"]["test_score"] - results["never"]["test_score"]) < 0.03
+    with pytest.raises(SystemExit) as refused:
+        main(["train-single", "--data", str(rows), "--task", "income", "--stream", "sometimes", "-o",
+              str(tmp_path / "x.onnx")])
+    assert refused.value.code == 2 and "sometimes" in capsys.readouterr().err
