@@ -239,6 +239,11 @@ def test_named_inputs_stream_with_the_casts_of_the_in_memory_reader(tmp_path, ki
                                   rows(memory.train.inputs["item id"], memory.train.inputs["w"],
                                        memory.train.labels["clicked"]))
     np.testing.assert_array_equal(streamed.val.inputs["w"], memory.val.inputs["w"])
+    # The baselines' layout of named inputs (ids 0..the largest seen), read batch by batch.
+    from fusekit.models.baselines.inputs import InputLayout
+
+    layout = InputLayout.from_split(streamed.train)
+    assert layout == InputLayout.from_split(memory.train) and layout.cardinalities["item id"][0] > 40
 
 
 def test_predict_writes_a_parquet_folder_batch_by_batch(pool, folder, tmp_path, monkeypatch):
@@ -301,3 +306,25 @@ def test_train_single_streams_a_parquet_file_and_fits_the_in_memory_specificatio
         main(["train-single", "--data", str(rows), "--task", "income", "--stream", "sometimes", "-o",
               str(tmp_path / "x.onnx")])
     assert refused.value.code == 2 and "sometimes" in capsys.readouterr().err
+
+
+def test_bench_trains_its_baselines_on_a_streamed_parquet_file_and_says_so(pool, tmp_path, capsys):
+    import json
+
+    from fusekit.cli.main import main
+
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pandas(_frame(pool), preserve_index=False), rows, row_group_size=500)
+    scores = {}
+    for stream in ("always", "never"):
+        out = tmp_path / stream
+        code = main(["bench", str(rows), "--tasks", "income,never_married", "--methods", "mmoe", "--quick",
+                     "--stream", stream, "--shuffle-buffer", "1000", "--threads", "1", "-q", "-o", str(out)])
+        assert code == 0, capsys.readouterr().err
+        results = json.loads((out / "results.json").read_text())
+        data = results["sets"][0]["data"]
+        assert data["reading"]["streamed"] == (stream == "always"), data["reading"]
+        assert json.loads((out / "protocol.json").read_text())["data"]["streaming"]["stream"] == stream
+        scores[stream] = [c["scores"] for c in results["sets"][0]["cells"]]
+    # the same rows and specification, other batches (a shuffle buffer against a permutation)
+    assert scores["always"] and all(0.5 < s <= 1 for cell in scores["always"] for s in cell.values())
