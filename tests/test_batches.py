@@ -328,3 +328,30 @@ def test_bench_trains_its_baselines_on_a_streamed_parquet_file_and_says_so(pool,
         scores[stream] = [c["scores"] for c in results["sets"][0]["cells"]]
     # the same rows and specification, other batches (a shuffle buffer against a permutation)
     assert scores["always"] and all(0.5 < s <= 1 for cell in scores["always"] for s in cell.values())
+
+
+def test_streamed_validation_and_test_rows_score_as_the_rows_in_memory(pool, folder):
+    """Carved from a streamed file and kept streamed (stream_eval): fit's validation scores, evaluate
+    and predict give the in-memory numbers (the same rows in the same order, read batch by batch)."""
+    from fusekit.models.architecture import Architecture
+    from fusekit.models.single import build_model
+    from fusekit.train import TrainConfig, evaluate, fit, predict
+
+    spec = pool["ds"].spec
+    memory = _load(pool["csv"], spec, "never")
+    streamed = load_dataset(folder, list(TASKS), labels=LABELS, spec=spec, stream_eval=True,
+                            streaming=StreamOptions(stream="always", shuffle_buffer=700))
+    assert isinstance(streamed.val, StreamedSplit) and isinstance(streamed.test, StreamedSplit)
+    assert "streamed" in streamed.reading["eval"]
+    config = TrainConfig(max_epochs=2, batch_size=256, eval_batch_size=300, progress=False, device="cpu", threads=1)
+    history = {}
+    for name, val in (("memory", memory.val), ("streamed", streamed.val)):
+        model = build_model(spec, "income", Architecture(hidden=[16]), seed=0)
+        history[name] = fit(model, memory.train, val, ["income"], config).history
+        outputs = predict(model, streamed.test if name == "streamed" else memory.test, ["income"], batch_size=300)
+        history[name + " test"] = (evaluate(model, val, ["income"], batch_size=300), outputs["income"])
+    for a, b in zip(history["memory"], history["streamed"]):
+        assert abs(a.val_score["income"] - b.val_score["income"]) <= 1e-6
+    assert history["memory"][0].val_score != history["memory"][1].val_score  # the scores moved: a real comparison
+    np.testing.assert_allclose(history["streamed test"][1], history["memory test"][1], atol=1e-6)
+    assert history["streamed test"][0]["income"] == pytest.approx(history["memory test"][0]["income"], abs=1e-6)

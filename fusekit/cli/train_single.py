@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                                    seed=args.split_seed, holdout=args.holdout, holdout_seed=args.holdout_seed,
                                    categorical=args.categorical, dense=args.dense, exclude=args.exclude,
                                    kinds={args.task: args.task_kind} if args.task_kind else None,
-                                   streaming=streaming)
+                                   streaming=streaming, stream_eval=True)
     result = train_single(args.data, args.task, args.output, pool_tasks=args.pool_tasks, arch=arch,
                           holdout=args.holdout, holdout_seed=args.holdout_seed, seed=args.seed,
                           split_seed=args.split_seed, config=config,

@@ -299,6 +299,10 @@ class StreamedSplit:
         end = len(self) - len(self) % world if equal else len(self)
         return self._with(np.arange(rank, end, world))
 
+    def head(self, n: int) -> "Any":
+        """The first ``n`` rows in memory, as :meth:`Split.head` gives them (an export's parity sample)."""
+        return self._with(np.arange(min(n, len(self)))).load()
+
     def steps(self, batch_size: int) -> int:
         """Batches per epoch."""
         return -(-len(self) // batch_size)

@@ -156,6 +156,7 @@ def load_tabular(
     test: Path | None = None,
     kinds: dict | None = None,
     streaming=None,
+    stream_eval: bool = False,
 ) -> TabularDataset:
     """Load a CSV/Parquet dataset (see the module docstring for the layout rules); ``val`` and
     ``test`` name the other splits' files instead of the siblings found by name; ``kinds``
@@ -163,7 +164,9 @@ def load_tabular(
 
     ``streaming`` (a :class:`fusekit.data.batches.StreamOptions`, default auto) decides whether the
     training file is held in memory or read in batches (with ``spec`` given: the models' encoding);
-    the validation and test rows are held in memory either way. ``reading`` on the result says which."""
+    the validation and test rows are held in memory (``stream_eval``: those carved from a streamed file
+    stay :class:`fusekit.data.batches.StreamedSplit` s, read in batches when evaluated). ``reading`` on
+    the result says which."""
     kinds = dict(kinds or {})
     labels = dict(labels or {})
     unknown = sorted(set(labels) - set(tasks))
@@ -228,8 +231,10 @@ def load_tabular(
         idx = carve(len(train), ["val", "test"], seed, owner="load_dataset()")
         val_idx, test_idx = idx["val"], idx["test"]
         train, val, test = train.subset(idx["train"]), train.subset(val_idx), train.subset(test_idx)
-        if streamed:  # the carved rows are read into memory; only training streams
+        if streamed and not stream_eval:  # the carved rows are read into memory; only training streams
             val, test = val.load(), test.load()
+        elif streamed:
+            reading = {**reading, "eval": "streamed (validation and test rows carved from the training file)"}
     # Every model of a pool and every later step must see the same split: recorded, then checked.
     keep_split(spec, split_record(seed, {"train": len(train), "val": len(val), "test": len(test)}, val_idx, test_idx),
                fitted, literal(path))
