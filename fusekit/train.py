@@ -15,9 +15,14 @@ in DistributedDataParallel (trainable parameters only), every rank draws the sam
 permutation and takes a rank-strided share of each global batch (``TrainConfig.batch_size`` is
 the global batch, divided among the ranks), rank 0 computes the validation score and sends it to
 the others, so that every rank takes the same early-stopping decision, and only rank 0 writes
-checkpoints. The permutation and :func:`shard` are the one seam where a batch source that is
-itself sharded by rank and world replaces the in-memory rows. Outside torchrun none of this
-runs.
+checkpoints. A streamed training split is sharded instead: each rank reads only its rows of the
+file (``StreamedSplit.shard(rank, world, equal=True)``: rank-strided, the last ``rows % world``
+rows of the split left out so that every shard has as many rows), shuffles them with the run's
+seed and takes batches of ``batch_size / world`` rows; the shards being equal, every rank takes
+the same number of steps (DDP's all-reduce needs that) and every step's batches are the same
+size, so the ranks' mean losses weigh 1 each, as :func:`shard` weighs them for an even split, and
+DDP's averaged gradient is that of one batch of ``batch_size`` rows (other rows than one process
+draws, since each rank shuffles its own shard). Outside torchrun none of this runs.
 """
 from __future__ import annotations
 
@@ -137,13 +142,19 @@ def _check_tasks(split, tasks: list[str]) -> None:
 
 
 def _train_batches(split, names: list[str], tasks: list[str], kinds: dict[str, TaskKind], device: torch.device,
-                   seed: int):
-    """The epoch source of ``fit``: tensors in memory, or the streamed split's batches made tensors."""
+                   seed: int, place: "distributed.Launch | None" = None):
+    """The epoch source of ``fit``: tensors in memory, or the streamed split's batches made tensors
+    (under torchrun: this rank's equal shard of them, see the module docstring)."""
     from fusekit.data.batches import MemoryBatches
 
     _check_tasks(split, tasks)
     if not _streamed(split):
         return MemoryBatches(*_tensors(split, names, tasks, kinds, device), device)
+    if place is not None and place.world > 1:
+        if len(split) < place.world:
+            raise FusekitError(f"the training split has {len(split)} rows, fewer than the {place.world} processes "
+                               "of this run; give more rows or start fewer processes")
+        split = split.shard(place.rank, place.world, equal=True)
     return _StreamedBatches(split, names, tasks, kinds, device, seed)
 
 
@@ -155,6 +166,11 @@ class _StreamedBatches:
 
     def steps(self, batch_size: int) -> int:
         return self.split.steps(batch_size)
+
+    def probe(self) -> list[torch.Tensor]:
+        """The inputs of the split's first two rows (for :func:`_data_parallel`'s probe step)."""
+        inputs, _ = next(iter(self.split.batches(2)))
+        return [_as_tensor(inputs[n], self.device) for n in self.names]
 
     def epoch(self, batch_size: int, generator: torch.Generator, epoch: int):
         # The shuffle is drawn from (run seed, epoch), not from the generator: a resumed run needs no state.
@@ -352,7 +368,9 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     kinds = kinds_of(model, tasks, kinds)
     names = input_names_of(model, train)
-    source = _train_batches(train, names, tasks, kinds, device, config.seed)
+    with distributed.agreement("reading the training data"):
+        source = _train_batches(train, names, tasks, kinds, device, config.seed, place)
+    in_memory = hasattr(source, "inputs")
 
     result = TrainResult(device=str(device), amp=use_amp, processes=place.world)
     best_score = -math.inf
@@ -370,11 +388,8 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
                 model, optimizer, generator, result, tasks, config, ckpt_path, data)
     if place.world > 1:
         with distributed.agreement("reading the training data"):
-            if not hasattr(source, "inputs"):
-                raise FusekitError("streamed training data is not supported under torchrun yet; pass "
-                                   "{stream='never'} to hold it in memory, or train in one process",
-                                   owner="StreamOptions")
-        step_model = _data_parallel(model, source.inputs, device)
+            probe = source.inputs if in_memory else source.probe()
+        step_model = _data_parallel(model, probe, device)
     else:
         step_model = model
 
@@ -387,12 +402,13 @@ def fit(model: nn.Module, train: Split, val: Split, tasks: list[str], config: Tr
             t0 = time.perf_counter()
             step_model.train()
             total = torch.zeros((), device=device)
-            if place.world > 1:
+            if place.world > 1 and in_memory:
                 steps = len(batch_starts(source.rows, config.batch_size, place.world))
                 batches = _sharded_epoch(source, config.batch_size, generator, place)
-            else:
-                steps = source.steps(config.batch_size)
-                batches = ((xs, ys, 1.0) for xs, ys in source.epoch(config.batch_size, generator, epoch))
+            else:  # one process, or this rank's equal shard of a streamed split (weights 1: module docstring)
+                local = config.batch_size // place.world
+                steps = source.steps(local)
+                batches = ((xs, ys, 1.0) for xs, ys in source.epoch(local, generator, epoch))
             bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False, unit="batch", file=sys.stderr) \
                 if tqdm else batches
             for i, (xs, ys, weight) in enumerate(bar):

@@ -100,7 +100,7 @@ def load_bench_data(dataset: str | Path, tasks: list[str], task_models: dict[str
 
             ds = load_dataset(dataset, tasks, labels=options.labels, data_dir=options.data_dir,
                               seed=options.split_seed, val=options.val, test=options.test,
-                              kinds=options.task_kinds)
+                              kinds=options.task_kinds, streaming=options.streaming)
         kinds = _kinds_without_sources(ds, tasks, options.task_kinds)
     _parse_all(ds, kinds)
     if train is None:

@@ -279,6 +279,9 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], splits: list[
               "spec": spec_summary(getattr(ds, "spec", None))}
     if data.note:
         record["note"] = data.note
+    if getattr(ds, "reading", None):
+        record["reading"] = dict(ds.reading)
+        log(f"[{name}] training rows {ds.reading['train']}")
     variants = [(k, *EMM_VARIANTS[k]) for k in EMM_METHODS if k in methods]
     if ablation and "ablation" in methods:
         variants += [(f"ablation-{k}", label, kw) for k, (label, kw) in ABLATION_VARIANTS.items()
@@ -346,8 +349,8 @@ def _protocol(dataset: str, budget: Budget, task_sets: list[tuple[list[str], Pat
     protocol = {"dataset": str(dataset), "budget": budget_record, "sources": sets, "fusekit": __version__,
                 "protocol": "test split halved per split seed (fusekit.bench.protocol)"}
     # Recorded only when given, so that a Census-Income run made before these options resumes.
-    reading = {k: str(v) if isinstance(v, Path) else v for k, v in (data_options or {}).items()
-               if v is not None and k != "data_dir"}
+    reading = {k: str(v) if isinstance(v, Path) else dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+               for k, v in (data_options or {}).items() if v is not None and k != "data_dir"}
     if mapping:
         reading["tasks"] = mapping
     if reading:
@@ -365,7 +368,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
               log: Callable[[str], None] = print, task_models: dict[str, list[str]] | None = None,
               labels: dict[str, str] | None = None, task_kinds: dict[str, str] | None = None,
               outputs: dict[str, str] | None = None, val: Path | None = None, test: Path | None = None,
-              data_dir: Path | None = None) -> BenchResult | None:
+              data_dir: Path | None = None, streaming=None) -> BenchResult | None:
     """Benchmark every method on ``tasks`` (Table I, Table II) and on ``three_tasks`` (Table I with
     fusion-gate statistics), same data, splits, seeds, budget and early stopping for all; write ``out_dir``.
 
@@ -379,7 +382,9 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     splits' files), read as ``fusekit fuse`` reads it (fusekit/bench/data.py). ``task_models``: the
     source models of each task (file stems in ``models_dir``), as ``fuse --tasks`` takes them;
     ``labels``, ``task_kinds``, ``outputs``: as ``fuse --label``, ``--task-kind``, ``--task-output``.
-    ``three_tasks`` applies to Census-Income only.
+    ``three_tasks`` applies to Census-Income only. ``streaming`` (``fusekit.stream_config.StreamOptions``):
+    whether a CSV/Parquet training file is read in batches, as for ``fuse`` (recorded in the protocol
+    unless it is the default).
     """
     started = time.perf_counter()
     if task_models:
@@ -405,8 +410,10 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
     task_sets = [(tasks, models_dir, True)]
     if three_tasks and list(three_tasks) != tasks:
         task_sets.append((list(three_tasks), three_models_dir, False))
+    from fusekit.stream_config import StreamOptions
+
     data_options = {"labels": labels, "task_kinds": task_kinds, "outputs": outputs, "val": val, "test": test,
-                    "data_dir": data_dir}
+                    "data_dir": data_dir, "streaming": None if streaming in (None, StreamOptions()) else streaming}
     protocol = _protocol(dataset, budget, task_sets, chosen, task_models, data_options)
     main = distributed.is_main()
     with distributed.agreement("checking the output folder"):

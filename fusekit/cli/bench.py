@@ -11,6 +11,7 @@ from fusekit.cli.args import (OptionFlags, add_json, add_quiet, add_threads, par
 from fusekit.errors import FusekitError
 from fusekit.fusion.options import FuseOptions
 from fusekit.options import default_of
+from fusekit.stream_config import StreamOptions
 
 
 def _seeds(text: str) -> int | list[int]:
@@ -112,6 +113,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 outputs="--task-output")
     flags.add(Budget, "device")
     flags.add(Budget, "split_seed")
+    flags.add(StreamOptions, "stream")
+    flags.add(StreamOptions, "memory_budget", metavar="MB")
+    flags.add(StreamOptions, "shuffle_buffer", metavar="ROWS")
     add_threads(flags)
     p.add_argument("-o", "--output", type=Path, default=Path("bench-out"),
                    help="output directory (default %(default)s)")
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         split_seed=args.split_seed, log=progress_printer(args.quiet), task_models=mapping,
         labels=parse_pairs(args.label, "--label"), task_kinds=parse_pairs(args.task_kind, "--task-kind", value="KIND"),
         outputs=parse_pairs(args.task_output, "--task-output", value="OUTPUT"), val=args.val, test=args.test,
-        data_dir=args.data_dir)
+        data_dir=args.data_dir, streaming=args._option_flags.build(StreamOptions, args))
     if result is None:
         return 0  # another process of a torchrun run (rank 0) writes and prints
     if args.json:

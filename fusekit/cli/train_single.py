@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fusekit.cli.args import OptionFlags, add_json, add_threads, deprecated, parse_pairs, print_json, use_threads
 from fusekit.errors import FusekitError
 from fusekit.fusion.options import FuseOptions
 from fusekit.models.architecture import Architecture
+from fusekit.stream_config import StreamOptions
 from fusekit.train_config import TrainConfig
 
 
@@ -58,6 +60,9 @@ def register(subparsers) -> None:
     flags.add(TrainConfig, "weight_decay")
     p.add_argument("--train-rows", type=int, default=None, help="train on a seeded random subset of this many rows")
     flags.add(TrainConfig, "device")
+    flags.add(StreamOptions, "stream")
+    flags.add(StreamOptions, "memory_budget", metavar="MB")
+    flags.add(StreamOptions, "shuffle_buffer", metavar="ROWS")
     add_threads(flags)
     quiet = flags.add(TrainConfig, "progress", "-q", "--quiet", help="no per-epoch lines or progress bars on stderr")
     deprecated(p, "--no-progress", quiet)
@@ -83,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     flags: OptionFlags = args._option_flags
     arch = flags.build(Architecture, args)
     config = flags.build(TrainConfig, args)
+    streaming = flags.build(StreamOptions, args)
     use_threads(args, torch=True)
     dataset = None
     if args.data != "census-income":
@@ -92,15 +98,18 @@ def run(args: argparse.Namespace) -> int:
             dataset = load_dataset(args.data, [args.task], labels=labels or {args.task: args.task},
                                    seed=args.split_seed, holdout=args.holdout, holdout_seed=args.holdout_seed,
                                    categorical=args.categorical, dense=args.dense, exclude=args.exclude,
-                                   kinds={args.task: args.task_kind} if args.task_kind else None)
+                                   kinds={args.task: args.task_kind} if args.task_kind else None,
+                                   streaming=streaming, stream_eval=True)
     result = train_single(args.data, args.task, args.output, pool_tasks=args.pool_tasks, arch=arch,
                           holdout=args.holdout, holdout_seed=args.holdout_seed, seed=args.seed,
                           split_seed=args.split_seed, config=config,
                           data_dir=args.data_dir, train_rows=args.train_rows, dataset=dataset, force=args.force)
     if result is None:
         return 0  # another process of a torchrun run (rank 0) exports and prints
+    if dataset is not None and dataset.reading and not args.json:
+        print(f"data: training rows {dataset.reading['train']}", file=sys.stderr)
     if args.json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), **({"reading": dataset.reading} if dataset is not None else {})})
     else:
         print(f"{result.task}: test {SCORE_LABEL[result.score]} {result.test_score:.5f} (validation {result.val_score:.5f}, best epoch "
               f"{result.best_epoch}/{result.epochs}, {result.train_rows} training rows, "

@@ -21,7 +21,9 @@ Distributed runs (the contract for ``torchrun`` callers): ``split.shard(rank, wo
 the rows at positions ``rank, rank + world, rank + 2 * world, ...`` of the split (positions in
 file order, after any selection such as the validation/test carve or the holdout). The shards
 of ranks ``0..world-1`` are disjoint and together hold every row of the split; their sizes
-differ by at most one row, so their batch counts per epoch differ by at most one. Each rank
+differ by at most one row, so their batch counts per epoch differ by at most one
+(``shard(rank, world, equal=True)``, what ``fit`` uses, leaves out the last ``rows % world``
+positions so that all shards are the same size). Each rank
 reads the files itself and keeps only its rows; the shuffle of one rank depends on the seed,
 the epoch and its rows only, so every rank may use the run's seed.
 
@@ -286,11 +288,20 @@ class StreamedSplit:
             return self
         return self._with(np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False)))
 
-    def shard(self, rank: int, world: int) -> "StreamedSplit":
-        """This process's rows of a distributed run (see the module docstring)."""
+    def shard(self, rank: int, world: int, equal: bool = False) -> "StreamedSplit":
+        """This process's rows of a distributed run (see the module docstring). ``equal``: every shard
+        keeps ``len(self) // world`` rows, the last ``len(self) % world`` positions of the split (fewer
+        than ``world`` rows) being left out, so that every rank takes as many steps of as many rows."""
         if world < 1 or not 0 <= rank < world:
             raise FusekitError(f"rank {rank} of world {world} is not a process of the run; give 0 <= rank < world")
-        return self if world == 1 else self._with(np.arange(rank, len(self), world))
+        if world == 1:
+            return self
+        end = len(self) - len(self) % world if equal else len(self)
+        return self._with(np.arange(rank, end, world))
+
+    def head(self, n: int) -> "Any":
+        """The first ``n`` rows in memory, as :meth:`Split.head` gives them (an export's parity sample)."""
+        return self._with(np.arange(min(n, len(self)))).load()
 
     def steps(self, batch_size: int) -> int:
         """Batches per epoch."""

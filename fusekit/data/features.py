@@ -281,6 +281,8 @@ def as_float(values: pd.Series, name: str, source: str) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        if isinstance(values.index, pd.RangeIndex):  # a record batch of a streamed file says its rows
+            row = int(values.index[row])
         raise FusekitError(
             f"{source}: dense column {name!r} has a non-finite or non-numeric value {values.iloc[row]!r} "
             f"at row {row} ({int(bad.sum())} such rows); clean or impute it"
@@ -298,13 +300,17 @@ def fit_spec(
     source: str = "training data",
 ) -> FeatureSpec:
     """Fit vocabularies (sorted distinct values) and mean/std on ``df`` (the training split only)."""
-    cats = []
-    for name in categorical:
-        values = as_text(df[name])
-        cats.append(CategoricalFeature(name, sorted(str(v) for v in pd.unique(values))))
-    dens = []
-    for name in dense:
-        x = as_float(df[name], name, source)
-        std = float(x.std()) if len(x) else 1.0
-        dens.append(DenseFeature(name, float(x.mean()) if len(x) else 0.0, std if std > 0 else 1.0))
+    cats = [vocabulary_of(name, df[name]) for name in categorical]
+    dens = [scaling_of(name, as_float(df[name], name, source)) for name in dense]
     return FeatureSpec(cats, dens, dataset, list(excluded or []), holdout)
+
+
+def vocabulary_of(name: str, values: pd.Series) -> CategoricalFeature:
+    """A categorical feature fitted on ``values`` (every row's, or only their distinct values: the same)."""
+    return CategoricalFeature(name, sorted(str(v) for v in pd.unique(as_text(values))))
+
+
+def scaling_of(name: str, x: np.ndarray) -> DenseFeature:
+    """A dense feature fitted on every row's value ``x`` (float64): its mean and std (1 when 0)."""
+    std = float(x.std()) if len(x) else 1.0
+    return DenseFeature(name, float(x.mean()) if len(x) else 0.0, std if std > 0 else 1.0)

@@ -90,31 +90,53 @@ def _name_hint(name: str) -> str | None:
 
 def infer_columns(frame: pd.DataFrame, skip: set[str]) -> tuple[list[str], list[str]]:
     """(categorical, dense) feature columns of a frame, by the rule in the module docstring."""
-    categorical, dense = [], []
+    return _decide(_traits(frame, skip))
+
+
+def _traits(frame: pd.DataFrame, skip: set[str]) -> dict:
+    """What decides each feature column's kind: ``"categorical"``/``"dense"`` when its name or dtype
+    does, else its text's (every present value a number, any value present, any with a fraction);
+    the traits of a file's record batches combine (:func:`_combine`) into those of all its rows."""
+    traits: dict = {}
     for name in frame.columns:
-        if name in skip:
+        if name in skip or re.fullmatch(r"(.*_)?id", str(name).lower()):
             continue
         values = frame[name]
-        if re.fullmatch(r"(.*_)?id", str(name).lower()):
-            continue
         hint = _name_hint(str(name))
-        if hint == "categorical":
-            categorical.append(name)
-            continue
-        if hint == "dense":
-            dense.append(name)
-            continue
-        if pd.api.types.is_float_dtype(values):
-            dense.append(name)
+        if hint is not None:
+            traits[name] = hint
+        elif pd.api.types.is_float_dtype(values):
+            traits[name] = "dense"
         elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_integer_dtype(values):
-            categorical.append(name)
+            traits[name] = "categorical"
         else:
             text = values.astype(str).str.strip()
             numeric = pd.to_numeric(text.replace("", np.nan), errors="coerce")
             present = text != ""
-            is_number = bool(numeric[present].notna().all()) and bool(present.any())
-            has_fraction = bool(text.str.contains(r"[.eE]|^nan$|^inf$", regex=True).any())
-            (dense if is_number and has_fraction else categorical).append(name)
+            traits[name] = (bool(numeric[present].notna().all()), bool(present.any()),
+                            bool(text.str.contains(r"[.eE]|^nan$|^inf$", regex=True).any()))
+    return traits
+
+
+def _combine(a: dict, b: dict) -> dict:
+    """The traits of two record batches' rows together (a dtype that decides is the same in both)."""
+    out = dict(a)
+    for name, t in b.items():
+        mine = out.get(name, t)
+        if isinstance(mine, tuple) and isinstance(t, tuple):
+            out[name] = (mine[0] and t[0], mine[1] or t[1], mine[2] or t[2])
+        elif isinstance(mine, tuple) or isinstance(t, tuple):  # a Parquet column typed in one file only
+            out[name] = "categorical"
+        else:
+            out[name] = mine
+    return out
+
+
+def _decide(traits: dict) -> tuple[list[str], list[str]]:
+    categorical, dense = [], []
+    for name, t in traits.items():
+        is_dense = t == "dense" if isinstance(t, str) else t[0] and t[1] and t[2]
+        (dense if is_dense else categorical).append(name)
     return categorical, dense
 
 
@@ -134,6 +156,7 @@ def load_tabular(
     test: Path | None = None,
     kinds: dict | None = None,
     streaming=None,
+    stream_eval: bool = False,
 ) -> TabularDataset:
     """Load a CSV/Parquet dataset (see the module docstring for the layout rules); ``val`` and
     ``test`` name the other splits' files instead of the siblings found by name; ``kinds``
@@ -141,7 +164,9 @@ def load_tabular(
 
     ``streaming`` (a :class:`fusekit.data.batches.StreamOptions`, default auto) decides whether the
     training file is held in memory or read in batches (with ``spec`` given: the models' encoding);
-    the validation and test rows are held in memory either way. ``reading`` on the result says which."""
+    the validation and test rows are held in memory (``stream_eval``: those carved from a streamed file
+    stay :class:`fusekit.data.batches.StreamedSplit` s, read in batches when evaluated). ``reading`` on
+    the result says which."""
     kinds = dict(kinds or {})
     labels = dict(labels or {})
     unknown = sorted(set(labels) - set(tasks))
@@ -165,11 +190,11 @@ def load_tabular(
     if spec is None:
         skip = set(columns.values()) | set(exclude or [])
         if categorical is None and dense is None:
-            categorical, dense = infer_columns(train_df, skip)
+            categorical, dense = infer_columns(train_df, skip) if not streamed else _infer_streamed(file, skip)
         else:
             categorical, dense = list(categorical or []), list(dense or [])
         for name in categorical + dense:
-            if name not in train_df.columns:
+            if name not in (file.columns if streamed else train_df.columns):
                 raise FusekitError(f"{literal(path)} has no feature column {quote(name)}; check {{categorical}} and "
                                    "{dense}", owner=OWNER)
             if name in columns.values():
@@ -177,8 +202,9 @@ def load_tabular(
         if not categorical and not dense:
             raise FusekitError(f"{literal(path)} has no feature columns besides the labels; name them in "
                                "{categorical} or {dense}", owner=OWNER)
-        spec = fit_spec(
-            train_df, categorical, dense, dataset=path.name,
+        fit = _fit_streamed if streamed else fit_spec
+        spec = fit(
+            file if streamed else train_df, categorical, dense, dataset=path.name,
             excluded=sorted(skip), holdout=holdout_dict(holdout, holdout_seed), source=str(path),
         )
     else:
@@ -205,8 +231,10 @@ def load_tabular(
         idx = carve(len(train), ["val", "test"], seed, owner="load_dataset()")
         val_idx, test_idx = idx["val"], idx["test"]
         train, val, test = train.subset(idx["train"]), train.subset(val_idx), train.subset(test_idx)
-        if streamed:  # the carved rows are read into memory; only training streams
+        if streamed and not stream_eval:  # the carved rows are read into memory; only training streams
             val, test = val.load(), test.load()
+        elif streamed:
+            reading = {**reading, "eval": "streamed (validation and test rows carved from the training file)"}
     # Every model of a pool and every later step must see the same split: recorded, then checked.
     keep_split(spec, split_record(seed, {"train": len(train), "val": len(val), "test": len(test)}, val_idx, test_idx),
                fitted, literal(path))
@@ -220,16 +248,51 @@ def _choose_reading(path: Path, spec: FeatureSpec | None, streaming) -> tuple[ob
 
     file, stream, reading = choose_reading(path, streaming)
     if stream and spec is None:
-        if reading["train"].endswith("stream=always)"):
-            raise FusekitError("streaming the training data needs the models' feature specification; without one "
-                               "the encoders are fitted on every row in memory: use {stream='auto'} or "
-                               "{stream='never'}", owner="StreamOptions")
-        stream = False
-        reading = {"train": "in memory" + reading["train"][len("streamed"):]
-                            + " (fitting a feature specification reads every row)", "streamed": False}
+        reading = {"train": reading["train"][:-1] + "; the feature specification fitted in passes over the file)",
+                   "streamed": True}
     if file is None and path.is_dir():
         file = RowFile(path)
     return file, stream, reading
+
+
+def _frames(file, columns: list[str]):
+    """Each record batch of ``columns`` as a pandas frame indexed by its rows in the file."""
+    for offset, table in file.chunks(columns):
+        frame = table.to_pandas()
+        frame.index = pd.RangeIndex(offset, offset + len(frame))
+        yield frame
+
+
+def _infer_streamed(file, skip: set[str]) -> tuple[list[str], list[str]]:
+    """:func:`infer_columns` over every row of a streamed file, one record batch at a time."""
+    traits: dict = {}
+    file.require(file.columns, "the first file has")
+    for frame in _frames(file, file.columns):
+        traits = _combine(traits, _traits(frame, skip))
+    return _decide(traits)
+
+
+def _fit_streamed(file, categorical: list[str], dense: list[str], dataset: str, excluded: list[str],
+                  holdout: dict | None, source: str) -> FeatureSpec:
+    """The specification :func:`fit_spec` fits on the rows in memory, fitted on a streamed file: one
+    pass keeps each categorical column's distinct values (its vocabulary), then one pass per dense
+    column keeps that column's float64 values (8 bytes a row, one column at a time) for its mean and
+    std, so that both are computed as in memory, to the bit."""
+    from fusekit.data.features import as_float, scaling_of, vocabulary_of
+
+    file.require(categorical + dense, "the feature columns need")
+    distinct: dict[str, list[pd.Series]] = {name: [] for name in categorical}
+    if categorical:
+        for frame in _frames(file, categorical):
+            for name in categorical:
+                distinct[name].append(pd.Series(pd.unique(frame[name])))
+    cats = [vocabulary_of(name, pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype=object))
+            for name, parts in distinct.items()]
+    dens = []
+    for name in dense:
+        values = [as_float(frame[name], name, source) for frame in _frames(file, [name])]
+        dens.append(scaling_of(name, np.concatenate(values) if values else np.zeros(0)))
+    return FeatureSpec(cats, dens, dataset, list(excluded or []), holdout)
 
 
 def _whole(file) -> pd.DataFrame:

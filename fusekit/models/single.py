@@ -181,7 +181,8 @@ def check_seeds(**seeds: int) -> None:
 
 def _checked_dataset(data, task: str, out: Path | None, label: str | None, pool_tasks: list[str] | None,
                      holdout: float, holdout_seed: int, seed: int, split_seed: int, data_dir: Path | None,
-                     dataset: TabularDataset | None, force: bool, arch: Architecture) -> TabularDataset:
+                     dataset: TabularDataset | None, force: bool, arch: Architecture,
+                     streaming=None) -> TabularDataset:
     """:func:`train_single`'s checks of its arguments, and its dataset (loaded unless given)."""
     check_seeds(seed=seed, split_seed=split_seed, holdout_seed=holdout_seed)
     if out is not None:
@@ -204,7 +205,8 @@ def _checked_dataset(data, task: str, out: Path | None, label: str | None, pool_
                 raise FusekitError("pool_tasks applies to census-income only; for a file, load it with "
                                    "load_dataset(..., exclude=[columns]) and pass it as dataset")
             dataset = load_dataset(data, [task], labels={task: label or task}, seed=split_seed,
-                                   holdout=holdout, holdout_seed=holdout_seed)
+                                   holdout=holdout, holdout_seed=holdout_seed, streaming=streaming,
+                                   stream_eval=True)
     return dataset
 
 
@@ -226,6 +228,7 @@ def train_single(
     train_rows: int | None = None,
     dataset: TabularDataset | None = None,
     force: bool = False,
+    streaming=None,
 ) -> SingleResult | None:
     """Load ``data`` (``census-income`` or a CSV/Parquet path), train a model for ``task``, report
     its test metrics and export it to ``out`` (skipped when ``out`` is None).
@@ -235,13 +238,14 @@ def train_single(
     ``holdout``: fraction of the training split kept out (recorded in the spec with ``holdout_seed``,
     which is independent of the training ``seed`` so that a whole pool shares one holdout); likewise
     ``split_seed`` fixes the validation/test split so that the pool's test AUCs are comparable.
-    ``force``: replace an existing ``out``. Under torchrun every rank trains and rank 0 alone
+    ``force``: replace an existing ``out``. ``streaming`` (``fusekit.stream_config.StreamOptions``): whether
+    a training file is read in batches (its feature specification fitted in passes over it). Under torchrun every rank trains and rank 0 alone
     exports; the other ranks return None.
     """
     arch = arch or Architecture()
     with distributed.agreement("checking the inputs"):
         dataset = _checked_dataset(data, task, out, label, pool_tasks, holdout, holdout_seed, seed, split_seed,
-                                   data_dir, dataset, force, arch)
+                                   data_dir, dataset, force, arch, streaming)
     config = config or TrainConfig(seed=seed)
     began = time.perf_counter()
     model, result, test_metrics, n_rows = train_on_dataset(dataset, task, arch, config, train_rows)

@@ -37,23 +37,28 @@ class InputLayout:
 
     @classmethod
     def from_split(cls, split: Split) -> "InputLayout":
-        """The layout of ``split``'s inputs (the training rows): ids per column are 0..the largest seen."""
+        """The layout of ``split``'s inputs (the training rows): ids per column are 0..the largest seen.
+        A split streamed from a file (``fusekit.data.batches.StreamedSplit``) is read once, batch by
+        batch, keeping only each column's largest id."""
         cards: dict[str, tuple[int, ...]] = {}
         widths: dict[str, int] = {}
-        for name, array in split.inputs.items():
-            flat = np.asarray(array).reshape(len(array), -1)
-            if _is_integer(flat):
-                flat = flat.astype(np.int64)
-                if flat.size and flat.min() < 0:
-                    raise FusekitError(f"input {literal(name)} holds the negative id {int(flat.min())}; baselines "
-                                       "embed integer inputs as ids 0, 1, 2, ...: encode its values as such ids")
-                cards[name] = tuple(int(c) + 1 for c in (flat.max(axis=0) if len(flat) else np.zeros(flat.shape[1])))
-            elif np.issubdtype(flat.dtype, np.floating):
-                widths[name] = int(flat.shape[1])
-            else:
-                raise FusekitError(f"input {literal(name)} has dtype {flat.dtype}; baselines read integer ids and "
-                                   "float features: give it as numbers")
-        return cls(tuple(split.inputs), cards, widths)
+        chunks = (inputs for inputs, _ in split.batches(65536)) if hasattr(split, "batches") else [split.inputs]
+        for inputs in chunks:
+            for name, array in inputs.items():
+                flat = np.asarray(array).reshape(len(array), -1)
+                if _is_integer(flat):
+                    flat = flat.astype(np.int64)
+                    if flat.size and flat.min() < 0:
+                        raise FusekitError(f"input {literal(name)} holds the negative id {int(flat.min())}; baselines "
+                                           "embed integer inputs as ids 0, 1, 2, ...: encode its values as such ids")
+                    seen = tuple(int(c) + 1 for c in (flat.max(axis=0) if len(flat) else np.zeros(flat.shape[1])))
+                    cards[name] = tuple(map(max, cards[name], seen)) if name in cards else seen
+                elif np.issubdtype(flat.dtype, np.floating):
+                    widths[name] = int(flat.shape[1])
+                else:
+                    raise FusekitError(f"input {literal(name)} has dtype {flat.dtype}; baselines read integer ids and "
+                                       "float features: give it as numbers")
+        return cls(tuple(split.input_names), cards, widths)
 
     @property
     def all_cardinalities(self) -> list[int]:
