@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so that pip does not pull a multi-GB CUDA build; override on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test wheel-check bench-speed bench-paper bench-paired bench-variants bench-pools clean
+.PHONY: venv demo test wheel-check bench-speed bench-paper bench-paired bench-ideas bench-variants bench-pools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,15 @@ bench-paired: $(STAMP)
 		--methods sources,average,adatt,emm,emm-finetune --threads 1 -o benchmarks/results/paired/census2 & \
 	$(BIN)/python -m fusekit bench census-income --tasks income,never_married,education --no-three-tasks --splits 5 \
 		--seeds 3 --methods sources,average,mmoe,emm,emm-finetune --threads 1 -o benchmarks/results/paired/census3; wait
+
+# The README's "closing the gap" variants against the default (resumable, as bench-paired).
+bench-ideas: $(STAMP)
+	$(BIN)/python -m fusekit bench census-income --tasks income,never_married --no-three-tasks --splits 5 --seeds 3 \
+		--methods sources,average,adatt,emm,emm-finetune,emm-all-rows,emm-finetune-all-rows --threads 1 \
+		-o benchmarks/results/paired/ideas/census2 & \
+	$(BIN)/python -m fusekit bench census-income --tasks income,never_married,education --no-three-tasks --splits 5 \
+		--seeds 1 --methods sources,average,mmoe,emm,emm-finetune,emm-all-rows,emm-finetune-all-rows --threads 1 \
+		-o benchmarks/results/paired/ideas/census3; wait
 
 # The fusion-option study of the README (about 40 minutes on 2 cores).
 bench-variants: $(STAMP)
