@@ -33,7 +33,7 @@ def comparison_table(rows: list[dict], fused_onnx_scores: dict[str, float]) -> s
         sources = ", ".join(f"{m} {a:.5f}" for m, a in row["sources"].items())
         fused = fused_onnx_scores[row["task"]]
         lines.append(f"{row['task']:<15} {SCORE_LABEL[row['score']]:<9} {sources:<48} {row['average']:>8.5f} "
-                     f"{fused:>8.5f} {fused - row['average']:>+9.5f}")
+                     f"{fused:>8.5f} {round(fused - row['average'], 5) + 0.0:>+9.5f}")  # + 0.0: no "-0.00000"
     return "\n".join(lines)
 
 

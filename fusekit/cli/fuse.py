@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     for row in result.rows:
         sources = "  ".join(f"{name} {score:.5f}" for name, score in row["sources"].items())
         print(f"{row['task']:<16}{SCORE_LABEL[row['score']]:<10}{row['fused']:>9.5f}{row['average']:>9.5f}"
-              f"{row['fused'] - row['average']:>+10.5f}  {sources}")
+              f"{round(row['fused'] - row['average'], 5) + 0.0:>+10.5f}  {sources}")  # + 0.0: no "-0.00000"
     for task, entry in m["per_task"].items():
         if entry.get("restored_average"):
             print(f"{task}: the trained fusion scored below the sources' average on validation "
