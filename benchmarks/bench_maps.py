@@ -24,7 +24,6 @@ import os
 os.environ["OMP_NUM_THREADS"] = "1"  # before torch and onnxruntime load: every timing on one thread
 
 import argparse  # noqa: E402
-import collections  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -38,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_fuse import _block_medians  # noqa: E402
+from bench_fuse import _block_medians, op_type_us  # noqa: E402
 from fusekit.data.dataset import Split, TabularDataset  # noqa: E402
 from fusekit.decompose.pipeline import decompose  # noqa: E402
 from fusekit.fusion.fuse import build, export, prepare, train  # noqa: E402
@@ -78,22 +77,8 @@ def serving(fused: Path, sources: list[Path], x: np.ndarray, name: str, repeats:
 
 def profile(path: Path, x: np.ndarray, name: str, batch: int, calls: int = 50) -> list[tuple[str, float]]:
     """Microseconds per call spent in each op type (onnxruntime's profiler), most costly first."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.enable_profiling = True
-    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="bench_maps-prof-")) / "p")
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feeds = {name: np.ascontiguousarray(x[:batch])}
-    for _ in range(calls):
-        sess.run(None, feeds)
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    per_op: collections.Counter = collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            per_op[event["args"]["op_name"]] += event["dur"] / calls
-    return per_op.most_common(8)
+    return op_type_us(path, {name: np.ascontiguousarray(x[:batch])}, calls,
+                      Path(tempfile.mkdtemp(prefix="bench_maps-prof-"))).most_common(8)
 
 
 def main() -> int:

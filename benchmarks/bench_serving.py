@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_fuse import _block_medians  # noqa: E402
+from bench_fuse import _block_medians, op_type_us  # noqa: E402
 from bench_pools import Budget, decompose_pool, foreign_pool, mixed_pool  # noqa: E402
 from fusekit.fusion import fuse as fuse_steps  # noqa: E402
 from fusekit.onnxio.sessions import session  # noqa: E402
@@ -76,28 +76,14 @@ def time_pool(fused: Path, sources: list[Path], test, repeats: int) -> dict:
 def profile(model_path: Path, test, batch: int = 4096, calls: int = 30) -> dict:
     """Per op type: share of the node time at ``batch`` (onnxruntime's profiler) and node counts
     after onnxruntime's optimisations."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(model_path.parent / "ort_profile")
-    opts.optimized_model_filepath = str(model_path.parent / "ort_optimized.onnx")
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    feeds = {k: np.ascontiguousarray(a) for k, a in test.head(batch).arrays().items() if k in names}
-    for _ in range(calls):
-        sess.run(None, feeds)
-    trace = json.loads(Path(sess.end_profiling()).read_text())
-    per_op: collections.Counter = collections.Counter()
-    for ev in trace:
-        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
-            per_op[ev["args"]["op_name"]] += ev["dur"]
+    optimized_path = model_path.parent / "ort_optimized.onnx"
+    per_op = op_type_us(model_path, lambda names: {k: np.ascontiguousarray(a) for k, a in
+                                                   test.head(batch).arrays().items() if k in names},
+                        calls, model_path.parent, optimized_path)
     total = sum(per_op.values()) or 1
-    optimized = onnx.load(opts.optimized_model_filepath)
-    counts = collections.Counter(n.op_type for n in optimized.graph.node)
+    counts = collections.Counter(n.op_type for n in onnx.load(str(optimized_path)).graph.node)
     return {"share": {op: round(d / total, 3) for op, d in per_op.most_common()},
-            "us_per_call": round(total / calls, 1), "nodes": dict(counts.most_common()),
+            "us_per_call": round(total, 1), "nodes": dict(counts.most_common()),
             "node_total": sum(counts.values())}
 
 
