@@ -21,8 +21,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m fusekit demo --force
 
+# Two pytest workers, each taking whole test files (module fixtures are built once); on a machine
+# with more cores raise it: `make test TEST_WORKERS=8`. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # A user's install: wheel -> fresh venv -> `fusekit demo` from another folder.
 wheel-check: $(STAMP)
