@@ -66,10 +66,12 @@ def test_streamed_epoch_holds_the_rows_held_in_memory(pool, folder, source):
     # Ids are given out as the models take them, never as the int32 the buffer holds.
     assert inputs["categorical"].dtype == np.int64 and inputs["dense"].dtype == np.float32
     np.testing.assert_array_equal(_rows(inputs, labels), _rows(memory.train.inputs, memory.train.labels))
-    # The carved validation and test rows are the in-memory path's, in memory.
+    # The carved validation and test rows are the in-memory path's; stream=always reads them from the file too.
     for part in ("val", "test"):
-        np.testing.assert_array_equal(getattr(streamed, part).cat, getattr(memory, part).cat)
+        assert isinstance(getattr(streamed, part), StreamedSplit)
+        np.testing.assert_array_equal(getattr(streamed, part).load().cat, getattr(memory, part).cat)
         np.testing.assert_array_equal(getattr(streamed, part).labels["income"], getattr(memory, part).labels["income"])
+    assert "carved validation and test rows: streamed" in streamed.reading["eval"]
     held = _joined(_epoch(streamed.train, 1000, seed=None))  # unshuffled: file order
     np.testing.assert_array_equal(held[0]["dense"], memory.train.dense)
 
@@ -139,6 +141,10 @@ def test_auto_keeps_small_files_in_memory_and_streams_above_the_budget(pool):
     tight = load_dataset(pool["csv"], list(TASKS), labels=LABELS, spec=spec,
                          streaming=StreamOptions(memory_budget=1))
     assert tight.reading["streamed"] and "above the 1 MB budget" in tight.reading["train"]
+    # The carved validation and test rows (a fifth of the file) fit the same budget: loaded once, not streamed.
+    assert len(tight.val) + len(tight.test) < 0.25 * (len(tight.train) + len(tight.val) + len(tight.test))
+    assert "eval" not in tight.reading
+    assert not isinstance(tight.val, StreamedSplit) and not isinstance(tight.test, StreamedSplit)
     # Without the models' specification the encoders are fitted in passes over the file.
     fitted = load_dataset(pool["csv"], list(TASKS), labels=LABELS, categorical=CATEGORICAL, dense=DENSE,
                           streaming=StreamOptions(memory_budget=1))
@@ -172,7 +178,7 @@ def test_a_specification_fitted_on_a_streamed_file_is_the_one_fitted_in_memory(p
         held = _joined(_epoch(streamed.train, 1000, seed=None))
         np.testing.assert_array_equal(held[0]["categorical"], memory.train.cat)
         np.testing.assert_array_equal(held[0]["dense"], memory.train.dense)
-        np.testing.assert_array_equal(streamed.val.cat, memory.val.cat)
+        np.testing.assert_array_equal(streamed.val.load().cat, memory.val.cat)  # stream=always: read from the file
 
 
 def test_a_folder_file_without_a_column_is_refused_in_one_line(pool, tmp_path):
@@ -238,7 +244,8 @@ def test_named_inputs_stream_with_the_casts_of_the_in_memory_reader(tmp_path, ki
     np.testing.assert_array_equal(rows(got["item id"], got["w"], labels),
                                   rows(memory.train.inputs["item id"], memory.train.inputs["w"],
                                        memory.train.labels["clicked"]))
-    np.testing.assert_array_equal(streamed.val.inputs["w"], memory.val.inputs["w"])
+    assert isinstance(streamed.val, StreamedSplit) and "carved val and test: streamed" in streamed.report.reading["eval"]
+    np.testing.assert_array_equal(streamed.val.load().inputs["w"], memory.val.inputs["w"])
     # The baselines' layout of named inputs (ids 0..the largest seen), read batch by batch.
     from fusekit.models.baselines.inputs import InputLayout
 
@@ -331,7 +338,7 @@ def test_bench_trains_its_baselines_on_a_streamed_parquet_file_and_says_so(pool,
 
 
 def test_streamed_validation_and_test_rows_score_as_the_rows_in_memory(pool, folder):
-    """Carved from a streamed file and kept streamed (stream_eval): fit's validation scores, evaluate
+    """Carved from a streamed file and kept streamed (stream=always): fit's validation scores, evaluate
     and predict give the in-memory numbers (the same rows in the same order, read batch by batch)."""
     from fusekit.models.architecture import Architecture
     from fusekit.models.single import build_model
@@ -339,7 +346,7 @@ def test_streamed_validation_and_test_rows_score_as_the_rows_in_memory(pool, fol
 
     spec = pool["ds"].spec
     memory = _load(pool["csv"], spec, "never")
-    streamed = load_dataset(folder, list(TASKS), labels=LABELS, spec=spec, stream_eval=True,
+    streamed = load_dataset(folder, list(TASKS), labels=LABELS, spec=spec,
                             streaming=StreamOptions(stream="always", shuffle_buffer=700))
     assert isinstance(streamed.val, StreamedSplit) and isinstance(streamed.test, StreamedSplit)
     assert "streamed" in streamed.reading["eval"]

@@ -199,3 +199,56 @@ def test_sources_with_large_logits_fuse_to_the_exact_logit_of_their_average(fore
         got = fused[task].astype(np.float64).reshape(-1)
         assert np.isfinite(got).all() and np.abs(expected).max() > 30
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_validation_and_test_files_read_in_batches_score_as_held_in_memory(foreign, tmp_path):
+    """stream=always reads the --val and --test Parquet files batch by batch wherever fuse uses them
+    (early stopping, the guard, the sources' scores, the export's parity check, the gate statistics):
+    the sources and their average score exactly as on the rows held in memory, and so does eval."""
+    import json
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fusekit.data.batches import StreamedSplit
+    from fusekit.deploy.evaluate import evaluate_onnx
+    from fusekit.fusion.fuse import load_sources, source_outputs
+    from fusekit.stream_config import StreamOptions
+    from fusekit.task_kinds import TaskKind
+
+    files = {}
+    for part in ("train", "val", "test"):
+        split = getattr(foreign["ds"], part)
+        frame = pd.DataFrame({**split.inputs, **{t: y.astype(np.int64) for t, y in split.labels.items()}})
+        files[part] = tmp_path / f"{part}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), files[part], row_group_size=250)
+    streaming = StreamOptions(stream="always", shuffle_buffer=1000)
+    options = FuseOptions(training=TrainConfig(max_epochs=1, progress=False, device="cpu", eval_batch_size=256),
+                          val=files["val"], test=files["test"], streaming=streaming)
+    plan = prepare(foreign["parts"], TASKS, files["train"], options)
+    assert isinstance(plan.val, StreamedSplit) and isinstance(plan.test, StreamedSplit)
+    held = prepare(foreign["parts"], TASKS, foreign["ds"], FuseOptions())
+    sources = load_sources(held.parts, held.model_names, output_index=held.output_index)
+    streamed_out = source_outputs(sources, held.parts.input_names, plan.test, batch_size=256)  # 6 batches
+    for name, out in source_outputs(sources, held.parts.input_names, held.test).items():
+        np.testing.assert_array_equal(streamed_out[name], out)
+
+    result = fuse(foreign["parts"], TASKS, files["train"], tmp_path / "out", options)
+    metrics = result.metrics
+    assert "val: streamed" in metrics["data"]["reading"]["eval"] and "test: streamed" in metrics["data"]["reading"]["eval"]
+    assert metrics["onnx_parity_max_abs_diff"] <= 1e-5
+    kind = TaskKind("binary", None, "logit", (1,))
+    for task, models in TASKS.items():
+        y = held.test.labels[task]
+        entry = metrics["per_task"][task]
+        for m in models:
+            assert entry["sources_test_score"][m] == pytest.approx(kind.score(y, streamed_out[m]), abs=1e-12)
+        assert entry["average_test_score"] == pytest.approx(
+            kind.mix_metrics(y, kind.average([streamed_out[m] for m in models]))["auc"], abs=1e-12)
+    gates = json.loads((tmp_path / "out" / "gates.json").read_text())
+    assert gates["rows"] == len(held.test)  # every test row, read batch by batch
+    assert all(sum(t["task_gate"].values()) == pytest.approx(1, abs=1e-6) for lvl in gates["levels"] for t in lvl["tasks"].values())
+    evaluation = evaluate_onnx(tmp_path / "out" / "fused.onnx", files["train"], val=files["val"], test=files["test"],
+                               device="cpu")
+    assert evaluation.scores == pytest.approx({t: metrics["per_task"][t]["test_score"] for t in TASKS}, abs=1e-6)

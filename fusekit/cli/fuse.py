@@ -134,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if m.get("data", {}).get("reading"):
         print(f"data: training rows {m['data']['reading']['train']}", file=sys.stderr)
+        if "eval" in m["data"]["reading"]:
+            print(f"data: validation and test {m['data']['reading']['eval']}", file=sys.stderr)
     print(f"fused {len(tasks)} tasks ({options.fusion.mode} mode) on {m['device']} in {m['total_seconds']:.0f} s, "
           f"{m['epochs']} epochs (best {m['best_epoch']}), trained on {m['rows']['train']} rows "
           f"({m['rows']['train_source']})")

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                                    seed=args.split_seed, holdout=args.holdout, holdout_seed=args.holdout_seed,
                                    categorical=args.categorical, dense=args.dense, exclude=args.exclude,
                                    kinds={args.task: args.task_kind} if args.task_kind else None,
-                                   streaming=streaming, stream_eval=True)
+                                   streaming=streaming)
     result = train_single(args.data, args.task, args.output, pool_tasks=args.pool_tasks, arch=arch,
                           holdout=args.holdout, holdout_seed=args.holdout_seed, seed=args.seed,
                           split_seed=args.split_seed, config=config,
@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         return 0  # another process of a torchrun run (rank 0) exports and prints
     if dataset is not None and dataset.reading and not args.json:
         print(f"data: training rows {dataset.reading['train']}", file=sys.stderr)
+        if "eval" in dataset.reading:
+            print(f"data: validation and test {dataset.reading['eval']}", file=sys.stderr)
     if args.json:
         print_json({**result.to_dict(), **({"reading": dataset.reading} if dataset is not None else {})})
     else:

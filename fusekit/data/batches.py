@@ -358,6 +358,11 @@ class StreamedSplit:
         keep = perm[end:] if perm is not None else slice(end, n)
         return [({k: arrays[k][keep] for k in names}, positions[keep])]
 
+    def input_batches(self, batch_size: int) -> Iterator[dict]:
+        """The model inputs in file order, ``batch_size`` rows at a time (as :meth:`Split.input_batches`)."""
+        for inputs, _ in self.batches(batch_size):
+            yield inputs
+
     def load(self) -> "Any":
         """Every row in memory as a :class:`fusekit.data.dataset.Split` (inputs in the ``fed`` dtypes)."""
         from fusekit.data.dataset import Split

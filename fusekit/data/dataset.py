@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -74,6 +75,12 @@ class Split:
     def head(self, n: int) -> "Split":
         """The first ``n`` rows."""
         return self.subset(np.arange(min(n, len(self))))
+
+    def input_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """The model inputs in row order, ``batch_size`` rows at a time (views, no copy); a streamed split
+        (:class:`fusekit.data.batches.StreamedSplit`) gives its rows the same way, read from its file."""
+        for start in range(0, len(self), batch_size):
+            yield {name: a[start:start + batch_size] for name, a in self.inputs.items()}
 
 
 @dataclass

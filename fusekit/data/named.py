@@ -733,8 +733,8 @@ def read_splits(train: Path | str, val: Path | str | None = None, test: Path | s
     files. A split not given as a file is carved from the training file (see :func:`carve`), the
     same rows for every task, and the partition recorded in the report. ``streaming``
     (``fusekit.stream_config.StreamOptions``): whether the training file's rows are read in batches
-    (``fusekit.data.batches.StreamedSplit``, cast batch by batch as here); validation and test rows are
-    held in memory.
+    (``fusekit.data.batches.StreamedSplit``, cast batch by batch as here), and so are validation and test
+    files by the same rule; rows carved from a streamed file stream when together they would not fit.
     """
     from fusekit.data.batches import choose_reading
 
@@ -745,11 +745,14 @@ def read_splits(train: Path | str, val: Path | str | None = None, test: Path | s
         files["test"] = Path(test)
     for path in files.values():
         _check_file(path)
-    stream_file, streamed, reading = choose_reading(files["train"], streaming)
-    reads = {part: _streamed_read(stream_file, inputs, tasks, labels, classes, index_inputs, streaming)
-             if part == "train" and streamed else
+    # Each file is read in batches or held in memory by the same rule (the budget of ``streaming``).
+    chosen = {part: choose_reading(path, streaming) for part, path in files.items()}
+    reading = chosen["train"][2]
+    reads = {part: _streamed_read(chosen[part][0], inputs, tasks, labels, classes, index_inputs, streaming)
+             if chosen[part][1] else
              read_named(path, inputs, tasks, labels=labels, classes=classes, index_inputs=index_inputs)
              for part, path in files.items()}
+    eval_reading = {part: chosen[part][2]["train"] for part in ("val", "test") if part in files}
     base = reads["train"]
     carved = [p for p in ("val", "test") if p not in files]
     idx = carve(base.rows, carved, seed) if carved else {"train": np.arange(base.rows)}
@@ -768,9 +771,18 @@ def read_splits(train: Path | str, val: Path | str | None = None, test: Path | s
                         labels=_label_reads(reads), ignored=ignored, partition=partition, reading=reading)
     split = {p: parts[p].split(idx[p] if p in carved or (p == "train" and carved) else None)
              for p in ("train", "val", "test")}
-    for part in ("val", "test"):  # carved from a streamed file: held in memory, only training streams
-        if hasattr(split[part], "load"):
-            split[part] = split[part].load()
+    carved_streamed = [p for p in carved if hasattr(split[p], "load")]
+    if carved_streamed:  # carved from a streamed file: kept streamed only when they would not fit the budget
+        from fusekit.stream_config import StreamOptions
+
+        stream, why = (streaming or StreamOptions()).decide(sum(len(split[p]) for p in carved_streamed),
+                                                            len(chosen["train"][0].columns))
+        eval_reading["carved " + " and ".join(carved_streamed)] = why
+        if not stream:
+            for part in carved_streamed:
+                split[part] = split[part].load()
+    if any(why.startswith("streamed") for why in eval_reading.values()):
+        report.reading = {**report.reading, "eval": "; ".join(f"{p}: {w}" for p, w in eval_reading.items())}
     return NamedSplits(split["train"], split["val"], split["test"], report)
 
 

@@ -33,7 +33,6 @@ def load_dataset(
     test: Path | None = None,
     kinds: Mapping[str, object] | None = None,
     streaming=None,
-    stream_eval: bool = False,
 ) -> TabularDataset:
     """Load and encode ``"census-income"`` or a CSV/Parquet file for ``tasks``.
 
@@ -42,9 +41,8 @@ def load_dataset(
     are removed from the inputs. Files: ``labels`` maps task -> label column (default: same
     name); ``categorical``/``dense`` name the feature columns (default: inferred), ``exclude``
     drops columns. ``holdout`` (fraction, seeded by ``holdout_seed``) is recorded in the spec.
-    ``streaming`` (``fusekit.stream_config.StreamOptions``): whether a training file is read in batches;
-    ``stream_eval``: the validation and test rows carved from a streamed file stay streamed too (read in
-    batches whenever they are evaluated) instead of being loaded into memory.
+    ``streaming`` (``fusekit.stream_config.StreamOptions``): whether each data file (and the validation and
+    test rows carved from a streamed one) is read in batches or held in memory.
     """
     if not tasks:
         raise FusekitError("no task given; name at least one task")
@@ -63,7 +61,7 @@ def load_dataset(
     return load_tabular(
         Path(source), list(tasks), labels=labels, spec=spec, seed=seed, holdout=holdout,
         holdout_seed=holdout_seed, categorical=categorical, dense=dense, exclude=exclude, val=val, test=test,
-        kinds=dict(kinds) if kinds else None, streaming=streaming, stream_eval=stream_eval,
+        kinds=dict(kinds) if kinds else None, streaming=streaming,
     )
 
 

@@ -156,7 +156,6 @@ def load_tabular(
     test: Path | None = None,
     kinds: dict | None = None,
     streaming=None,
-    stream_eval: bool = False,
 ) -> TabularDataset:
     """Load a CSV/Parquet dataset (see the module docstring for the layout rules); ``val`` and
     ``test`` name the other splits' files instead of the siblings found by name; ``kinds``
@@ -164,9 +163,9 @@ def load_tabular(
 
     ``streaming`` (a :class:`fusekit.data.batches.StreamOptions`, default auto) decides whether the
     training file is held in memory or read in batches (with ``spec`` given: the models' encoding);
-    the validation and test rows are held in memory (``stream_eval``: those carved from a streamed file
-    stay :class:`fusekit.data.batches.StreamedSplit` s, read in batches when evaluated). ``reading`` on
-    the result says which."""
+    the validation and test files are decided the same way, and so are the rows carved from a streamed
+    training file (together); those that stream stay :class:`fusekit.data.batches.StreamedSplit` s,
+    read in batches whenever they are evaluated. ``reading`` on the result says which and why."""
     kinds = dict(kinds or {})
     labels = dict(labels or {})
     unknown = sorted(set(labels) - set(tasks))
@@ -179,8 +178,6 @@ def load_tabular(
     train_df = None if streamed else read_table(path) if file is None or path.is_file() else _whole(file)
     val_path = Path(val) if val is not None else _sibling(path, ("val", "valid", "validation"))
     test_path = Path(test) if test is not None else _sibling(path, ("test",))
-    val_df = read_table(val_path) if val_path else None
-    test_df = read_table(test_path) if test_path else None
 
     if streamed:
         train_labels = _streamed_labels(file, columns, str(path), kinds)
@@ -217,24 +214,25 @@ def load_tabular(
         cat, dns = spec.encode(train_df, str(path))
         train = Split.tabular(cat, dns, train_labels)
 
-    if val_df is not None and test_df is not None:
-        val = _encoded(val_df, spec, columns, str(val_path), kinds)
-        test = _encoded(test_df, spec, columns, str(test_path), kinds)
+    if test_path is None and val_path is not None:
+        raise FusekitError(f"{val_path} exists but no test file beside it; add the test file")
+    eval_reading = {}
+    if val_path is not None:
+        val, eval_reading["val"] = _eval_split(val_path, spec, columns, kinds, streaming)
+        test, eval_reading["test"] = _eval_split(test_path, spec, columns, kinds, streaming)
         val_idx, test_idx = np.arange(len(val)), np.arange(len(test))
-    elif test_df is not None:
-        rest = _encoded(test_df, spec, columns, str(test_path), kinds)
+    elif test_path is not None:
+        rest, eval_reading["test"] = _eval_split(test_path, spec, columns, kinds, streaming)
         val_idx, test_idx = seeded_halves(len(rest), seed)
         val, test = rest.subset(val_idx), rest.subset(test_idx)
     else:
-        if val_df is not None:
-            raise FusekitError(f"{val_path} exists but no test file beside it; add the test file")
         idx = carve(len(train), ["val", "test"], seed, owner="load_dataset()")
         val_idx, test_idx = idx["val"], idx["test"]
         train, val, test = train.subset(idx["train"]), train.subset(val_idx), train.subset(test_idx)
-        if streamed and not stream_eval:  # the carved rows are read into memory; only training streams
-            val, test = val.load(), test.load()
-        elif streamed:
-            reading = {**reading, "eval": "streamed (validation and test rows carved from the training file)"}
+        if streamed:
+            val, test, eval_reading["carved validation and test rows"] = _carved_eval(file, val, test, streaming)
+    if any(why.startswith("streamed") for why in eval_reading.values()):
+        reading = {**reading, "eval": "; ".join(f"{part}: {why}" for part, why in eval_reading.items())}
     # Every model of a pool and every later step must see the same split: recorded, then checked.
     keep_split(spec, split_record(seed, {"train": len(train), "val": len(val), "test": len(test)}, val_idx, test_idx),
                fitted, literal(path))
@@ -321,6 +319,28 @@ def _streamed_split(file, spec: FeatureSpec, columns: dict[str, str], labels: di
     file.require(spec.columns, "the feature specification needs")
     return StreamedSplit(file, spec.columns, spec_encoder(spec, where), {"categorical": "int64", "dense": "float32"},
                          labels, buffer_rows=(streaming or StreamOptions()).shuffle_buffer)
+
+
+def _eval_split(path: Path, spec: FeatureSpec, columns: dict[str, str], kinds: dict, streaming):
+    """A validation or test file, encoded with ``spec``, and how it was read: in batches when its rows
+    would not fit the memory budget (as a training file is decided), else held in memory."""
+    file, streamed, reading = _choose_reading(Path(path), spec, streaming)
+    if streamed:
+        labels = _streamed_labels(file, columns, str(path), kinds)
+        return _streamed_split(file, spec, columns, labels, str(path), streaming), reading["train"]
+    frame = _whole(file) if file is not None and Path(path).is_dir() else read_table(path)
+    return _encoded(frame, spec, columns, str(path), kinds), reading["train"]
+
+
+def _carved_eval(file, val, test, streaming) -> tuple[object, object, str]:
+    """The validation and test rows carved from a streamed training file: kept streamed (read from the
+    file at each evaluation) when together they would not fit the memory budget, else loaded once."""
+    from fusekit.stream_config import StreamOptions
+
+    stream, why = (streaming or StreamOptions()).decide(len(val) + len(test), len(file.columns))
+    if not stream:
+        return val.load(), test.load(), why
+    return val, test, why
 
 
 def _task_kinds(kinds: dict, train: Split) -> dict:

@@ -36,29 +36,40 @@ def export_fused(model: FusedModel, path: Path, example: tuple[torch.Tensor, ...
                        dynamic_axes=dynamic_axes)
 
 
-def check_parity(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarray], tol: float = 1e-5,
-                 batch_size: int = 8192) -> float:
-    """Max abs difference of the outputs between torch and onnxruntime on ``arrays``.
-
-    Raises FusekitError above ``tol``.
+def check_parity(model: FusedModel, onnx_path: Path, data, tol: float = 1e-5, batch_size: int = 8192) -> float:
+    """Max abs difference of the outputs between torch and onnxruntime on ``data`` (arrays by input
+    name, or a split, held or streamed). Raises FusekitError above ``tol``.
     """
-    return parity_and_outputs(model, onnx_path, arrays, tol, batch_size)[0]
+    return parity_and_outputs(model, onnx_path, data, tol, batch_size)[0]
 
 
-def parity_and_outputs(model: FusedModel, onnx_path: Path, arrays: dict[str, np.ndarray], tol: float = 1e-5,
+def parity_and_outputs(model: FusedModel, onnx_path: Path, data, tol: float = 1e-5,
                        batch_size: int = 8192) -> tuple[float, dict[str, np.ndarray]]:
-    """:func:`check_parity`, also returning onnxruntime's outputs per task (what deployment sees)."""
+    """:func:`check_parity`, also returning onnxruntime's outputs per task (what deployment sees).
+
+    Compared batch by batch, so a split read from its file is never held whole; only the outputs are."""
     from fusekit.onnxio.sessions import run, session
 
     sess, _ = session(onnx_path, device="cpu")
-    got = run(sess, arrays, batch_size)
     model = model.cpu().eval()
-    expected = torch_outputs(DeployedOutputs(model), [arrays[n] for n in model.input_names], batch_size)
-    # Compared in mix space (probabilities, values): see export_onnx's ``compare_as``.
+    deployed = DeployedOutputs(model)
     kinds = [model.task_kinds[t] for t in model.task_names]
-    worst = max_abs_diff([k.probabilities(e) for k, e in zip(kinds, expected)],
-                         [k.probabilities(got[t]) for k, t in zip(kinds, model.task_names)])
+    batches = ({n: a[start:start + batch_size] for n, a in data.items()} for start in range(0, max(_rows(data), 1), batch_size)) \
+        if isinstance(data, dict) else data.input_batches(batch_size)
+    worst, got = 0.0, {t: [] for t in model.task_names}
+    for batch in batches:
+        ran = run(sess, batch, batch_size)
+        expected = torch_outputs(deployed, [batch[n] for n in model.input_names], batch_size)
+        # Compared in mix space (probabilities, values): see export_onnx's ``compare_as``.
+        worst = max(worst, max_abs_diff([k.probabilities(e) for k, e in zip(kinds, expected)],
+                                        [k.probabilities(ran[t]) for k, t in zip(kinds, model.task_names)]))
+        for t in model.task_names:
+            got[t].append(ran[t])
     if not worst <= tol:
         raise FusekitError(f"fused.onnx differs from the torch model by {worst:.2e} (> {tol:.0e}) on the test data; "
                            "this is a fusekit bug, please report it")
-    return worst, {task: got[task] for task in model.task_names}
+    return worst, {t: np.concatenate(v) for t, v in got.items()}
+
+
+def _rows(arrays: dict[str, np.ndarray]) -> int:
+    return len(next(iter(arrays.values()))) if arrays else 0

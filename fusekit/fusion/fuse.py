@@ -123,7 +123,7 @@ def load_data(data, tasks: Mapping[str, object], spec, options: FuseOptions, par
 
 def check_inputs(parts: Manifest, split: Split) -> None:
     """The data holds every input the models take, with the fixed dims the models record."""
-    arrays = split.arrays()
+    arrays = split.head(2).arrays()  # a streamed split reads only its first rows
     missing = [spec.name for spec in parts.inputs if spec.name not in arrays]
     if missing:
         raise FusekitError(f"the data has no input(s) {literal(', '.join(missing))} that the models take (it holds "
@@ -389,11 +389,10 @@ def source_outputs(sources: dict[str, SourceModel], input_names: list[str], spli
                    batch_size: int = 16384) -> dict[str, np.ndarray]:
     """Each source model's task output on ``split``, computed through its own components and head
     by the batched runner that also gives the fused model's torch outputs."""
-    from fusekit.onnxio.export import torch_outputs
+    from fusekit.onnxio.export import torch_outputs_of
 
-    arrays = split.arrays()
-    outputs = torch_outputs(SourcePaths(sources, input_names), [arrays[n] for n in input_names], batch_size)
-    return dict(zip(sources, outputs))
+    batches = ([b[n] for n in input_names] for b in split.input_batches(batch_size))
+    return dict(zip(sources, torch_outputs_of(SourcePaths(sources, input_names), batches)))
 
 
 
@@ -483,12 +482,12 @@ def export(plan: FusePlan, model: FusedModel, path: Path) -> Exported:
                 "fusekit.task_models": json.dumps(plan.tasks)}
     if plan.spec is not None:
         metadata["fusekit.feature_spec"] = plan.spec.to_json()
-    arrays = test.arrays()
-    example = tuple(torch.from_numpy(np.require(arrays[n][:2], requirements=["C", "W"])) for n in model.input_names)
+    arrays = test.head(2).arrays()
+    example = tuple(torch.from_numpy(np.require(arrays[n], requirements=["C", "W"])) for n in model.input_names)
     specs = {spec.name: spec for spec in plan.parts.inputs}
     dynamic = [specs[n].dynamic_axes() if n in specs else {} for n in model.input_names]
     onnx_path = export_fused(model, path, example, metadata, dynamic_axes=dynamic)
-    parity, deployed = parity_and_outputs(model, onnx_path, test.arrays(), tol=plan.options.parity_tol)
+    parity, deployed = parity_and_outputs(model, onnx_path, test, tol=plan.options.parity_tol)
     return Exported(onnx_path, parity, deployed)
 
 

@@ -23,9 +23,9 @@ def gate_statistics(model: FusedModel, split: Split, batch_size: int = 16384) ->
     tasks = model.task_names
     sums: list[dict] = []
     n = 0
-    inputs = [torch.from_numpy(np.require(split.inputs[name], requirements=["C", "W"])) for name in model.input_names]
-    for start in range(0, len(split), batch_size):
-        _, stats = model.forward_with_stats(*[x[start:start + batch_size] for x in inputs])
+    for batch in split.input_batches(batch_size):  # a split held in memory or read from its file
+        _, stats = model.forward_with_stats(*[torch.from_numpy(np.require(batch[name], requirements=["C", "W"]))
+                                              for name in model.input_names])
         rows = stats[0]["task_gate"][0].shape[0]
         n += rows
         if not sums:

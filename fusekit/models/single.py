@@ -205,8 +205,7 @@ def _checked_dataset(data, task: str, out: Path | None, label: str | None, pool_
                 raise FusekitError("pool_tasks applies to census-income only; for a file, load it with "
                                    "load_dataset(..., exclude=[columns]) and pass it as dataset")
             dataset = load_dataset(data, [task], labels={task: label or task}, seed=split_seed,
-                                   holdout=holdout, holdout_seed=holdout_seed, streaming=streaming,
-                                   stream_eval=True)
+                                   holdout=holdout, holdout_seed=holdout_seed, streaming=streaming)
     return dataset
 
 

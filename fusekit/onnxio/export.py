@@ -11,7 +11,7 @@ import contextlib
 import logging
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -116,13 +116,20 @@ def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str], doc: str) 
 
 def torch_outputs(module: nn.Module, arrays: Sequence[np.ndarray], batch_size: int = 8192) -> list[np.ndarray]:
     """The module's outputs on ``arrays`` (positional inputs), batched, on CPU, without gradients."""
+    n = len(arrays[0]) if len(arrays) else 0
+    return torch_outputs_of(module, ([a[start:start + batch_size] for a in arrays]
+                                     for start in range(0, max(n, 1), batch_size)))
+
+
+def torch_outputs_of(module: nn.Module, batches: Iterable[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """The module's outputs on each batch of positional inputs in turn, concatenated (CPU, no gradients):
+    data read batch by batch is never held whole, only the outputs are."""
     wrapper = _Positional(module).eval()
-    tensors = [torch.from_numpy(np.require(a, requirements=["C", "W"])) for a in arrays]  # torch cannot wrap read-only arrays
-    n = len(tensors[0]) if tensors else 0
     chunks: list[list[np.ndarray]] = []
     with torch.no_grad():
-        for start in range(0, max(n, 1), batch_size):
-            outs = wrapper(*[t[start:start + batch_size] for t in tensors])
+        for batch in batches:
+            # torch cannot wrap read-only arrays
+            outs = wrapper(*[torch.from_numpy(np.require(a, requirements=["C", "W"])) for a in batch])
             if not chunks:
                 chunks = [[] for _ in outs]
             for k, out in enumerate(outs):

@@ -38,12 +38,11 @@ class InputLayout:
     @classmethod
     def from_split(cls, split: Split) -> "InputLayout":
         """The layout of ``split``'s inputs (the training rows): ids per column are 0..the largest seen.
-        A split streamed from a file (``fusekit.data.batches.StreamedSplit``) is read once, batch by
-        batch, keeping only each column's largest id."""
+        Read batch by batch (a split streamed from a file is read once), keeping only each column's
+        largest id."""
         cards: dict[str, tuple[int, ...]] = {}
         widths: dict[str, int] = {}
-        chunks = (inputs for inputs, _ in split.batches(65536)) if hasattr(split, "batches") else [split.inputs]
-        for inputs in chunks:
+        for inputs in split.input_batches(65536):
             for name, array in inputs.items():
                 flat = np.asarray(array).reshape(len(array), -1)
                 if _is_integer(flat):
@@ -74,11 +73,16 @@ class InputLayout:
         """FusekitError naming the input when ``split`` (``what``: its role) lacks an input or holds an
         id that the training rows did not."""
         for name in self.names:
-            if name not in split.inputs:
+            if name not in split.input_names:
                 raise FusekitError(f"the {what} rows have no input {literal(name)}; give every split the same inputs")
+        for inputs in split.input_batches(65536):  # held in memory or read from its file, batch by batch
+            self._check_ids(inputs, what)
+
+    def _check_ids(self, inputs: dict, what: str) -> None:
+        for name in self.names:
             if name not in self.cardinalities:
                 continue
-            flat = np.asarray(split.inputs[name]).reshape(len(split.inputs[name]), -1).astype(np.int64)
+            flat = np.asarray(inputs[name]).reshape(len(inputs[name]), -1).astype(np.int64)
             bad = (flat < 0) | (flat >= np.asarray(self.cardinalities[name]))
             if bad.any():
                 row, col = (int(v[0]) for v in np.nonzero(bad))
