@@ -16,8 +16,9 @@ permutation and takes a rank-strided share of each global batch (``TrainConfig.b
 the global batch, divided among the ranks), rank 0 computes the validation score and sends it to
 the others, so that every rank takes the same early-stopping decision, and only rank 0 writes
 checkpoints. A streamed training split is sharded instead: each rank reads only its rows of the
-file (``StreamedSplit.shard(rank, world, equal=True)``: rank-strided, the last ``rows % world``
-rows of the split left out so that every shard has as many rows), shuffles them with the run's
+file (``StreamedSplit.shard(rank, world, equal=True)``: a contiguous block, so that a rank reads
+only its own Parquet row groups; the last ``rows % world`` rows of the split are left out so that
+every shard has as many rows), shuffles them with the run's
 seed and takes batches of ``batch_size / world`` rows; the shards being equal, every rank takes
 the same number of steps (DDP's all-reduce needs that) and every step's batches are the same
 size, so the ranks' mean losses weigh 1 each, as :func:`shard` weighs them for an even split, and

@@ -103,6 +103,31 @@ def test_shards_are_disjoint_and_cover_the_split(pool, folder):
         split.shard(2, 2)
 
 
+def test_each_shard_reads_only_the_row_groups_that_hold_its_rows(pool, folder, monkeypatch):
+    split = _load(folder, pool["ds"].spec, "always").train
+    units = split.file.units
+    read: list[int] = []
+    real = type(split.file).chunks
+
+    def chunks(self, columns, order=None, dictionary=False):
+        read.extend(range(len(units)) if order is None else order)
+        return real(self, columns, order, dictionary)
+
+    monkeypatch.setattr(type(split.file), "chunks", chunks)
+    seen = []
+    for rank in (0, 1):
+        read.clear()
+        shard = split.shard(rank, 2, equal=True)
+        rows = np.concatenate([b[1]["income"] for b in _epoch(shard, 128, seed=2)])
+        assert len(rows) == len(shard)
+        mine = {u for u, (_, _, first, n) in enumerate(units)
+                if np.searchsorted(shard.rows, first + n) > np.searchsorted(shard.rows, first)}
+        assert set(read) == mine and len(read) == len(mine)  # each row group at most once, only its own
+        seen.append(mine)
+    assert len(seen[0] & seen[1]) <= 1 and seen[0] | seen[1] == set(range(len(units)))
+    assert len(seen[0]) < len(units) and len(seen[1]) < len(units)  # neither rank read the whole folder
+
+
 def test_equal_shards_leave_out_the_last_rows_so_every_rank_takes_as_many_steps(pool, folder):
     split = _load(folder, pool["ds"].spec, "always").fusion_rows()
     for world in (2, 3):

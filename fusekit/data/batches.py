@@ -18,14 +18,16 @@ seed gives the same batches and every epoch another order. Without a seed, batch
 file order (evaluation, prediction).
 
 Distributed runs (the contract for ``torchrun`` callers): ``split.shard(rank, world)`` keeps
-the rows at positions ``rank, rank + world, rank + 2 * world, ...`` of the split (positions in
-file order, after any selection such as the validation/test carve or the holdout). The shards
-of ranks ``0..world-1`` are disjoint and together hold every row of the split; their sizes
-differ by at most one row, so their batch counts per epoch differ by at most one
-(``shard(rank, world, equal=True)``, what ``fit`` uses, leaves out the last ``rows % world``
-positions so that all shards are the same size). Each rank
-reads the files itself and keeps only its rows; the shuffle of one rank depends on the seed,
-the epoch and its rows only, so every rank may use the run's seed.
+the ``rank``-th of ``world`` contiguous blocks of the split's positions (positions in file order,
+after any selection such as the validation/test carve or the holdout). The shards of ranks
+``0..world-1`` are disjoint and together hold every row of the split; their sizes differ by at
+most one row, so their batch counts per epoch differ by at most one (``shard(rank, world,
+equal=True)``, what ``fit`` uses, gives every block ``rows // world`` rows, the last
+``rows % world`` positions being left out). Being contiguous, a rank's rows lie in its own
+Parquet row groups: each rank reads only those (about ``1 / world`` of the file, plus at most
+one row group shared with a neighbour). The shuffle of one rank depends on the seed, the epoch
+and its rows only, so every rank may use the run's seed; a global batch still mixes rows of
+every block (each rank gives its share of it).
 
 Encoded categorical ids are held as int32 when the vocabulary allows; each batch is cast to
 the dtype the models take (``fed``, int64 for fusekit's ``categorical``) when it is given out,
@@ -296,8 +298,10 @@ class StreamedSplit:
             raise FusekitError(f"rank {rank} of world {world} is not a process of the run; give 0 <= rank < world")
         if world == 1:
             return self
-        end = len(self) - len(self) % world if equal else len(self)
-        return self._with(np.arange(rank, end, world))
+        if equal:
+            size = len(self) // world
+            return self._with(np.arange(rank * size, (rank + 1) * size))
+        return self._with(np.array_split(np.arange(len(self)), world)[rank])
 
     def head(self, n: int) -> "Any":
         """The first ``n`` rows in memory, as :meth:`Split.head` gives them (an export's parity sample)."""
@@ -307,9 +311,19 @@ class StreamedSplit:
         """Batches per epoch."""
         return -(-len(self) // batch_size)
 
+    def _units_with_rows(self, order: Sequence[int] | None) -> Sequence[int] | None:
+        """``order`` (default: every unit) without the Parquet row groups that hold none of this split's
+        rows, so that they are never read (a shard's, a sample's); the order is kept."""
+        if self.rows is None or self.file.kind != "parquet":
+            return order
+        starts = np.array([u[2] for u in self.file.units], dtype=np.int64)
+        ends = starts + np.array([u[3] for u in self.file.units], dtype=np.int64)
+        held = np.searchsorted(self.rows, ends) > np.searchsorted(self.rows, starts)
+        return [u for u in (range(len(held)) if order is None else order) if held[u]]
+
     def _spans(self, order: Sequence[int] | None) -> Iterator[tuple[int, int, Any]]:
         """(first position, end position, encoded arrays) of each record batch with selected rows."""
-        for offset, table in self.file.chunks(self.columns, order, self.dictionary):
+        for offset, table in self.file.chunks(self.columns, self._units_with_rows(order), self.dictionary):
             n = table.num_rows
             if self.rows is None:
                 lo, hi, table_rows = offset, offset + n, None
