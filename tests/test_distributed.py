@@ -179,3 +179,25 @@ def test_the_ranks_shards_cover_each_batch_once_and_weigh_as_one_process():
     assert list(batch_starts(10, 4, 2)) == [0, 4, 8]
     assert list(batch_starts(9, 4, 2)) == [0, 4]  # a last batch of one row cannot give both ranks a row
     assert list(batch_starts(9, 4, 1)) == [0, 4, 8]
+
+
+def test_train_single_on_two_processes_matches_one_process(pool, tmp_path, capsys):
+    """train-single under torchrun: the same global batch on two processes gives one process's
+    validation and test scores (data in memory: the same gradient), and rank 0 alone writes."""
+    from fusekit.cli.main import main
+
+    def argv(out):
+        return ["train-single", "--data", str(pool["csv"]), "--task", "income", "--exclude", "never_married",
+                "--hidden", "16", "--epochs", "3", "--patience", "5", "--batch-size", "256", "--device", "cpu",
+                "--threads", "1", "--quiet", "--json", "-o", str(out)]
+
+    assert main(argv(tmp_path / "one.onnx")) == 0
+    one = json.loads(capsys.readouterr().out)
+    done = torchrun(argv(tmp_path / "two.onnx"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    two = json.loads(done.stdout)  # one JSON document: rank 0 alone prints
+    assert (tmp_path / "two.onnx").is_file() and not list(tmp_path.glob("two.onnx.*"))
+    assert one["epochs"] == two["epochs"] == 3
+    assert abs(one["val_score"] - two["val_score"]) <= TOLERANCE
+    assert abs(one["test_score"] - two["test_score"]) <= TOLERANCE
+    assert one["train_rows"] == two["train_rows"]
