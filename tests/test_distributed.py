@@ -201,3 +201,28 @@ def test_train_single_on_two_processes_matches_one_process(pool, tmp_path, capsy
     assert abs(one["val_score"] - two["val_score"]) <= TOLERANCE
     assert abs(one["test_score"] - two["test_score"]) <= TOLERANCE
     assert one["train_rows"] == two["train_rows"]
+
+
+def test_bench_baselines_on_two_processes_score_as_one_process(tmp_path, capsys):
+    """bench under torchrun: the baselines and the fused model train data-parallel on the digits
+    (held in memory: the same gradient), so every cell scores as in one process; rank 0 alone writes."""
+    from fusekit.cli.main import main
+
+    def argv(out):
+        return ["bench", "digits", "--quick", "--seeds", "1", "--methods", "average,shared-bottom,emm",
+                "--threads", "1", "-q", "-o", str(out)]
+
+    def scores(out):
+        cells = json.loads((out / "results.json").read_text())["sets"][0]["cells"]
+        return {c["method"]: c["scores"] for c in cells}
+
+    assert main(argv(tmp_path / "one")) == 0
+    capsys.readouterr()
+    done = torchrun(argv(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1  # rank 0 alone prints (and writes)
+    one, two = scores(tmp_path / "one"), scores(tmp_path / "two")
+    assert set(one) == set(two) == {"average", "shared-bottom", "emm"}
+    for method in one:
+        for task, value in one[method].items():
+            assert abs(value - two[method][task]) <= TOLERANCE, (method, task, value, two[method][task])
