@@ -201,7 +201,7 @@ def test_sources_with_large_logits_fuse_to_the_exact_logit_of_their_average(fore
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_validation_and_test_files_read_in_batches_score_as_held_in_memory(foreign, tmp_path):
+def test_validation_and_test_files_read_in_batches_score_as_held_in_memory(foreign, tmp_path, capsys):
     """stream=always reads the --val and --test Parquet files batch by batch wherever fuse uses them
     (early stopping, the guard, the sources' scores, the export's parity check, the gate statistics):
     the sources and their average score exactly as on the rows held in memory, and so does eval."""
@@ -250,5 +250,12 @@ def test_validation_and_test_files_read_in_batches_score_as_held_in_memory(forei
     assert gates["rows"] == len(held.test)  # every test row, read batch by batch
     assert all(sum(t["task_gate"].values()) == pytest.approx(1, abs=1e-6) for lvl in gates["levels"] for t in lvl["tasks"].values())
     evaluation = evaluate_onnx(tmp_path / "out" / "fused.onnx", files["train"], val=files["val"], test=files["test"],
-                               device="cpu")
+                               device="cpu", streaming=streaming)
+    assert "test: streamed" in evaluation.reading["eval"]
     assert evaluation.scores == pytest.approx({t: metrics["per_task"][t]["test_score"] for t in TASKS}, abs=1e-6)
+    from fusekit.cli.main import main
+
+    assert main(["eval", str(tmp_path / "out" / "fused.onnx"), "--data", str(files["train"]), "--val", str(files["val"]),
+                 "--test", str(files["test"]), "--stream", "never", "--json"]) == 0
+    held_eval = json.loads(capsys.readouterr().out)
+    assert "eval" not in held_eval["reading"] and held_eval["scores"] == pytest.approx(evaluation.scores, abs=1e-12)

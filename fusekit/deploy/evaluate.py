@@ -100,6 +100,7 @@ class EvalResult:
     provider: str
     rows: int
     split: str
+    reading: dict | None = None  # how each split was read (held or streamed, and why); None for a loaded dataset
 
 
 def _spec(info: ModelInfo):
@@ -112,14 +113,16 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
                   device: str = "auto", batch_size: int = 65536, data_dir: Path | None = None,
                   seed: int = 0, max_rows: int | None = None,
                   task_kinds: dict[str, str] | None = None, val: Path | None = None,
-                  test: Path | None = None, threads: int | None = None) -> EvalResult:
+                  test: Path | None = None, threads: int | None = None, streaming=None) -> EvalResult:
     """Metrics per output of ``model_path`` on ``split`` of ``data`` (``census-income``, a CSV/Parquet
     path or a loaded TabularDataset): encoded with the model's own feature specification when it
     carries one, else read from columns/arrays named after its inputs and fed as they are
     (``val``/``test`` files, or one seeded split of ``data``, as fuse makes it).
 
     Each output's kind is the fused file's record or detected from how it ends (``task_kinds``
-    overrides: output -> kind). ``threads``: onnxruntime's threads (None: :func:`fusekit.threads.thread_count`)."""
+    overrides: output -> kind). ``threads``: onnxruntime's threads (None: :func:`fusekit.threads.thread_count`).
+    ``streaming`` (``fusekit.stream_config.StreamOptions``): whether data files are held in memory or
+    read in batches (default: by the memory budget), as fuse reads them."""
     from fusekit.data.registry import load_for_models
     from fusekit.onnxio.sessions import run, session
     from fusekit.threads import thread_count
@@ -133,7 +136,7 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
     if isinstance(data, (str, Path)):
         early = info.kinds(None, task_kinds)  # how to read the labels (see fusion/fuse.py prepare)
         ds = load_for_models(data, early, inputs=info.input_specs, spec=spec, labels=labels, val=val, test=test,
-                             data_dir=data_dir, seed=seed)
+                             data_dir=data_dir, seed=seed, streaming=streaming)
     else:
         ds = data
     if split not in ("train", "val", "test"):
@@ -155,7 +158,7 @@ def evaluate_onnx(model_path: Path, data, *, labels: dict[str, str] | None = Non
     metrics = {t: kinds[t].metrics(parse_labels(rows.labels[t], kinds[t], where=f"the labels of {t}"), outputs[t])
                for t in tasks}
     return EvalResult({t: m[kinds[t].score_name] for t, m in metrics.items()}, metrics, kinds, provider, len(rows),
-                      split)
+                      split, dict(getattr(ds, "reading", None) or {}) or None)
 
 
 def read_inputs(info: ModelInfo, input_path: Path) -> tuple[dict[str, np.ndarray], int, "EncodingReport | None"]:
