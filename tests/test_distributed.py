@@ -222,6 +222,7 @@ def test_bench_baselines_on_two_processes_score_as_one_process(tmp_path, capsys)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("wrote ") == 1  # rank 0 alone prints (and writes)
     one, two = scores(tmp_path / "one"), scores(tmp_path / "two")
+    assert [json.loads((tmp_path / d / "results.json").read_text())["processes"] for d in ("one", "two")] == [1, 2]
     assert set(one) == set(two) == {"average", "shared-bottom", "emm"}
     for method in one:
         for task, value in one[method].items():

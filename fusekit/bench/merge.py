@@ -29,7 +29,7 @@ def load_result(run_dir: Path) -> BenchResult:
                 for s in data["sets"]]
         return BenchResult(data["dataset"], data["seeds"], data["quick"], data["budget"], data["hyperparameters"],
                            sets, Path(data["out_dir"]), data.get("seconds", 0.0), data.get("versions", {}),
-                           data.get("threads"), data.get("splits", [0]))
+                           data.get("threads"), data.get("splits", [0]), data.get("processes", 1))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, or not a bench's results
         what = f"lacks {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         raise FusekitError(f"{path} is not a results.json written by `fusekit bench` ({what}); run the bench "
@@ -79,7 +79,8 @@ def merge_results(results: list[BenchResult], out_dir: Path) -> BenchResult:
     return BenchResult(first.dataset, seeds, first.quick, first.budget, first.hyperparameters,
                        list(merged.values()), Path(out_dir), sum(r.seconds for r in results), first.versions,
                        # runs made with different thread counts have no one count
-                       first.threads if len({r.threads for r in results}) == 1 else None, splits)
+                       first.threads if len({r.threads for r in results}) == 1 else None, splits,
+                       first.processes if len({r.processes for r in results}) == 1 else None)
 
 
 @holds_output("out_dir")

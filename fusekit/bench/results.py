@@ -95,6 +95,7 @@ class BenchResult:
     versions: dict[str, str] = field(default_factory=dict)
     threads: int | None = None  # torch and onnxruntime threads of the run (fusekit.threads)
     splits: list[int] = field(default_factory=lambda: [0])  # evaluation split seeds
+    processes: int | None = 1  # processes of the run (torchrun), as fuse's metrics.json records them; None: merged runs differ
 
     def to_dict(self) -> dict:
         """JSON-ready form (means and standard deviations included for convenience)."""

@@ -439,7 +439,7 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
         return None
     result = BenchResult(dataset, seed_list, quick, budget.__dict__, {
         name: {**cls.defaults} for name, cls in BASELINES.items()}, sets, out_dir,
-        versions=_versions(), threads=current_threads(), splits=split_list)
+        versions=_versions(), threads=current_threads(), splits=split_list, processes=distributed.world())
     result.seconds = time.perf_counter() - started
     write_report(result)
     return result
