@@ -47,7 +47,7 @@ import numpy as np
 
 from fusekit.errors import FusekitError
 from fusekit.options import literal, quote
-from fusekit.stream_config import StreamOptions  # noqa: F401  (the choice between the two sources)
+from fusekit.stream_config import StreamOptions
 
 READ_ROWS = 65536  # rows per record batch read from a file
 PARQUET = (".parquet", ".pq")
@@ -388,6 +388,21 @@ class StreamedSplit:
         if not any(parts.values()):
             raise FusekitError(f"{literal(self.file.path)} gives no rows for this split; give a file with rows")
         return Split({k: np.concatenate(v) for k, v in parts.items()}, dict(self.labels))
+
+
+def keep_carved(parts: Sequence[StreamedSplit], columns: int, streaming: Any = None) -> tuple[list, str]:
+    """Validation/test rows carved from a streamed file, and why: kept streamed (read from the file at
+    each evaluation) when together they would not fit the memory budget, else each loaded once."""
+    stream, why = (streaming or StreamOptions()).decide(sum(len(p) for p in parts), columns)
+    return (list(parts) if stream else [p.load() for p in parts]), why
+
+
+def eval_record(whys: Mapping[str, str]) -> dict:
+    """The ``reading`` entry for the validation and test data (``{"eval": ...}`` naming each source and
+    why it was read so, when any of them streamed; else nothing)."""
+    if not any(why.startswith("streamed") for why in whys.values()):
+        return {}
+    return {"eval": "; ".join(f"{part}: {why}" for part, why in whys.items())}
 
 
 def narrow_ids(ids: np.ndarray, cardinalities: Sequence[int]) -> np.ndarray:

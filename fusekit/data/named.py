@@ -736,7 +736,7 @@ def read_splits(train: Path | str, val: Path | str | None = None, test: Path | s
     (``fusekit.data.batches.StreamedSplit``, cast batch by batch as here), and so are validation and test
     files by the same rule; rows carved from a streamed file stream when together they would not fit.
     """
-    from fusekit.data.batches import choose_reading
+    from fusekit.data.batches import choose_reading, eval_record, keep_carved
 
     files = {"train": Path(train)}
     if val is not None:
@@ -773,16 +773,10 @@ def read_splits(train: Path | str, val: Path | str | None = None, test: Path | s
              for p in ("train", "val", "test")}
     carved_streamed = [p for p in carved if hasattr(split[p], "load")]
     if carved_streamed:  # carved from a streamed file: kept streamed only when they would not fit the budget
-        from fusekit.stream_config import StreamOptions
-
-        stream, why = (streaming or StreamOptions()).decide(sum(len(split[p]) for p in carved_streamed),
-                                                            len(chosen["train"][0].columns))
-        eval_reading["carved " + " and ".join(carved_streamed)] = why
-        if not stream:
-            for part in carved_streamed:
-                split[part] = split[part].load()
-    if any(why.startswith("streamed") for why in eval_reading.values()):
-        report.reading = {**report.reading, "eval": "; ".join(f"{p}: {w}" for p, w in eval_reading.items())}
+        kept, eval_reading["carved " + " and ".join(carved_streamed)] = keep_carved(
+            [split[p] for p in carved_streamed], len(chosen["train"][0].columns), streaming)
+        split.update(zip(carved_streamed, kept))
+    report.reading = {**report.reading, **eval_record(eval_reading)}
     return NamedSplits(split["train"], split["val"], split["test"], report)
 
 

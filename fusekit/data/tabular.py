@@ -166,6 +166,8 @@ def load_tabular(
     the validation and test files are decided the same way, and so are the rows carved from a streamed
     training file (together); those that stream stay :class:`fusekit.data.batches.StreamedSplit` s,
     read in batches whenever they are evaluated. ``reading`` on the result says which and why."""
+    from fusekit.data.batches import eval_record, keep_carved
+
     kinds = dict(kinds or {})
     labels = dict(labels or {})
     unknown = sorted(set(labels) - set(tasks))
@@ -230,9 +232,9 @@ def load_tabular(
         val_idx, test_idx = idx["val"], idx["test"]
         train, val, test = train.subset(idx["train"]), train.subset(val_idx), train.subset(test_idx)
         if streamed:
-            val, test, eval_reading["carved validation and test rows"] = _carved_eval(file, val, test, streaming)
-    if any(why.startswith("streamed") for why in eval_reading.values()):
-        reading = {**reading, "eval": "; ".join(f"{part}: {why}" for part, why in eval_reading.items())}
+            (val, test), eval_reading["carved validation and test rows"] = keep_carved([val, test], len(file.columns),
+                                                                                       streaming)
+    reading = {**reading, **eval_record(eval_reading)}
     # Every model of a pool and every later step must see the same split: recorded, then checked.
     keep_split(spec, split_record(seed, {"train": len(train), "val": len(val), "test": len(test)}, val_idx, test_idx),
                fitted, literal(path))
@@ -330,17 +332,6 @@ def _eval_split(path: Path, spec: FeatureSpec, columns: dict[str, str], kinds: d
         return _streamed_split(file, spec, columns, labels, str(path), streaming), reading["train"]
     frame = _whole(file) if file is not None and Path(path).is_dir() else read_table(path)
     return _encoded(frame, spec, columns, str(path), kinds), reading["train"]
-
-
-def _carved_eval(file, val, test, streaming) -> tuple[object, object, str]:
-    """The validation and test rows carved from a streamed training file: kept streamed (read from the
-    file at each evaluation) when together they would not fit the memory budget, else loaded once."""
-    from fusekit.stream_config import StreamOptions
-
-    stream, why = (streaming or StreamOptions()).decide(len(val) + len(test), len(file.columns))
-    if not stream:
-        return val.load(), test.load(), why
-    return val, test, why
 
 
 def _task_kinds(kinds: dict, train: Split) -> dict:
