@@ -127,27 +127,13 @@ def test_external_data_of_a_constant_inside_an_if_branch_is_read(tmp_path):
     assert numpy_helper.to_array(then_branch.node[0].attribute[0].t).tolist() == [0, 1, 2, 3]
 
 
-class _BagModel(torch.nn.Module):
-    """DLRM style: nn.EmbeddingBag(mode='sum') over id bags [B, 3] beside a dense layer, joined by a Concat, then an MLP."""
-
-    def __init__(self, depth: int):
-        super().__init__()
-        self.bag = torch.nn.EmbeddingBag(50, 8, mode="sum")
-        self.dense = torch.nn.Linear(4, 8)
-        layers = [m for _ in range(depth) for m in (torch.nn.Linear(16, 16), torch.nn.ReLU())]
-        self.top = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), *layers, torch.nn.Linear(16, 1))
-
-    def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.top(torch.cat([self.bag(ids), torch.relu(self.dense(dense))], 1))[:, 0])
-
-
-def test_an_embedding_bag_loop_output_is_the_batch_and_such_a_pool_decomposes_but_is_not_fused(tmp_path):
+def test_an_embedding_bag_loop_output_is_the_batch_and_such_a_pool_decomposes(tmp_path):
     """The legacy exporter writes EmbeddingBag as a Loop whose scan output has an invented length;
     the Concat with the dense [batch, 8] shows it is the batch, so the layers after it are cuts.
-    Fuse refuses the pool before reading any data: its Loop runs once per bag, which a traced
-    export would fix to one batch size."""
+    (Fusing such a pool: tests/test_fuse_bags.py.)"""
     from fusekit.decompose import decompose
     from fusekit.decompose.manifest import Manifest
+    from fusekit.sample_models.make_bags import BagMLP
 
     ids, dense = torch.randint(0, 50, (4, 3), generator=torch.Generator().manual_seed(0)), torch.rand(4, 4)
     paths = []
@@ -155,7 +141,7 @@ def test_an_embedding_bag_loop_output_is_the_batch_and_such_a_pool_decomposes_bu
         for depth in (1, 2):
             torch.manual_seed(depth)
             path = tmp_path / f"{task}{depth}.onnx"
-            torch.onnx.export(_BagModel(depth).eval(), (ids, dense), str(path), dynamo=False,
+            torch.onnx.export(BagMLP(depth, "digit_ge5", n_ids=50, n_dense=4).eval(), (ids, dense), str(path), dynamo=False,
                               input_names=["ids", "dense"], output_names=[task],
                               dynamic_axes={"ids": {0: "batch"}, "dense": {0: "batch"}, task: {0: "batch"}})
             paths.append(path)
@@ -165,11 +151,3 @@ def test_an_embedding_bag_loop_output_is_the_batch_and_such_a_pool_decomposes_bu
     assert graph.canonical_shape(loop) == ("batch", 8)
     decompose(paths, tmp_path / "parts", names=["a_1", "a_2", "b_1", "b_2"], levels="all")  # verified in onnxruntime
     assert [b.shape for b in Manifest.load(tmp_path / "parts").boundaries] == [["batch", 16]] * 3
-
-    from fusekit.fusion.fuse import prepare
-
-    tasks = {"a": ["a_1", "a_2"], "b": ["b_1", "b_2"]}
-    with pytest.raises(FusekitError, match=r"model a_1's part \S+ runs an ONNX Loop once per row or bag .*"
-                                           r"re-export the model with nn.Embedding"):
-        prepare(tmp_path / "parts", tasks, tmp_path / "no-data-needed.csv", out_dir=tmp_path / "fused")
-    assert not (tmp_path / "fused").exists()

@@ -378,7 +378,8 @@ def _load_graph(path: Path, model: onnx.ModelProto) -> ModelGraph:
         dtype, shape = types.get(name, (None, None))
         if tensors[name].shape is None:
             tensors[name].dtype, tensors[name].shape = dtype, shape
-    _check_typed(path, nodes, node_kind, tensors)
+    sequences = {v.name for v in list(graph.value_info) + list(graph.output) if v.type.HasField("sequence_type")}
+    _check_typed(path, nodes, node_kind, tensors, set(outputs), sequences)
     dim_names = _canonical_dims(model, inputs)
     dim_names.update(_concat_aliases(nodes, tensors, dim_names))
     return ModelGraph(path=path, model=model, tensors=tensors, nodes=nodes, node_inputs=node_inputs,
@@ -413,17 +414,34 @@ def _concat_aliases(nodes: list[onnx.NodeProto], tensors: dict[str, Tensor], dim
     return aliases
 
 
-def _check_typed(path: Path, nodes: list[onnx.NodeProto], node_kind: list[str],
-                 tensors: dict[str, Tensor]) -> None:
-    """Every data tensor needs an inferred type and rank; name the first op where inference stopped."""
+_SAME_SHAPE = ("Cast", "CastLike", "Identity")
+
+
+def _check_typed(path: Path, nodes: list[onnx.NodeProto], node_kind: list[str], tensors: dict[str, Tensor],
+                 outputs: set[str], sequences: set[str]) -> None:
+    """Every data tensor needs an inferred type and rank; name the first op where inference stopped.
+
+    Exempt: tensors nothing reads, and sequences (never a boundary). A tensor whose only reader
+    keeps its shape (a Cast) takes that reader's inferred shape: the dynamo exporter's EmbeddingBag
+    ends in a ConcatFromSequence that ONNX shape inference leaves unranked, and a Cast it annotated."""
     for i, node in enumerate(nodes):
         if node_kind[i] != "data":
             continue
         for name in node.output:
-            if name and (tensors[name].dtype is None or tensors[name].shape is None):
-                op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-                raise _Untyped(f"{path}: ONNX shape inference cannot handle op {op} (node "
-                                   f"{node.name or i}); replace it with standard ONNX ops or re-export the model")
+            t = tensors.get(name) if name else None
+            if t is None or (t.dtype is not None and t.shape is not None) or name in sequences:
+                continue
+            if not t.consumers and name not in outputs:
+                continue
+            if t.shape is None and t.dtype is not None and len(t.consumers) == 1:
+                reader = nodes[t.consumers[0][0]]
+                if reader.op_type in _SAME_SHAPE and not reader.domain and t.consumers[0][1] == 0:
+                    t.shape = tensors[reader.output[0]].shape
+                    if t.shape is not None:
+                        continue
+            op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+            raise _Untyped(f"{path}: ONNX shape inference cannot handle op {op} (node "
+                           f"{node.name or i}); replace it with standard ONNX ops or re-export the model")
 
 
 def rename_inputs(model: onnx.ModelProto, mapping: dict[str, str], where: str = "the model") -> dict[str, str]:

@@ -50,7 +50,7 @@ def parity_and_outputs(model: FusedModel, onnx_path: Path, data, tol: float = 1e
     Compared batch by batch, so a split read from its file is never held whole; only the outputs are."""
     from fusekit.onnxio.sessions import run, session
 
-    sess, _ = session(onnx_path, device="cpu")
+    sess, _ = session(onnx_path, device="cpu", quiet=True)
     model = model.cpu().eval()
     deployed = DeployedOutputs(model)
     kinds = [model.task_kinds[t] for t in model.task_names]

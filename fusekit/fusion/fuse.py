@@ -157,7 +157,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     manifest.boundary_layouts()  # refuses boundaries that are neither vectors, feature maps nor sequences, early
     sequence_mask(manifest, options.fusion)  # a mask the models do not read is refused before the data is
     names = [m for ms in mapping.values() for m in ms]
-    _check_exportable(manifest, names)
+    _check_exportable(manifest, names, options.fusion)
     spec = manifest.feature_spec(names)
     if out_dir is not None:
         check_output_dir(Path(out_dir), options.force)
@@ -186,23 +186,26 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     return plan
 
 
-def _check_exportable(manifest: Manifest, names: list[str]) -> None:
-    """FusekitError before any training when a model's parts could not be written into fused.onnx
-    for every batch size (a Loop run once per row or bag: see optable.data_loops)."""
-    import onnx
-
-    from fusekit.onnxio.optable import data_loops
+def _check_exportable(manifest: Manifest, names: list[str], fusion: FusionOptions) -> None:
+    """FusekitError before any data is read when a part that fused.onnx holds as its own graph
+    (a Loop run once per row or bag: onnxio/splice.py) could not be written, or would have to be
+    trained (fine-tuning, training from scratch)."""
+    from fusekit.onnxio.splice import is_spliced
 
     for name in names:
-        head = manifest.head_path(name)
-        for path in [*manifest.component_paths(name), *([head] if head else [])]:
-            loops = data_loops(onnx.load(str(path), load_external_data=False))
-            if loops:
+        head = manifest.head_path(name) if fusion.mode == "residual" else None
+        paths = manifest.component_paths(name)
+        for k, path in enumerate([*paths, *([head] if head else [])]):
+            if not is_spliced(path):
+                continue
+            tuned = (path == head and fusion.finetune != "none") or (
+                path != head and (fusion.finetune == "all" or (fusion.finetune == "last" and k == len(paths) - 1)))
+            if tuned or not fusion.pretrained:
                 raise FusekitError(
-                    f"model {name}'s part {Path(path).name} runs an ONNX Loop once per row or bag (node "
-                    f"{loops[0]!r}; torch exports nn.EmbeddingBag so): fuse could train on it but not write it "
-                    "into fused.onnx for every batch size; re-export the model with nn.Embedding and a sum or "
-                    "mean over the bag axis (bags of a fixed size), then decompose again")
+                    f"model {name}'s part {Path(path).name} runs an ONNX Loop once per row or bag (torch exports "
+                    "nn.EmbeddingBag so); fused.onnx holds it as its own graph with its trained weights, so it "
+                    "cannot be " + ("fine-tuned; choose a {finetune} that leaves it frozen" if tuned else
+                                    "trained from scratch; drop {pretrained=False}"), owner="FusionOptions")
 
 
 # -- step 2: the model -----------------------------------------------------------------------------
@@ -219,6 +222,7 @@ def load_sources(parts: Manifest, names: list[str], heads: bool = True,
     """The chosen models' components (and heads) as frozen torch modules; ``output_index``: which
     head output is each model's task output (default the first)."""
     from fusekit.onnxio.interpreter import load_component
+    from fusekit.onnxio.splice import spliceable
 
     sources = {}
     for name in names:
@@ -226,9 +230,9 @@ def load_sources(parts: Manifest, names: list[str], heads: bool = True,
         head_path = parts.head_path(name) if heads else None
         sources[name] = SourceModel(
             name=name,
-            components=[load_component(p) for p in paths],
+            components=[spliceable(load_component(p), p) for p in paths],
             level1_inputs=_onnx_inputs(paths[0]),
-            head=load_component(head_path) if head_path else None,
+            head=spliceable(load_component(head_path), head_path) if head_path else None,
             component_paths=[str(p) for p in paths],
             head_path=str(head_path) if head_path else None,
             output_index=(output_index or {}).get(name, 0),

@@ -29,15 +29,19 @@ PARITY_TOLERANCE = 1e-5
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
     """Silence the dynamo exporter's progress lines and its warnings about absent torchvision ops."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # onnx_ir warns of every value it writes untyped: a spliced component's placeholder outputs,
+    # which are renamed away when the component's graph takes the placeholder's place.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class _Positional(nn.Module):
@@ -178,6 +182,7 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
     """
     from fusekit.onnxio.serving import optimize_for_serving
     from fusekit.onnxio.sessions import run, session
+    from fusekit.onnxio import splice
 
     module = module.cpu().eval()
     wrapper = _Positional(module).eval()
@@ -186,15 +191,19 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
         rows = [torch.cat([t, t]) for t in rows]
     dynamic = _dynamic_shapes(len(rows), dynamic_axes)
     try:
-        with quiet_exporter(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad(), splice.recording() as spliced:
             program = torch.onnx.export(wrapper, tuple(rows), dynamo=True, opset_version=OPSET,
                                         input_names=list(input_names), output_names=list(output_names),
-                                        dynamic_shapes=dynamic, verbose=False, optimize=True)
+                                        dynamic_shapes=dynamic, verbose=False, optimize=True,
+                                        custom_translation_table=splice.TRANSLATIONS)
+            proto = program.model_proto
+            splice.splice_placeholders(proto, spliced)
+    except FusekitError:
+        raise
     except Exception as exc:  # the exporter's errors are long; keep the first line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FusekitError(f"ONNX export failed ({type(exc).__name__}: {first[:200]}); "
                            "this architecture cannot be exported, try a simpler one") from exc
-    proto = program.model_proto
     if serving:
         optimize_for_serving(proto)
     name_batch_dim(proto)
@@ -205,7 +214,7 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
     data = proto.SerializeToString()
     arrays = [t.numpy() for t in rows]
     expected = torch_outputs(module, arrays)
-    sess, _ = session(data, "cpu", threads=1)
+    sess, _ = session(data, "cpu", threads=1, quiet=True)  # the sources' own warnings are not news here
     got = run(sess, dict(zip(input_names, arrays)))
     outputs = [got[n] for n in output_names]
     if compare_as is not None:

@@ -25,7 +25,8 @@ as a python loop over its body (planned by the same interpreter), so there the b
 per iteration. This is what torch's exporters write for ``nn.EmbeddingBag`` with offsets (with
 the sequence ops SequenceEmpty/SequenceInsert/ConcatFromSequence in the dynamo exporter's
 version). A component with a Loop runs and trains in torch; traced again, its loop would unroll for
-the traced batch, so fuse refuses a Loop that the data drive (:func:`data_loops`).
+the traced batch, so fuse writes a component with a Loop that the data drive (:func:`data_loops`)
+into fused.onnx as its own graph (:mod:`fusekit.onnxio.splice`).
 
 The table is per op type. Limits on attribute values (MaxPool's Indices output, some Resize
 modes, ...) stay with the implementations and are reported when a component is loaded.

@@ -1,0 +1,110 @@
+"""Fusing a pool of EmbeddingBag (DLRM-style) models, whose bags torch exports as a Loop run once per
+bag: fused.onnx holds those components as their own graphs (fusekit/onnxio/splice.py).
+
+The pool is fusekit.sample_models.make_bags: real data (scikit-learn's handwritten digits, each
+image a bag of its 8 brightest pixel positions beside its row means), a binary and a 10-class
+task, two models per task of different depth, one per torch exporter, trained here.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fusekit.cli.main import main
+from fusekit.errors import FusekitError
+from fusekit.onnxio.sessions import run, session
+from fusekit.sample_models import make_bags as mb
+from fusekit.sample_models import make_digits as md
+
+TASKS = {t: [f"{t}_a", f"{t}_b"] for t in md.TASKS}
+TASK_FLAGS = [f"{t}={','.join(ms)}" for t, ms in TASKS.items()]
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory) -> dict:
+    from fusekit.decompose import decompose
+
+    root = tmp_path_factory.mktemp("bags")
+    mb.make_bags(root / "pool", epochs=5)
+    sources = {m: root / "pool" / f"{m}.onnx" for ms in TASKS.values() for m in ms}
+    decompose(list(sources.values()), root / "parts", names=list(sources))
+    data = {s: dict(np.load(root / "pool" / "data" / f"{s}.npz")) for s in ("train", "val", "test")}
+    return {"root": root, "parts": root / "parts", "data": data, "sources": sources}
+
+
+def test_the_untrained_fused_file_is_the_plain_average_of_the_source_files_at_every_batch_size(bags, tmp_path):
+    """fused.onnx of the untrained residual model, run in onnxruntime one row at a time and 300 rows at
+    once, gives the mean of the original source files' probabilities: the spliced bag components
+    run their Loop for whatever batch comes."""
+    from fusekit.decompose.manifest import Manifest
+    from fusekit.fusion.export import export_fused
+    from fusekit.fusion.fuse import build_model
+    from fusekit.fusion.kinds import detect_kinds
+    from fusekit.fusion.options import FusionOptions
+    from fusekit.onnxio.splice import SplicedComponent
+
+    parts = Manifest.load(bags["parts"])
+    kinds, outputs = detect_kinds(parts, TASKS, None, {}, {})
+    assert kinds["digit"].classes == 10
+    model = build_model(parts, TASKS, FusionOptions(), kinds, outputs).eval()
+    assert all(isinstance(model.components[k][0], SplicedComponent) for k in model.components)
+    rows = {n: bags["data"]["test"][n][:300] for n in mb.INPUTS}
+    path = export_fused(model, tmp_path / "fused.onnx", tuple(torch.from_numpy(rows[n][:64]) for n in mb.INPUTS))
+    proto = onnx.load(str(path))
+    assert [n.op_type for n in proto.graph.node].count("Loop") == 4
+    fused, _ = session(path, "cpu", threads=1)
+    whole = run(fused, rows)
+    one_by_one = {t: np.concatenate([run(fused, {n: a[i:i + 1] for n, a in rows.items()})[t] for i in range(40)])
+                  for t in TASKS}
+    for task, names in TASKS.items():
+        mean = np.mean([run(session(bags["sources"][m], "cpu", threads=1)[0], rows)[task] for m in names], axis=0)
+        np.testing.assert_allclose(whole[task], mean, atol=2e-6)
+        np.testing.assert_allclose(one_by_one[task], whole[task][:40], atol=1e-6)
+
+
+def test_fuse_trains_on_a_bag_pool_and_its_file_scores_as_fuse_reports(bags, tmp_path, capsys):
+    out = tmp_path / "fused"
+    pool = bags["root"] / "pool" / "data"
+    code = main(["fuse", str(bags["parts"]), "--tasks", *TASK_FLAGS, "--data", str(pool / "train.npz"),
+                 "--val", str(pool / "val.npz"), "--test", str(pool / "test.npz"), "--out", str(out),
+                 "--epochs", "2", "--batch-size", "256"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] >= 1 and metrics["onnx_parity_max_abs_diff"] <= 1e-5
+    from fusekit.deploy.evaluate import evaluate_onnx
+
+    result = evaluate_onnx(out / "fused.onnx", pool / "train.npz", val=pool / "val.npz", test=pool / "test.npz",
+                           split="test", device="cpu")
+    for task in TASKS:
+        assert result.scores[task] == pytest.approx(metrics["per_task"][task]["test_score"], abs=1e-9)
+
+
+@pytest.mark.parametrize("flags, what", [(["--finetune", "all"], "fine-tuned; choose a --finetune"),
+                                         (["--from-scratch"], "trained from scratch; drop --from-scratch")])
+def test_a_bag_component_that_would_have_to_train_is_refused_before_any_data(bags, tmp_path, capsys, flags, what):
+    out = tmp_path / "fused"
+    code = main(["fuse", str(bags["parts"]), "--tasks", *TASK_FLAGS, "--data", str(tmp_path / "absent.npz"),
+                 "--out", str(out), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "runs an ONNX Loop once per row or bag" in err and what in err
+    assert not out.exists()
+
+
+def test_fine_tuning_the_heads_beside_the_bags_is_allowed_and_the_bag_level_is_refused(bags):
+    """The pool has one level, the bags': --finetune heads trains the heads, last and all would train the bags."""
+    from fusekit.decompose.manifest import Manifest
+    from fusekit.fusion.fuse import build_model
+    from fusekit.fusion.options import FusionOptions
+
+    parts = Manifest.load(bags["parts"])
+    assert parts.levels == 1
+    model = build_model(parts, TASKS, FusionOptions(finetune="heads"))
+    assert all(any(p.requires_grad for p in model.heads[k].parameters()) for k in model.heads)
+    for finetune in ("last", "all"):
+        with pytest.raises(FusekitError, match="level1.onnx runs an ONNX Loop .* cannot be fine-tuned"):
+            build_model(parts, TASKS, FusionOptions(finetune=finetune))
