@@ -22,6 +22,7 @@ def test_the_pool_holds_both_exporters_loops_and_is_reused(tmp_path):
         assert data_loops(model), entry["file"]  # a Loop run once per bag
         sequences = any(n.op_type == "SequenceEmpty" for n in model.graph.node)
         assert sequences == (entry["exporter"] == "dynamo")
+        assert {p.key: p.value for p in model.metadata_props}["fusekit.task"] == entry["task"]
     train = np.load(out / "data" / "train.npz")
     assert train["ids"].shape[1] == mb.BAG and train["ids"].min() >= 0 and train["ids"].max() < 64
     assert len(train["ids"]) == len(md.digits_arrays()["train"]["digit"])

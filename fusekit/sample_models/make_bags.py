@@ -12,7 +12,8 @@ dense features, joined by a Concat, then an MLP of one (``a``) or two (``b``) hi
 the task's head. Torch writes the bag as an ONNX Loop run once per bag, so these are the models
 fuse splices into fused.onnx as their own graphs (fusekit/onnxio/splice.py). Model ``a`` of each
 task is exported by torch's TorchScript exporter (its default opset), ``b`` by the dynamo
-exporter: the two write the Loop differently. ``pool.json`` records the test metrics.
+exporter: the two write the Loop differently. Each file names its task in the ``fusekit.task``
+metadata; ``pool.json`` records the test metrics.
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
+from fusekit.decompose.manifest import TASK_KEY
 from fusekit.errors import FusekitError
 from fusekit.io import atomic_dir
 from fusekit.sample_models import make_digits as md
@@ -86,6 +89,9 @@ def _export(model: BagMLP, path: Path, example: tuple[torch.Tensor, ...], task: 
         else:
             torch.onnx.export(model, example, str(path), dynamo=False, input_names=list(INPUTS), output_names=[task],
                               dynamic_axes={n: {0: "batch"} for n in (*INPUTS, task)})
+    proto = onnx.load(str(path))
+    proto.metadata_props.add(key=TASK_KEY, value=task)  # so fuse groups the pool by task without --tasks
+    onnx.save(proto, str(path))
 
 
 def make_bags(out_dir: Path, epochs: int = EPOCHS, seed: int = 0, force: bool = False) -> dict:
