@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import pytest
 
-from fusekit.onnxio.serving import drop_index_wraparound, optimize_for_serving
+from fusekit.onnxio.serving import drop_index_wraparound, merge_sibling_convs, optimize_for_serving
 from fusekit.onnxio.sessions import session
 
 
@@ -57,8 +57,54 @@ def test_a_wraparound_by_another_size_than_the_table_stays():
 
 def test_optimize_for_serving_reports_each_pass_and_leaves_other_graphs_alone():
     wrapped = _wraparound_graph(6)
-    assert optimize_for_serving(wrapped) == {"dropped_index_wraparounds": 1}
+    assert optimize_for_serving(wrapped) == {"dropped_index_wraparounds": 1, "merged_convs": 0}
     other = _wraparound_graph(4)
     before = other.SerializeToString()
-    assert optimize_for_serving(other) == {"dropped_index_wraparounds": 0}
+    assert optimize_for_serving(other) == {"dropped_index_wraparounds": 0, "merged_convs": 0}
     assert other.SerializeToString() == before
+
+
+def _stems_graph() -> onnx.ModelProto:
+    """image [B, 1, 6, 6] -> three stems Conv(3x3, pad 1) -> Relu -> MaxPool(2) of 2, 3 and 4 channels
+    (the third stem's Relu output is also read by a ReduceMean, so its chain ends there), and a
+    Conv of another kernel that reads the image too; every branch summed into one output."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+    outs = []
+    for k, channels in enumerate((2, 3, 4)):
+        inits += [numpy_helper.from_array(rng.normal(size=(channels, 1, 3, 3)).astype(np.float32), f"w{k}"),
+                  numpy_helper.from_array(rng.normal(size=channels).astype(np.float32), f"b{k}")]
+        nodes += [helper.make_node("Conv", ["image", f"w{k}", f"b{k}"], [f"c{k}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"]),
+                  helper.make_node("MaxPool", [f"r{k}"], [f"p{k}"], kernel_shape=[2, 2], strides=[2, 2]),
+                  helper.make_node("ReduceMean", [f"p{k}"], [f"m{k}"], axes=[1, 2, 3], keepdims=0)]
+        outs.append(f"m{k}")
+    inits.append(numpy_helper.from_array(rng.normal(size=(2, 1, 5, 5)).astype(np.float32), "w_other"))
+    nodes += [helper.make_node("ReduceMean", ["r2"], ["also"], axes=[1, 2, 3], keepdims=0),
+              helper.make_node("Conv", ["image", "w_other"], ["c_other"], kernel_shape=[5, 5], pads=[2, 2, 2, 2]),
+              helper.make_node("ReduceMean", ["c_other"], ["m_other"], axes=[1, 2, 3], keepdims=0),
+              helper.make_node("Sum", outs + ["also", "m_other"], ["y"])]
+    graph = helper.make_graph(nodes, "stems", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_convs_over_the_same_image_merge_into_one_with_their_relu_and_the_outputs_stay_bit_identical(tmp_path):
+    model = _stems_graph()
+    image = np.random.default_rng(1).normal(size=(5, 1, 6, 6)).astype(np.float32)
+
+    def run(m, name, batch):
+        path = tmp_path / name
+        onnx.save(m, path)
+        return session(path, "cpu", threads=1)[0].run(None, {"image": image[:batch]})[0]
+
+    before = {b: run(model, "before.onnx", b) for b in (1, 5)}
+    assert merge_sibling_convs(model) == 2
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    # one Conv for the three stems, the 5x5 Conv apart; Relu merged (the third chain stops after it)
+    assert ops.count("Conv") == 2 and ops.count("Relu") == 1 and ops.count("Split") == 1 and ops.count("MaxPool") == 3
+    split = next(n for n in model.graph.node if n.op_type == "Split")
+    assert list(split.output) == ["r0", "r1", "r2"]
+    for batch in (1, 5):
+        assert np.array_equal(run(model, f"after{batch}.onnx", batch), before[batch])

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import onnx
+import numpy as np
 from onnx import numpy_helper
 
 
@@ -113,6 +114,117 @@ def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
         graph.node.extend(live)
 
 
+# Ops that act on each channel alone and read nothing but their data input: a chain of them after
+# merged Convs computes each source's channels exactly as it did apart.
+_PER_CHANNEL = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "HardSigmoid", "Softplus", "Softsign",
+                "MaxPool", "AveragePool", "LpPool")
+
+
+def _attrs_key(node: onnx.NodeProto) -> tuple:
+    return tuple(sorted(a.SerializeToString() for a in node.attribute))
+
+
+def merge_sibling_convs(model: onnx.ModelProto) -> int:
+    """Merge Convs that read the same tensor with the same attributes into one Conv over all their
+    output channels, with the per-channel ops that follow each of them alike (ReLU, pooling), then
+    one Split back into the separate tensors; return how many Convs were merged away.
+
+    The source models of an image pool often start with stems of one shape over the same image:
+    one Conv computes its im2col of the image once instead of once per model. Measured on the
+    digits CNN pool's fused.onnx (four stems, one thread, the two files timed in alternation,
+    15 blocks): batch 1 0.95x (interquartile range 0.93-0.99), batch 256 0.88x (0.87-0.92), outputs
+    bit-identical. Gemms are not merged: a wide Gemm and a Split measured slower (see above).
+    """
+    graph = model.graph
+    from fusekit.onnxio.optable import default_opset
+
+    if default_opset(model) < 13:  # Split takes its sizes as an input from opset 13 on
+        return 0
+    inits = _initializers(graph)
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    outputs = {o.name for o in graph.output}
+    groups: dict[tuple, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        if node.op_type != "Conv" or node.domain or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        if any(a.name == "group" and a.i != 1 for a in node.attribute):
+            continue
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bias is not None and bias not in inits:
+            continue
+        weight = inits[node.input[1]]
+        groups[(node.input[0], _attrs_key(node), tuple(weight.dims[1:]), weight.data_type, bias is None)].append(node)
+    merged = 0
+    taken = {n for node in graph.node for n in node.output} | set(inits)
+    for convs in groups.values():
+        if len(convs) < 2:
+            continue
+        chains = [[c] for c in convs]
+        while True:
+            nexts = []
+            for chain in chains:
+                out = chain[-1].output[0]
+                uses = consumers.get(out, [])
+                if out in outputs or len(uses) != 1 or uses[0].op_type not in _PER_CHANNEL or uses[0].domain \
+                        or len(uses[0].input) != 1 or len([o for o in uses[0].output if o]) != 1:
+                    break
+                nexts.append(uses[0])
+            if len(nexts) != len(chains) or len({(n.op_type, _attrs_key(n)) for n in nexts}) != 1:
+                break
+            for chain, node in zip(chains, nexts):
+                chain.append(node)
+        merged += len(convs) - 1
+        _merge_chains(graph, chains, inits, taken)
+    if merged:
+        _drop_unused_initializers(graph)
+    return merged
+
+
+def _merge_chains(graph: onnx.GraphProto, chains: list[list[onnx.NodeProto]], inits: dict, taken: set[str]) -> None:
+    """Replace parallel chains (Conv, then the same per-channel ops) by one chain and a Split."""
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    first = chains[0][0]
+    weights = [numpy_helper.to_array(inits[c[0].input[1]]) for c in chains]
+    names = [fresh(f"{first.output[0]}/merged_weight")]
+    graph.initializer.append(numpy_helper.from_array(np.concatenate(weights), names[0]))
+    if len(first.input) > 2 and first.input[2]:
+        names.append(fresh(f"{first.output[0]}/merged_bias"))
+        graph.initializer.append(numpy_helper.from_array(
+            np.concatenate([numpy_helper.to_array(inits[c[0].input[2]]) for c in chains]), names[-1]))
+    sizes = fresh(f"{first.output[0]}/merged_split")
+    graph.initializer.append(numpy_helper.from_array(np.array([w.shape[0] for w in weights], np.int64), sizes))
+    new: list[onnx.NodeProto] = []
+    data = first.input[0]
+    for step, node in enumerate(chains[0]):
+        merged = onnx.NodeProto()
+        merged.CopyFrom(node)
+        merged.name = fresh(f"{node.name or node.output[0]}/merged")
+        del merged.input[:]
+        merged.input.extend([data] + (names if step == 0 else []))
+        data = fresh(f"{node.output[0]}/merged")
+        del merged.output[:]
+        merged.output.append(data)
+        new.append(merged)
+    new.append(onnx.helper.make_node("Split", [data, sizes], [c[-1].output[0] for c in chains], axis=1,
+                                     name=fresh(f"{first.output[0]}/merged_split")))
+    dropped = {n.output[0] for chain in chains for n in chain}  # by output name: protobuf copies nodes
+    nodes = list(graph.node)
+    at = next(i for i, n in enumerate(nodes) if n.output and n.output[0] == first.output[0])
+    kept = [n for n in nodes[:at] if n.output[0] not in dropped] + new + [n for n in nodes[at:] if n.output[0] not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def optimize_for_serving(model: onnx.ModelProto) -> dict[str, int]:
     """Apply every pass of this module in place; return how often each one fired."""
-    return {"dropped_index_wraparounds": drop_index_wraparound(model)}
+    return {"dropped_index_wraparounds": drop_index_wraparound(model), "merged_convs": merge_sibling_convs(model)}
