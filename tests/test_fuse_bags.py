@@ -83,28 +83,52 @@ def test_fuse_trains_on_a_bag_pool_and_its_file_scores_as_fuse_reports(bags, tmp
         assert result.scores[task] == pytest.approx(metrics["per_task"][task]["test_score"], abs=1e-9)
 
 
-@pytest.mark.parametrize("flags, what", [(["--finetune", "all"], "fine-tuned; choose a --finetune"),
-                                         (["--from-scratch"], "trained from scratch; drop --from-scratch")])
-def test_a_bag_component_that_would_have_to_train_is_refused_before_any_data(bags, tmp_path, capsys, flags, what):
+def _bag_tables(path) -> list[np.ndarray]:
+    """The EmbeddingBag tables [64, DIM] of ``path``, in any scope (TorchScript keeps one in the Loop body)."""
+    from onnx import numpy_helper
+
+    from fusekit.onnxio.optable import subgraphs
+
+    def walk(graph):
+        found = [numpy_helper.to_array(i) for i in graph.initializer if list(i.dims) == [64, mb.DIM]]
+        return found + [t for node in graph.node for sub in subgraphs(node) for t in walk(sub)]
+
+    return walk(onnx.load(str(path)).graph)
+
+
+@pytest.mark.parametrize("flags", [["--finetune", "all"], ["--from-scratch"]])
+def test_training_the_bag_parts_writes_their_trained_weights_into_fused_onnx(bags, tmp_path, capsys, flags):
+    """Fine-tuned or trained from scratch, the spliced parts carry the trained tables: fused.onnx
+    matches the torch model (fuse's parity check), its tables are not the sources', and it scores
+    as fuse reports."""
+    from fusekit.deploy.evaluate import evaluate_onnx
+
     out = tmp_path / "fused"
-    code = main(["fuse", str(bags["parts"]), "--tasks", *TASK_FLAGS, "--data", str(tmp_path / "absent.npz"),
-                 "--out", str(out), *flags])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert "runs an ONNX Loop once per row or bag" in err and what in err
-    assert not out.exists()
+    pool = bags["root"] / "pool" / "data"
+    code = main(["fuse", str(bags["parts"]), "--tasks", *TASK_FLAGS, "--data", str(pool / "train.npz"),
+                 "--val", str(pool / "val.npz"), "--test", str(pool / "test.npz"), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "256", "--patience", "1", *flags])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["onnx_parity_max_abs_diff"] <= 1e-5
+    fused = _bag_tables(out / "fused.onnx")
+    sources = [t for ms in TASKS.values() for m in ms for t in _bag_tables(bags["parts"] / m / "level1.onnx")]
+    assert len(fused) == len(sources) == 4
+    # every trained table differs from every source's (none kept its file's value)
+    assert not any(np.allclose(f, s) for f in fused for s in sources)
+    result = evaluate_onnx(out / "fused.onnx", pool / "train.npz", val=pool / "val.npz", test=pool / "test.npz",
+                           split="test", device="cpu")
+    for task in TASKS:
+        assert result.scores[task] == pytest.approx(metrics["per_task"][task]["test_score"], abs=1e-9)
 
 
-def test_fine_tuning_the_heads_beside_the_bags_is_allowed_and_the_bag_level_is_refused(bags):
-    """The pool has one level, the bags': --finetune heads trains the heads, last and all would train the bags."""
+def test_fine_tuning_makes_the_bag_tables_trainable(bags):
     from fusekit.decompose.manifest import Manifest
     from fusekit.fusion.fuse import build_model
     from fusekit.fusion.options import FusionOptions
 
-    parts = Manifest.load(bags["parts"])
-    assert parts.levels == 1
-    model = build_model(parts, TASKS, FusionOptions(finetune="heads"))
-    assert all(any(p.requires_grad for p in model.heads[k].parameters()) for k in model.heads)
-    for finetune in ("last", "all"):
-        with pytest.raises(FusekitError, match="level1.onnx runs an ONNX Loop .* cannot be fine-tuned"):
-            build_model(parts, TASKS, FusionOptions(finetune=finetune))
+    model = build_model(Manifest.load(bags["parts"]), TASKS, FusionOptions(finetune="all"))
+    for k in model.components:
+        part = model.components[k][0]
+        assert any(list(p.shape) == [64, mb.DIM] and p.requires_grad for p in part.parameters())
+        assert len(part.trained) >= 3  # the table, the dense layer's weight and bias at least

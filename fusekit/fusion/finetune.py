@@ -11,7 +11,6 @@ the Table II ablation). :func:`deployable_copy` turns either back into plain com
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -132,21 +131,16 @@ def _no_weights(action: str, fix: str) -> FusekitError:
                         owner="FusionOptions")
 
 
-def _refuse_spliced(component: nn.Module, onnx_path: str, what: str) -> None:
-    from fusekit.onnxio.splice import SplicedComponent
-
-    if isinstance(component, SplicedComponent):
-        raise FusekitError(f"{Path(onnx_path).name} runs an ONNX Loop once per row or bag and fused.onnx holds it as "
-                           f"its own graph with its trained weights, so it cannot be {what}", owner="FusionOptions")
-
-
 def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Module:
     """A copy of a frozen component whose layer weights are fresh, trainable parameters.
 
     Other buffers (normalisation statistics, shapes) stay frozen. Biases restart at zero,
     normalisation scales at one, weight matrices Xavier-uniform, embedding tables N(0, 1e-4).
     """
-    _refuse_spliced(component, onnx_path, "trained from scratch; drop {pretrained=False}")
+    from fusekit.onnxio.splice import SplicedComponent
+
+    if isinstance(component, SplicedComponent):  # trained as its interpreter module, written back when spliced
+        return component.retrained(reinitialised_copy(component.component, onnx_path, seed))
     clone = copy.deepcopy(component)
     generator = torch.Generator().manual_seed(seed)
     fresh_weights: dict[str, torch.Tensor] = {}
@@ -176,7 +170,10 @@ def reinitialised_copy(component: nn.Module, onnx_path: str, seed: int) -> nn.Mo
 
 def trainable_copy(component: nn.Module, onnx_path: str) -> nn.Module:
     """A copy of a frozen component whose trained layer weights become trainable (fine-tuning)."""
-    _refuse_spliced(component, onnx_path, "fine-tuned; choose a {finetune} that leaves it frozen")
+    from fusekit.onnxio.splice import SplicedComponent
+
+    if isinstance(component, SplicedComponent):
+        return component.retrained(trainable_copy(component.component, onnx_path))
     clone = copy.deepcopy(component)
     names = _layer_weight_buffers(clone, onnx_path)
     if not names:

@@ -157,7 +157,7 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     manifest.boundary_layouts()  # refuses boundaries that are neither vectors, feature maps nor sequences, early
     sequence_mask(manifest, options.fusion)  # a mask the models do not read is refused before the data is
     names = [m for ms in mapping.values() for m in ms]
-    _check_exportable(manifest, names, options.fusion)
+    _check_spliceable(manifest, names)
     spec = manifest.feature_spec(names)
     if out_dir is not None:
         check_output_dir(Path(out_dir), options.force)
@@ -186,26 +186,15 @@ def prepare(parts: Path | str | Manifest, tasks: Mapping[str, Sequence[str]] | N
     return plan
 
 
-def _check_exportable(manifest: Manifest, names: list[str], fusion: FusionOptions) -> None:
-    """FusekitError before any data is read when a part that fused.onnx holds as its own graph
-    (a Loop run once per row or bag: onnxio/splice.py) could not be written, or would have to be
-    trained (fine-tuning, training from scratch)."""
+def _check_spliceable(manifest: Manifest, names: list[str]) -> None:
+    """FusekitError before any data is read when a part that fused.onnx must hold as its own graph
+    (a Loop run once per row or bag: onnxio/splice.py) could not be written there."""
     from fusekit.onnxio.splice import is_spliced
 
     for name in names:
-        head = manifest.head_path(name) if fusion.mode == "residual" else None
-        paths = manifest.component_paths(name)
-        for k, path in enumerate([*paths, *([head] if head else [])]):
-            if not is_spliced(path):
-                continue
-            tuned = (path == head and fusion.finetune != "none") or (
-                path != head and (fusion.finetune == "all" or (fusion.finetune == "last" and k == len(paths) - 1)))
-            if tuned or not fusion.pretrained:
-                raise FusekitError(
-                    f"model {name}'s part {Path(path).name} runs an ONNX Loop once per row or bag (torch exports "
-                    "nn.EmbeddingBag so); fused.onnx holds it as its own graph with its trained weights, so it "
-                    "cannot be " + ("fine-tuned; choose a {finetune} that leaves it frozen" if tuned else
-                                    "trained from scratch; drop {pretrained=False}"), owner="FusionOptions")
+        head = manifest.head_path(name)
+        for path in [*manifest.component_paths(name), *([head] if head else [])]:
+            is_spliced(path)
 
 
 # -- step 2: the model -----------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class FrozenComponent(nn.Module):
         self.source = source
         self._steps: list[Callable[[list], None]] = []
         self._const_slots: list[tuple[int, str]] = []
+        self.buffer_names: dict[str, str] = {}  # buffer -> the ONNX tensor it holds (an initializer or a folded value)
         self._loop_depth = 0  # > 0 while planning a Loop body
         self._build(model)
         super().train(False)
@@ -375,6 +376,7 @@ class FrozenComponent(nn.Module):
                 buf = f"c{len(self._const_slots)}"
                 self.register_buffer(buf, v.const, persistent=False)
                 self._const_slots.append((v.slot, buf))
+                self.buffer_names[buf] = name
             slot = v.slot
             return lambda env: env[slot]
         slot = v.slot

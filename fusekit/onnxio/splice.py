@@ -10,8 +10,9 @@ outputs. :func:`splice_placeholders` then replaces each placeholder by the compo
 graph (nodes, initializers, subgraphs), renamed apart, so the deployed file runs exactly the
 graph that decompose cut and verified.
 
-The component's weights are the ONNX file's: a spliced component cannot be fine-tuned or
-trained from scratch (fusion/finetune.py refuses it).
+The weights are the ONNX file's, unless fuse trains them (``--finetune``, ``--from-scratch``):
+then :meth:`SplicedComponent.retrained` records which initializer each trained weight is, and the
+trained values replace those initializers when the part is spliced.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import onnx
 import torch
-from onnx import helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 from torch import nn
 
 from fusekit.errors import FusekitError
@@ -111,11 +113,34 @@ class SplicedComponent(nn.Module):
     shapes are known while tracing; FusekitError otherwise.
     """
 
-    def __init__(self, component: nn.Module, path: str | Path):
+    def __init__(self, component: nn.Module, path: str | Path, trained: dict[str, str] | None = None):
         super().__init__()
         self.component = component
         self.path = str(path)
         self.outputs = _output_specs(self.path)
+        self.trained = dict(trained or {})  # buffer of the interpreter module -> the initializer it trains
+
+    def retrained(self, trainable: nn.Module) -> "SplicedComponent":
+        """This part around ``trainable`` (fusion/finetune.py's TrainableComponent of its interpreter
+        module): the trained weights are written into the part's initializers when it is spliced.
+        FusekitError when a trained weight is no initializer of the file (a value computed from one)."""
+        inner = trainable.component
+        inits = _initializer_names(onnx.load(self.path, load_external_data=False).graph)
+        trained = {}
+        for buf in trainable.names:
+            name = inner.buffer_names.get(buf)
+            if name not in inits:
+                raise FusekitError(f"{Path(self.path).name}: a weight fuse would train is computed in the graph "
+                                   f"(from {name!r}), not stored as an initializer, so the trained value could not be "
+                                   "written into fused.onnx; keep this part frozen ({finetune}, {pretrained})",
+                                   owner="FusionOptions")
+            trained[buf] = name
+        return SplicedComponent(trainable, self.path, trained)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The trained weights by initializer name, as they are now."""
+        inner = getattr(self.component, "component", self.component)  # inside a TrainableComponent, or frozen back
+        return {name: inner._buffers[buf].detach().cpu().numpy() for buf, name in self.trained.items()}
 
     def fake_outputs(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Empty tensors of the output shapes for ``inputs`` (what the exporter traces with)."""
@@ -201,6 +226,7 @@ def splice_placeholders(proto: onnx.ModelProto, spliced: dict[int, SplicedCompon
             nodes.append(node)
             continue
         part = parts[_key(node)]
+        _write_weights(part.graph, spliced[_key(node)].weights())
         if part.functions:
             part = onnx.inliner.inline_local_functions(part)
         if optable.default_opset(part) < target:
@@ -210,6 +236,25 @@ def splice_placeholders(proto: onnx.ModelProto, spliced: dict[int, SplicedCompon
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     _drop_domain(proto)
+
+
+def _initializer_names(graph: onnx.GraphProto) -> set[str]:
+    names = {i.name for i in graph.initializer}
+    for node in graph.node:
+        for sub in optable.subgraphs(node):
+            names |= _initializer_names(sub)
+    return names
+
+
+def _write_weights(graph: onnx.GraphProto, weights: dict[str, np.ndarray]) -> None:
+    """Replace the values of the initializers named in ``weights`` (in any scope), keeping their dtypes."""
+    for k, init in enumerate(graph.initializer):
+        if init.name in weights:
+            dtype = numpy_helper.to_array(init).dtype
+            graph.initializer[k].CopyFrom(numpy_helper.from_array(weights[init.name].astype(dtype), init.name))
+    for node in graph.node:
+        for sub in optable.subgraphs(node):
+            _write_weights(sub, weights)
 
 
 def _key(node: onnx.NodeProto) -> int:
