@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from fusekit.cli.main import main
-from fusekit.errors import FusekitError
 from fusekit.onnxio.sessions import run, session
 from fusekit.sample_models import make_bags as mb
 from fusekit.sample_models import make_digits as md
