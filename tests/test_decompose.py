@@ -294,3 +294,32 @@ def test_an_input_map_aligns_models_that_name_the_same_input_differently(tmp_pat
     assert [p.read_bytes() for p in paths] == before  # the input files are never touched
     assert main(["decompose", *map(str, paths), "-o", str(tmp_path / "none"), "--input-map", "nope=data_0"]) == 2
     assert "no model has an input named 'nope'" in capsys.readouterr().err
+
+
+class _RaggedBags(torch.nn.Module):
+    """nn.EmbeddingBag over 1-D ids with offsets: ids [n] for all rows together, offsets [batch]."""
+
+    def __init__(self, depth: int):
+        super().__init__()
+        self.bag = torch.nn.EmbeddingBag(20, 4, mode="sum")
+        self.top = torch.nn.Sequential(*[m for _ in range(depth) for m in (torch.nn.Linear(4, 4), torch.nn.ReLU())],
+                                       torch.nn.Linear(4, 1))
+
+    def forward(self, ids, offsets):
+        return torch.sigmoid(self.top(self.bag(ids, offsets))[:, 0])
+
+
+def test_inputs_that_are_not_one_row_per_example_are_refused_with_the_fixed_size_bag_form(tmp_path):
+    ids, offsets = torch.tensor([1, 2, 3, 4, 5, 6, 7]), torch.tensor([0, 2, 5])
+    paths = []
+    for depth in (1, 2):
+        torch.manual_seed(depth)
+        path = tmp_path / f"m{depth}.onnx"
+        torch.onnx.export(_RaggedBags(depth).eval(), (ids, offsets), str(path), dynamo=False,
+                          input_names=["ids", "offsets"], output_names=["p"],
+                          dynamic_axes={"ids": {0: "n"}, "offsets": {0: "batch"}, "p": {0: "batch"}})
+        paths.append(path)
+    with pytest.raises(FusekitError, match=r"model m1: output 'p' has 'batch' rows, which input 'offsets' gives, but "
+                                           r"input 'ids' is \[n\]: fusekit takes every input batch first.*ids \[batch, bag\]"):
+        decompose(paths, tmp_path / "parts")
+    assert not (tmp_path / "parts").exists()

@@ -131,3 +131,23 @@ def test_fine_tuning_makes_the_bag_tables_trainable(bags):
         part = model.components[k][0]
         assert any(list(p.shape) == [64, mb.DIM] and p.requires_grad for p in part.parameters())
         assert len(part.trained) >= 3  # the table, the dense layer's weight and bias at least
+
+
+def test_bench_scores_the_sources_and_emm_on_a_bag_pool_and_only_a_baseline_needs_every_test_id(bags, tmp_path, capsys):
+    """A column of the test ids holds an id that the column never holds in the training rows: the
+    sources and EMM read it as the models do, a baseline (an embedding per column, from the
+    training rows) is refused for it."""
+    train, test = bags["data"]["train"]["ids"], bags["data"]["test"]["ids"]
+    assert any(set(test[:, k]) - set(train[:, k]) for k in range(train.shape[1]))
+    pool = bags["root"] / "pool" / "data"
+    common = ["bench", str(pool / "train.npz"), "--val", str(pool / "val.npz"), "--test", str(pool / "test.npz"),
+              "--models", str(bags["root"] / "pool"), "--tasks", *TASK_FLAGS, "--quick"]
+    assert main([*common, "--methods", "sources,average,emm", "-o", str(tmp_path / "ok")]) == 0, capsys.readouterr().err
+    cells = json.loads((tmp_path / "ok" / "results.json").read_text())
+    assert "emm" in json.dumps(cells) and (tmp_path / "ok" / "tables.md").is_file()
+    capsys.readouterr()
+    assert main([*common, "--methods", "sources,shared-bottom", "-o", str(tmp_path / "baseline")]) == 2
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]  # after the progress lines
+    assert last.startswith("fusekit: error: ") and "a baseline has no embedding for it" in last
+    assert "Traceback" not in err and not (tmp_path / "baseline").exists()

@@ -71,9 +71,10 @@ def _kinds_without_sources(ds: TabularDataset, tasks: list[str], overrides: dict
 
 
 def load_bench_data(dataset: str | Path, tasks: list[str], task_models: dict[str, list[str]], parts: Path | None,
-                    options, models_dir: Path | None = None) -> BenchData:
+                    options, models_dir: Path | None = None, baselines: bool = True) -> BenchData:
     """The data of a task set. ``parts``: the sources decomposed (None without sources); ``options``:
-    a FuseOptions carrying the data options (labels, task kinds, outputs, val, test, data_dir, split seed)."""
+    a FuseOptions carrying the data options (labels, task kinds, outputs, val, test, data_dir, split seed).
+    ``baselines``: whether a baseline will train, so that its input layout is made and checked."""
     if str(dataset) == DIGITS:
         from fusekit.bench.digits import digits_data
 
@@ -111,7 +112,7 @@ def load_bench_data(dataset: str | Path, tasks: list[str], task_models: dict[str
         train.labels.update({t: parse_labels(train.labels[t], kinds[t], where=f"the training labels of task {t}")
                              for t in tasks})
     layout = None
-    if ds.spec is None:
+    if ds.spec is None and baselines:  # the baselines' id check does not concern the sources and EMM
         from fusekit.models.baselines.inputs import InputLayout
 
         layout = InputLayout.from_split(train)

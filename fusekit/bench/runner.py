@@ -44,7 +44,7 @@ import numpy as np
 
 from fusekit import __version__, distributed
 from fusekit.models.baselines import BASELINES, build_baseline
-from fusekit.errors import FusekitError
+from fusekit.errors import FusekitError, TrainingInterrupted
 from fusekit.options import literal
 from fusekit.io import atomic_file, check_output_paths, sha256_file
 from fusekit.locks import holds_output
@@ -269,7 +269,8 @@ def run_task_set(dataset: str, tasks: list[str], seeds: list[int], splits: list[
         _decompose(sources, parts)
     log(f"[{name}] loading {dataset}")
     options = _data_options(data_options, budget)
-    data = load_bench_data(dataset, tasks, task_models, parts if sources else None, options, folder)
+    data = load_bench_data(dataset, tasks, task_models, parts if sources else None, options, folder,
+                           baselines=any(m in BASELINES for m in methods))
     ds, kinds = data.ds, data.kinds
     train = data.train.sample(budget.train_rows, 0)  # the baselines'; fuse takes its rows from ds itself
     plan = evaluation_splits(len(ds.test), splits)
@@ -429,11 +430,17 @@ def run_bench(dataset: str = "census-income", tasks: list[str] | None = None, se
         if resuming:
             log(f"resuming {out_dir}: {len(store.all())} finished cells kept")
         sets = []
-        for set_tasks, set_models, ablation in task_sets:
-            work = home / "work" / task_set_key(set_tasks)
-            sets.append(run_task_set(dataset, set_tasks, seed_list, split_list, budget, chosen, work, store,
-                                     set_models, ablation, progress, log, task_models if ablation else None,
-                                     data_options))
+        try:
+            for set_tasks, set_models, ablation in task_sets:
+                work = home / "work" / task_set_key(set_tasks)
+                sets.append(run_task_set(dataset, set_tasks, seed_list, split_list, budget, chosen, work, store,
+                                         set_models, ablation, progress, log, task_models if ablation else None,
+                                         data_options))
+        except FusekitError as exc:
+            # bad input found before any result: leave nothing (an interrupted run stays resumable)
+            if main and not resuming and not store.all() and not isinstance(exc, TrainingInterrupted):
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         shutil.rmtree(home / "work", ignore_errors=True)
     if not main:
         return None

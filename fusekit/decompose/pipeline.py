@@ -139,6 +139,23 @@ def _input_specs(graph: ModelGraph) -> list[dict]:
             for n in graph.inputs]
 
 
+def _check_batch_first(name: str, graph: ModelGraph) -> None:
+    """FusekitError when an output's first dim is an input dim other than the first input's first
+    (what decompose and every data reader take for the batch): the inputs are not one row per
+    example, as for an EmbeddingBag over 1-D ids with offsets."""
+    first = graph.tensors[graph.inputs[0]].shape if graph.inputs else None
+    for out in graph.outputs:
+        shape = graph.tensors[out].shape
+        if not shape or not isinstance(shape[0], str) or graph.dim_names.get(shape[0], "batch") == "batch":
+            continue
+        rows = next(i for i in graph.inputs if shape[0] in (graph.tensors[i].shape or ()))
+        raise FusekitError(
+            f"model {name}: output {quote(out)} has {shape[0]!r} rows, which input {quote(rows)} gives, but input "
+            f"{quote(graph.inputs[0])} is {format_shape(list(first or ()))}: fusekit takes every input batch first, one "
+            "row per example; an EmbeddingBag over 1-D ids with offsets takes ids [batch, bag] (bags of one size) "
+            "instead")
+
+
 def _check_inputs(names: list[str], graphs: list[ModelGraph]) -> list[dict]:
     specs = [_input_specs(g) for g in graphs]
     for name, spec in zip(names[1:], specs[1:]):
@@ -217,6 +234,7 @@ def analyse_models(paths: list[Path], names: list[str] | None = None,
     for name, path, model in zip(names, paths, models):
         began = time.perf_counter()
         graphs.append(load_graph(path, model))
+        _check_batch_first(name, graphs[-1])
         say(f"loaded {name}: {len(graphs[-1].nodes)} nodes ({time.perf_counter() - began:.1f} s)")
     inputs = _check_inputs(names, graphs)
     analyses = []
