@@ -196,14 +196,12 @@ def export_onnx(module: nn.Module, path: Path, example: Sequence[torch.Tensor], 
                                         input_names=list(input_names), output_names=list(output_names),
                                         dynamic_shapes=dynamic, verbose=False, optimize=True,
                                         custom_translation_table=splice.TRANSLATIONS)
-            proto = program.model_proto
-            splice.splice_placeholders(proto, spliced)
-    except FusekitError:
-        raise
     except Exception as exc:  # the exporter's errors are long; keep the first line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FusekitError(f"ONNX export failed ({type(exc).__name__}: {first[:200]}); "
                            "this architecture cannot be exported, try a simpler one") from exc
+    proto = program.model_proto
+    splice.splice_placeholders(proto, spliced)
     if serving:
         optimize_for_serving(proto)
     name_batch_dim(proto)

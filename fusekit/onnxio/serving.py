@@ -16,6 +16,8 @@ import onnx
 import numpy as np
 from onnx import numpy_helper
 
+from fusekit.onnxio.optable import default_opset
+
 
 def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return {init.name: init for init in graph.initializer}
@@ -136,8 +138,6 @@ def merge_sibling_convs(model: onnx.ModelProto) -> int:
     bit-identical. Gemms are not merged: a wide Gemm and a Split measured slower (see above).
     """
     graph = model.graph
-    from fusekit.onnxio.optable import default_opset
-
     if default_opset(model) < 13:  # Split takes its sizes as an input from opset 13 on
         return 0
     inits = _initializers(graph)

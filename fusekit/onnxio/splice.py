@@ -28,15 +28,9 @@ from torch import nn
 
 from fusekit.errors import FusekitError
 from fusekit.onnxio import optable
+from fusekit.onnxio.ops import ONNX_TO_TORCH
 
 DOMAIN = "fusekit.splice"
-
-_ELEM_DTYPES = {
-    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
-    onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
-    onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.INT16: torch.int16,
-    onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool,
-}
 
 # The components being traced, by key: set by :func:`recording` for the length of one export.
 _recording: dict[int, "SplicedComponent"] | None = None
@@ -48,8 +42,7 @@ def _op_type(n_outputs: int) -> str:
     op = f"Component{n_outputs}"
     if onnx.defs.has(op, DOMAIN):
         return op
-    types = [f"tensor({t})" for t in ("float", "double", "float16", "bfloat16", "int64", "int32", "int16",
-                                      "int8", "uint8", "bool")]
+    types = [f"tensor({onnx.TensorProto.DataType.Name(t).lower()})" for t in ONNX_TO_TORCH]
     param = onnx.defs.OpSchema.FormalParameter
     onnx.defs.register_schema(onnx.defs.OpSchema(
         op, DOMAIN, 1, doc="fusekit placeholder for a component spliced in after export",
@@ -81,11 +74,16 @@ def _translate(inputs, key: int):
     outs = list(out) if len(specs) > 1 else [out]
     for value, (elem, shape) in zip(outs, specs):  # typed, so the exporter can write the graph around it
         value.dtype = ir.DataType(elem)
-        value.shape = ir.Shape([d if isinstance(d, int) else inputs[d[0]].shape[d[1]] for d in shape])
+        value.shape = ir.Shape(_sizes(shape, inputs))
     return outs
 
 
 TRANSLATIONS = {torch.ops.fusekit.spliced.default: _translate}  # the exporter's custom_translation_table
+
+
+def _sizes(shape: list[int | tuple[int, int]], inputs) -> list:
+    """An output's sizes for these inputs (tensors, or the exporter's values): constants, or an input's dim."""
+    return [d if isinstance(d, int) else inputs[d[0]].shape[d[1]] for d in shape]
 
 
 def _entry(key: int) -> "SplicedComponent":
@@ -117,7 +115,7 @@ class SplicedComponent(nn.Module):
         super().__init__()
         self.component = component
         self.path = str(path)
-        self.outputs = _output_specs(self.path)
+        self.outputs = _output_specs(onnx.load(self.path, load_external_data=False), self.path)
         self.trained = dict(trained or {})  # buffer of the interpreter module -> the initializer it trains
 
     def retrained(self, trainable: nn.Module) -> "SplicedComponent":
@@ -144,8 +142,7 @@ class SplicedComponent(nn.Module):
 
     def fake_outputs(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Empty tensors of the output shapes for ``inputs`` (what the exporter traces with)."""
-        return [inputs[0].new_empty([d if isinstance(d, int) else inputs[d[0]].shape[d[1]] for d in shape],
-                                    dtype=_ELEM_DTYPES[elem]) for elem, shape in self.outputs]
+        return [inputs[0].new_empty(_sizes(shape, inputs), dtype=ONNX_TO_TORCH[elem]) for elem, shape in self.outputs]
 
     def forward(self, *inputs: torch.Tensor):
         if _recording is not None and torch.compiler.is_exporting():
@@ -163,9 +160,10 @@ def is_spliced(path: str | Path) -> bool:
     """Whether fused.onnx must hold the component of ``path`` as its own graph: a traced export
     could not write it (a Loop that the data drive: :func:`optable.data_loops`). FusekitError when
     it could not be spliced either (an output size no input gives)."""
-    if not optable.data_loops(onnx.load(str(path), load_external_data=False)):
+    model = onnx.load(str(path), load_external_data=False)
+    if not optable.data_loops(model):
         return False
-    _output_specs(str(path))
+    _output_specs(model, str(path))
     return True
 
 
@@ -174,9 +172,9 @@ def spliceable(component: nn.Module, path: str | Path) -> nn.Module:
     return SplicedComponent(component, path) if is_spliced(path) else component
 
 
-def _output_specs(path: str) -> list[tuple[int, list[int | tuple[int, int]]]]:
+def _output_specs(model: onnx.ModelProto, path: str) -> list[tuple[int, list[int | tuple[int, int]]]]:
     """Per output of the component file: its ONNX element type and, per axis, a size or the (input, axis) giving it."""
-    graph = onnx.load(path, load_external_data=False).graph
+    graph = model.graph
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
     dims: dict[str, tuple[int, int]] = {}
@@ -187,7 +185,7 @@ def _output_specs(path: str) -> list[tuple[int, list[int | tuple[int, int]]]]:
     specs = []
     for value in graph.output:
         tensor = value.type.tensor_type
-        if tensor.elem_type not in _ELEM_DTYPES or not tensor.HasField("shape"):
+        if tensor.elem_type not in ONNX_TO_TORCH or not tensor.HasField("shape"):
             raise FusekitError(f"{Path(path).name}: output {value.name!r} has no tensor type and shape that fuse "
                                "can write into fused.onnx; decompose the models again")
         shape: list[int | tuple[int, int]] = []

@@ -65,19 +65,6 @@ def bag_arrays() -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _train(model: BagMLP, data: dict[str, np.ndarray], task: str, epochs: int, seed: int) -> BagMLP:
-    generator = torch.Generator().manual_seed(seed)
-    ids, dense, target = (torch.from_numpy(data[k]) for k in ("ids", "dense", task))
-    optimiser = torch.optim.Adam(model.parameters(), lr=md.LR)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(ids), generator=generator).split(md.BATCH):
-            optimiser.zero_grad()
-            model.head.loss(model(ids[idx], dense[idx]), target[idx]).backward()
-            optimiser.step()
-    return model.eval()
-
-
 def _export(model: BagMLP, path: Path, example: tuple[torch.Tensor, ...], task: str, dynamo: bool) -> None:
     from fusekit.onnxio.export import quiet_exporter
 
@@ -120,7 +107,8 @@ def make_bags(out_dir: Path, epochs: int = EPOCHS, seed: int = 0, force: bool = 
                 for m, (member, depth) in enumerate(md.DEPTH.items()):
                     model_seed = seed + 10 * t + m
                     torch.manual_seed(model_seed)
-                    model = _train(BagMLP(depth, task), arrays["train"], task, epochs, model_seed)
+                    model = md.train(BagMLP(depth, task), tuple(arrays["train"][n] for n in INPUTS),
+                                     arrays["train"][task], epochs, model_seed)
                     name = f"{task}_{member}"
                     _export(model, tmp / f"{name}.onnx", example, task, dynamo=member == "b")
                     with torch.no_grad():

@@ -155,16 +155,17 @@ def metric(task: str, probs: np.ndarray, labels: np.ndarray) -> tuple[str, float
     return "accuracy", float(np.mean(np.argmax(probs, axis=1) == labels))
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
-    """Adam on mini-batches, seeded shuffling; returns the model in eval mode."""
+def train(model: nn.Module, x: np.ndarray | tuple[np.ndarray, ...], y: np.ndarray, epochs: int, seed: int) -> nn.Module:
+    """Adam on mini-batches, seeded shuffling; returns the model in eval mode. ``x``: the model's
+    input, or a tuple of its inputs in call order."""
     generator = torch.Generator().manual_seed(seed)
-    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+    xs, ys = [torch.from_numpy(a) for a in (x if isinstance(x, tuple) else (x,))], torch.from_numpy(y)
     optimiser = torch.optim.Adam(model.parameters(), lr=LR)
     model.train()
     for _ in range(epochs):
-        for idx in torch.randperm(len(xs), generator=generator).split(BATCH):
+        for idx in torch.randperm(len(ys), generator=generator).split(BATCH):
             optimiser.zero_grad()
-            model.head.loss(model(xs[idx]), ys[idx]).backward()
+            model.head.loss(model(*(a[idx] for a in xs)), ys[idx]).backward()
             optimiser.step()
     return model.eval()
 
